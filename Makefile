@@ -1,0 +1,13 @@
+# The two commands of the README, and their parts.
+.PHONY: setup demo test
+
+setup:
+	bash scripts/setup.sh
+
+# Reproduce a paper table on the embedded synthetic world and print paper vs ours.
+demo: setup
+	.venv/bin/xmrbench reproduce two-branch-table2 --profile quick
+
+# The test suite (the same command CI runs).
+test: setup
+	.venv/bin/python -m pytest

@@ -1,0 +1,354 @@
+"""The ``xmrbench`` command line: parse, call, map errors to exit codes. No logic here.
+
+Exit codes: 0 ok, 1 a check failed, 2 bad input (one line on stderr, no traceback),
+130 interrupted (results written so far are kept; re-run to resume).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from xmrbench.errors import UsageError, XmrbenchError
+
+app = typer.Typer(
+    name="xmrbench",
+    help="Reproduce, compare and benchmark image-text cross-modal retrieval research.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+data_app = typer.Typer(help="Datasets: write the synthetic world to disk.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+console = Console()
+err_console = Console(stderr=True)
+
+ResultsOpt = Annotated[Path, typer.Option("--results", help="Results store directory.")]
+ProfileOpt = Annotated[str, typer.Option("--profile", help="smoke (seconds), quick (minutes, CPU), full (paper setting).")]
+SeedsOpt = Annotated[Optional[str], typer.Option("--seeds", help="Comma-separated seeds, e.g. 0,1,2 (default: the profile's).")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config value: KEY=VALUE (repeatable).")]
+DataRootOpt = Annotated[Optional[Path], typer.Option("--data-root", help="Directory of real precomputed features.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
+
+
+def _seeds(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise UsageError(f"--seeds {text!r}: expected comma-separated integers, e.g. 0,1,2") from None
+    if not seeds or any(s < 0 for s in seeds):
+        raise UsageError(f"--seeds {text!r}: expected non-negative integers")
+    return seeds
+
+
+def _overrides(items: list[str] | None, data_root: Path | None) -> dict:
+    from xmrbench.recipe.resolve import parse_set
+
+    out = parse_set(items or [])
+    if data_root is not None:
+        if not data_root.is_dir():
+            raise UsageError(f"--data-root {data_root}: not a directory")
+        out["data.root"] = str(data_root)
+    return out
+
+
+def _resolve(recipe: str, profile: str, seeds: str | None, sets: list[str] | None, data_root: Path | None = None):
+    from xmrbench.recipe.resolve import resolve
+
+    resolved = resolve(recipe, profile=profile, seeds=_seeds(seeds), overrides=_overrides(sets, data_root))
+    for warning in resolved.warnings:
+        err_console.print(f"[yellow]lint:[/] {warning}", highlight=False)
+    return resolved
+
+
+# ---------------------------------------------------------------------------
+@app.command("list")
+def list_cmd(results: ResultsOpt = Path("results"), profile: ProfileOpt = "quick") -> None:
+    """Recipes with paper, table, number of cells, and how many runs are done."""
+    from xmrbench.recipe.load import recipe_index
+    from xmrbench.recipe.resolve import resolve
+    from xmrbench.runner.execute import plan_runs
+    from xmrbench.store.store import ResultStore
+
+    store = ResultStore(results)
+    table = Table("recipe", "paper", "table", "title", "cells", "runnable", f"done ({profile})")
+    for rid, path in recipe_index().items():
+        resolved = resolve(path, profile=profile, require_data=False) if _has_profile(path, profile) else None
+        if resolved is None:
+            table.add_row(rid, "", "", "", "", "", "no such profile")
+            continue
+        runs = plan_runs(resolved, store)
+        done = sum(1 for *_, state in runs if state == "done")
+        r = resolved.recipe
+        table.add_row(rid, r.paper, r.table, r.title, str(len(resolved.cells)), str(len(resolved.runnable_cells())), f"{done}/{len(runs)}")
+    console.print(table)
+
+
+def _has_profile(path: Path, profile: str) -> bool:
+    from xmrbench.recipe.load import load_recipe
+
+    recipe, _ = load_recipe(path)
+    return profile in recipe.profiles
+
+
+@app.command()
+def show(
+    recipe: Annotated[str, typer.Argument(help="Recipe id or path to a recipe YAML file.")],
+    profile: ProfileOpt = "quick",
+    sets: SetOpt = None,
+    as_json: Annotated[bool, typer.Option("--json/--no-json", help="Print the resolved recipe as JSON.")] = False,
+) -> None:
+    """The resolved cells of a recipe: ids, settings, hashes, the paper's numbers."""
+    from xmrbench.recipe.resolve import resolve
+
+    resolved = resolve(recipe, profile=profile, overrides=_overrides(sets, None), require_data=False)
+    if as_json:
+        print(json.dumps(resolved.to_dict(), indent=1))
+        return
+    r = resolved.recipe
+    console.print(f"[bold]{r.id}[/]: {r.paper} {r.table} — {r.title}  (profile {profile}, seeds {list(resolved.seeds)})")
+    table = Table("cell", "label", "run", "hash", "settings", "paper")
+    for cell in resolved.cells:
+        settings = ", ".join(f"{k}={v}" for k, v in {**cell.row.set, **cell.point}.items())
+        paper = "; ".join(
+            f"{proto}: " + " ".join("-" if v is None else f"{v:g}" for v in vals.values()) for proto, vals in cell.paper.items()
+        )
+        table.add_row(cell.id, cell.label, "yes" if cell.runnable else f"no ({cell.row.pending or 'paper only'})", cell.hash or "", settings, paper)
+    console.print(table)
+    for warning in resolved.warnings:
+        console.print(f"[yellow]lint:[/] {warning}", highlight=False)
+
+
+@app.command()
+def plan(
+    recipe: Annotated[str, typer.Argument(help="Recipe id or path.")],
+    profile: ProfileOpt = "quick",
+    seeds: SeedsOpt = None,
+    sets: SetOpt = None,
+    data_root: DataRootOpt = None,
+    results: ResultsOpt = Path("results"),
+) -> None:
+    """What reproduce would run: the runs, which are done, and an estimate of the time left."""
+    from xmrbench.runner.plan import estimate
+    from xmrbench.store.store import ResultStore
+
+    resolved = _resolve(recipe, profile, seeds, sets, data_root)
+    rows, total, basis = estimate(resolved, ResultStore(results))
+    table = Table("cell", "seed", "state", "estimate")
+    for cell_id, seed, state, est in rows:
+        table.add_row(cell_id, str(seed), state, "" if state == "done" else (f"{est:.0f}s" if est is not None else "?"))
+    console.print(table)
+    todo = sum(1 for r in rows if r[2] != "done")
+    eta = "unknown (no timings stored yet)" if total is None else f"~{total / 60:.1f} min"
+    console.print(f"{todo} of {len(rows)} runs to do; estimated time left: {eta} ({basis})")
+
+
+@app.command()
+def reproduce(
+    recipe: Annotated[str, typer.Argument(help="Recipe id (e.g. two-branch-table2) or path to a recipe YAML file.")],
+    profile: ProfileOpt = "quick",
+    seeds: SeedsOpt = None,
+    sets: SetOpt = None,
+    force: Annotated[bool, typer.Option("--force/--no-force", help="Recompute runs that are already done.")] = False,
+    results: ResultsOpt = Path("results"),
+    device: DeviceOpt = "auto",
+    data_root: DataRootOpt = None,
+    report: Annotated[bool, typer.Option("--report/--no-report", help="Print the paper-vs-ours table at the end.")] = True,
+    quiet: Annotated[bool, typer.Option("--quiet/--no-quiet", help="No progress bars.")] = False,
+) -> None:
+    """Train and evaluate every cell of a recipe (skipping finished runs), then report."""
+    from xmrbench.cli.progress import RichReporter
+    from xmrbench.core.engine.train import resolve_device
+    from xmrbench.runner.execute import plan_runs, reproduce as run_recipe
+    from xmrbench.store.store import ResultStore
+
+    resolved = _resolve(recipe, profile, seeds, sets, data_root)
+    store = ResultStore(results)
+    dev = resolve_device(device)
+    runs = plan_runs(resolved, store)
+    todo = sum(1 for *_, s in runs if s != "done" or force)
+    console.print(
+        f"[bold]{resolved.id}[/] ({resolved.recipe.paper}, {resolved.recipe.table}), profile {profile}: "
+        f"{len(runs)} runs, {todo} to do, on {dev}; results in {results}/"
+    )
+    with RichReporter(console, todo, quiet=quiet) as reporter:
+        summary = run_recipe(resolved, store, device=dev, force=force, reporter=reporter)
+    if summary.interrupted:
+        err_console.print(
+            f"interrupted: {len(summary.ran)} run(s) finished and saved; run the same command again to resume"
+        )
+        raise typer.Exit(130)
+    console.print(f"{len(summary.ran)} run(s) computed, {len(summary.skipped)} already done")
+    if report:
+        _print_reports([resolved.id], results, profile=profile, fmt="rich", out=None)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def sweep(
+    ctx: typer.Context,
+    target: Annotated[str, typer.Argument(help="A paper (e.g. two_branch) or a recipe id/path.")],
+    profile: ProfileOpt = "quick",
+    seeds: SeedsOpt = None,
+    sets: SetOpt = None,
+    rows: Annotated[Optional[str], typer.Option("--rows", help="Comma-separated row ids to sweep (default: all runnable).")] = None,
+    results: ResultsOpt = Path("results"),
+    device: DeviceOpt = "auto",
+    data_root: DataRootOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run/--no-dry-run", help="Only show the cells.")] = False,
+) -> None:
+    """A grid over any config parameter: xmrbench sweep two_branch --margin 0.05,0.1,0.2"""
+    from xmrbench.cli.progress import RichReporter
+    from xmrbench.core.engine.train import resolve_device
+    from xmrbench.runner.execute import reproduce as run_recipe
+    from xmrbench.runner.sweep import build_sweep
+    from xmrbench.store.store import ResultStore
+
+    resolved = build_sweep(
+        target, ctx.args, profile=profile, seeds=_seeds(seeds), overrides=_overrides(sets, data_root),
+        rows=[r for r in rows.split(",") if r] if rows else None,
+    )
+    console.print(f"[bold]{resolved.id}[/]: {len(resolved.cells)} cells x {len(resolved.seeds)} seeds")
+    for cell in resolved.cells:
+        console.print(f"  {cell.id}  [{cell.hash}]")
+    if dry_run:
+        return
+    store = ResultStore(results)
+    with RichReporter(console, len(resolved.cells) * len(resolved.seeds)) as reporter:
+        summary = run_recipe(resolved, store, device=resolve_device(device), reporter=reporter)
+    if summary.interrupted:
+        err_console.print("interrupted: finished runs are saved; run the same command again to resume")
+        raise typer.Exit(130)
+    from xmrbench.runner.sweep import sweep_table
+
+    console.print(sweep_table(resolved, store))
+
+
+def _print_reports(recipes: list[str], results: Path, *, profile: str | None, fmt: str, out: Path | None) -> None:
+    from rich.markdown import Markdown
+
+    from xmrbench.report.collect import collect
+    from xmrbench.report.render import to_csv, to_latex, to_markdown
+    from xmrbench.store.store import ResultStore
+
+    store = ResultStore(results)
+    reports = [collect(r, store, profile=profile) for r in recipes]
+    if fmt == "csv":
+        text = to_csv(reports)
+    elif fmt == "latex":
+        text = "\n".join(to_latex(r) for r in reports)
+    else:
+        text = "\n".join(to_markdown(r) for r in reports)
+    if out is not None:
+        from xmrbench.store.store import atomic_write_text
+
+        atomic_write_text(out, text)
+        console.print(f"wrote {out}")
+    elif fmt == "rich":
+        console.print(Markdown(text))
+    else:
+        sys.stdout.write(text)
+
+
+@app.command()
+def report(
+    recipes: Annotated[Optional[list[str]], typer.Argument(help="Recipe ids (default: every recipe with results).")] = None,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Markdown output.")] = False,
+    latex: Annotated[bool, typer.Option("--latex", help="LaTeX (booktabs) output.")] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="CSV output (one row per cell x metric).")] = False,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Write to this file instead of stdout.")] = None,
+    profile: Annotated[Optional[str], typer.Option("--profile", help="Which profile's results (default: the most paper-like present).")] = None,
+    results: ResultsOpt = Path("results"),
+) -> None:
+    """Paper | ours (mean ± std over seeds) | Δ for every cell, and a verdict per claim."""
+    from xmrbench.recipe.load import recipe_index
+    from xmrbench.store.store import ResultStore
+
+    if sum([markdown, latex, as_csv]) > 1:
+        raise UsageError("choose one of --markdown, --latex, --csv")
+    fmt = "markdown" if markdown else "latex" if latex else "csv" if as_csv else "rich"
+    if fmt == "rich" and out is not None:
+        fmt = "markdown"
+    if not recipes:
+        have = set(ResultStore(results).recipe_ids())
+        recipes = [rid for rid in recipe_index() if rid in have]
+        if not recipes:
+            raise UsageError(f"no results in {results}/ yet; run `xmrbench reproduce <recipe>` first")
+    _print_reports(recipes, results, profile=profile, fmt=fmt, out=out)
+
+
+@app.command()
+def evaluate(
+    sims: Annotated[Path, typer.Option("--sims", help="Similarity matrix .npy: rows = images (queries), columns = captions (gallery).")],
+    captions_per_image: Annotated[int, typer.Option("--captions-per-image", help="Caption j describes image j // this.")] = 5,
+    protocol: Annotated[str, typer.Option("--protocol", help="all (the whole matrix) or 5fold (mean of 5 consecutive folds).")] = "all",
+    query_labels: Annotated[Optional[Path], typer.Option("--query-labels", help="Labels of the rows (.npy): (N,) ints or (N, C) multi-hot.")] = None,
+    gallery_labels: Annotated[Optional[Path], typer.Option("--gallery-labels", help="Labels of the columns (.npy).")] = None,
+    as_json: Annotated[bool, typer.Option("--json/--no-json", help="Print a JSON object.")] = False,
+) -> None:
+    """Evaluate your own similarity matrix with the same metrics the recipes use."""
+    from xmrbench.runner.evaluate_file import evaluate_file
+
+    metrics = evaluate_file(
+        sims, captions_per_image=captions_per_image, protocol=protocol, query_labels=query_labels, gallery_labels=gallery_labels
+    )
+    if as_json:
+        print(json.dumps(metrics))
+    else:
+        table = Table("metric", "value")
+        for key, value in metrics.items():
+            table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+        console.print(table)
+
+
+@app.command()
+def env(device: DeviceOpt = "auto") -> None:
+    """Versions and hardware (also recorded in every result)."""
+    from xmrbench.core.engine.train import resolve_device
+    from xmrbench.runner.env import environment
+
+    print(json.dumps(environment(resolve_device(device)), indent=1))
+
+
+@data_app.command("synth")
+def data_synth(
+    size: Annotated[str, typer.Option("--size", help="tiny, small or medium.")] = "tiny",
+    out: Annotated[Path, typer.Option("--out", help="Output directory (precomp layout).")] = Path("synthetic"),
+    seed: Annotated[int, typer.Option("--seed", help="World seed.")] = 0,
+    region_dim: Annotated[int, typer.Option("--region-dim", help="Region feature size.")] = 128,
+    global_dim: Annotated[int, typer.Option("--global-dim", help="Global feature size.")] = 256,
+) -> None:
+    """Write a synthetic world to DIR in the SCAN precomp layout ({split}_ims.npy, {split}_caps.txt)."""
+    from xmrbench.data.synthetic import write_synthetic
+
+    if size not in ("tiny", "small", "medium"):
+        raise UsageError(f"--size {size!r}: expected tiny, small or medium")
+    if seed < 0 or region_dim < 1 or global_dim < 1:
+        raise UsageError("--seed must be >= 0 and the dimensions >= 1")
+    path = write_synthetic(out, size=size, seed=seed, region_dim=region_dim, global_dim=global_dim)
+    console.print(f"wrote the {size} synthetic world (seed {seed}) to {path}")
+
+
+def main() -> None:
+    """Console entry point."""
+    try:
+        app(standalone_mode=True)
+    except XmrbenchError as exc:
+        err_console.print(f"error: {exc.one_line()}", highlight=False, markup=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,81 @@
+"""Rich progress bars for reproduce: one bar over runs, one over the epochs of the current run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from xmrbench.core.engine.train import Events
+from xmrbench.recipe.resolve import Cell
+from xmrbench.store.schema import ResultDoc
+
+
+class _EpochEvents:
+    def __init__(self, progress: Progress, task: int):
+        self.progress = progress
+        self.task = task
+
+    def epoch_start(self, epoch: int, n_epochs: int, n_batches: int) -> None:
+        self.progress.update(self.task, total=n_epochs, completed=epoch, description=f"  epoch {epoch + 1}/{n_epochs}")
+
+    def batch_end(self, batch: int, loss: float) -> None:
+        pass
+
+    def epoch_end(self, epoch: int, stats: dict[str, float]) -> None:
+        self.progress.update(
+            self.task,
+            completed=epoch + 1,
+            description=f"  epoch {epoch + 1}: loss {stats['loss']:.3f}, dev rsum {stats['dev_rsum']:.1f}",
+        )
+
+
+class RichReporter:
+    """Implements the runner's Reporter protocol with rich progress bars."""
+
+    def __init__(self, console: Console, total_runs: int, *, quiet: bool = False):
+        self.console = console
+        self.quiet = quiet
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+            disable=quiet,
+        )
+        self.runs_task = self.progress.add_task("runs", total=total_runs)
+        self.epoch_task = self.progress.add_task("  epochs", total=1, visible=False)
+
+    def __enter__(self) -> RichReporter:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def run_start(self, cell: Cell, seed: int, index: int, total: int) -> Events:
+        self.progress.update(self.runs_task, description=f"{cell.id} seed {seed}")
+        self.progress.update(self.epoch_task, visible=True, completed=0)
+        return _EpochEvents(self.progress, self.epoch_task)
+
+    def run_skip(self, cell: Cell, seed: int, why: str) -> None:
+        pass
+
+    def run_end(self, cell: Cell, seed: int, doc: ResultDoc, path: Path) -> None:
+        self.progress.advance(self.runs_task)
+        first = next(iter(doc.metrics))
+        rsum = doc.metrics[first].get("rsum")
+        took = doc.timing.get("train_s", 0) + doc.timing.get("eval_s", 0)
+        resumed = f", resumed at epoch {doc.resumed_from_epoch + 1}" if doc.resumed_from_epoch is not None else ""
+        if not self.quiet:
+            self.console.print(
+                f"[green]done[/] {cell.id} seed {seed}: {first} rsum {rsum:.1f} "
+                f"(best dev epoch {doc.best_epoch}, {took:.0f}s{resumed})"
+            )
+
+    def warn(self, message: str) -> None:
+        self.console.print(f"[yellow]warning:[/] {message}")

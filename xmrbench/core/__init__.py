@@ -1,0 +1,1 @@
+"""The shared torch core: encoders, models, losses, similarity kernels, metrics, engine."""

@@ -1,0 +1,1 @@
+"""Encoders shared by the models: text (word embeddings + GRU) and image projections."""

@@ -1,0 +1,1 @@
+"""The training engine: batching, optimisation, checkpointing, evaluation."""

@@ -1,0 +1,136 @@
+"""Evaluation: encode a split, score every image against every caption, compute metrics.
+
+Always in eval mode (dropout off, batch-norm running statistics): evaluating in
+train mode is the most common way peer numbers go wrong.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from xmrbench.core.engine.inputs import PreparedData, PreparedSplit
+from xmrbench.core.metrics import keys as K
+from xmrbench.core.metrics.protocols import PROTOCOLS
+from xmrbench.core.metrics.retrieval import average_folds, i2t_ranks, retrieval_metrics, t2i_ranks
+from xmrbench.core.metrics.sentence import sentence_metrics
+from xmrbench.core.models.base import RetrievalModel
+from xmrbench.errors import TrainingError
+
+
+@dataclass
+class Encoded:
+    img_emb: torch.Tensor
+    txt_emb: torch.Tensor
+
+
+@torch.no_grad()
+def encode(model: RetrievalModel, split: PreparedSplit, *, device: torch.device, batch_size: int) -> Encoded:
+    """Embeddings of every image and caption of ``split`` (kept on ``device``)."""
+    was_training = model.training
+    model.eval()
+    try:
+        imgs, txts = [], []
+        for start in range(0, split.n_images, batch_size):
+            index = np.arange(start, min(start + batch_size, split.n_images))
+            imgs.append(model.encode_images(split.image_batch(index).to(device)))
+        for start in range(0, split.n_captions, batch_size):
+            index = np.arange(start, min(start + batch_size, split.n_captions))
+            txts.append(model.encode_texts(split.text_batch(index).to(device)))
+    finally:
+        model.train(was_training)
+    return Encoded(torch.cat(imgs), torch.cat(txts))
+
+
+@torch.no_grad()
+def similarity_matrix(
+    model: RetrievalModel, enc: Encoded, *, block_images: int, img_slice: slice = slice(None), txt_slice: slice = slice(None)
+) -> torch.Tensor:
+    """``sims (N_img, N_txt)`` on the CPU, computed in blocks of ``block_images`` images."""
+    was_training = model.training
+    model.eval()
+    try:
+        img_emb, txt_emb = enc.img_emb[img_slice], enc.txt_emb[txt_slice]
+        blocks = [
+            model.similarity(img_emb[s : s + block_images], txt_emb).float().cpu()
+            for s in range(0, img_emb.shape[0], block_images)
+        ]
+    finally:
+        model.train(was_training)
+    sims = torch.cat(blocks)
+    if not torch.isfinite(sims).all():
+        raise TrainingError("the model produced NaN or inf similarities")
+    return sims
+
+
+def evaluate_split(
+    model: RetrievalModel,
+    split: PreparedSplit,
+    *,
+    folds: int = 1,
+    device: torch.device,
+    batch_size: int = 256,
+    block_images: int = 1000,
+    sentence: bool = False,
+) -> tuple[dict[str, float], dict[str, list[int]]]:
+    """Metrics (averaged over ``folds`` consecutive folds) and 0-based per-query ranks."""
+    enc = encode(model, split, device=device, batch_size=batch_size)
+    cpi = split.captions_per_image
+    n = split.n_images
+    if n % folds:
+        raise TrainingError(f"split {split.name!r} has {n} images, not divisible into {folds} folds")
+    size = n // folds
+    per_fold, ranks_i2t, ranks_t2i = [], [], []
+    for f in range(folds):
+        sims = similarity_matrix(
+            model,
+            enc,
+            block_images=block_images,
+            img_slice=slice(f * size, (f + 1) * size),
+            txt_slice=slice(f * size * cpi, (f + 1) * size * cpi),
+        )
+        per_fold.append(retrieval_metrics(sims, captions_per_image=cpi))
+        ranks_i2t.append(i2t_ranks(sims, captions_per_image=cpi))
+        ranks_t2i.append(t2i_ranks(sims, captions_per_image=cpi))
+    metrics = per_fold[0] if folds == 1 else average_folds(per_fold)
+    if sentence:
+        txt = enc.txt_emb.float().cpu()
+        metrics.update(sentence_metrics(txt @ txt.t(), captions_per_image=cpi))
+    ranks = {"i2t": torch.cat(ranks_i2t).tolist(), "t2i": torch.cat(ranks_t2i).tolist()}
+    return metrics, ranks
+
+
+def selection_score(metrics: dict[str, float], select_by: str) -> float:
+    """The dev score used for model selection."""
+    if select_by == "rsum":
+        return metrics[K.RSUM]
+    if select_by == "r1_r5":  # AOQ: R@1 + R@5 in both directions
+        return metrics[K.I2T_R1] + metrics[K.I2T_R5] + metrics[K.T2I_R1] + metrics[K.T2I_R5]
+    raise ValueError(f"unknown selection metric {select_by!r}")
+
+
+def evaluate_protocols(
+    model: RetrievalModel,
+    prepared: PreparedData,
+    protocols: tuple[str, ...],
+    *,
+    device: torch.device,
+    batch_size: int,
+    block_images: int,
+    sentence: bool,
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, list[int]]]]:
+    metrics, ranks = {}, {}
+    for name in protocols:
+        proto = PROTOCOLS[name]
+        metrics[name], ranks[name] = evaluate_split(
+            model,
+            prepared.split(proto.split),
+            folds=proto.folds,
+            device=device,
+            batch_size=batch_size,
+            block_images=block_images,
+            sentence=sentence,
+        )
+    return metrics, ranks

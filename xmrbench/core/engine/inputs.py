@@ -1,0 +1,130 @@
+"""From a dataset split to model inputs: image feature batches and text batches.
+
+The vocabulary and the tf-idf statistics are fitted on the training captions only.
+Image features stay in whatever array the dataset holds (a memory map for large
+real data) and are read one batch at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from xmrbench.core.models.base import InputDims, TextBatch
+from xmrbench.core.text.tfidf import TfidfFeaturizer
+from xmrbench.core.text.vocab import Vocabulary
+from xmrbench.data.dataset import RetrievalData, Split
+from xmrbench.errors import DataError
+from xmrbench.recipe.config import DataConfig
+
+
+class _TokenText:
+    def __init__(self, vocab: Vocabulary, captions: list[str], max_len: int):
+        self._ids = [vocab.encode(c, max_len=max_len) for c in captions]
+
+    def batch(self, index: np.ndarray) -> TextBatch:
+        seqs = [self._ids[int(i)] for i in index]
+        lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
+        tokens = torch.zeros(len(seqs), int(lengths.max()), dtype=torch.long)
+        for row, seq in enumerate(seqs):
+            tokens[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        return TextBatch(tokens=tokens, lengths=lengths)
+
+
+class _VectorText:
+    def __init__(self, matrix):
+        self._matrix = matrix.tocsr()
+
+    def batch(self, index: np.ndarray) -> TextBatch:
+        return TextBatch(vectors=torch.from_numpy(self._matrix[index].toarray()))
+
+
+@dataclass
+class PreparedSplit:
+    """A split ready for a model: ``image_batch(idx)`` and ``text_batch(idx)``."""
+
+    split: Split
+    image_input: str
+    text: _TokenText | _VectorText
+
+    @property
+    def name(self) -> str:
+        return self.split.name
+
+    @property
+    def n_images(self) -> int:
+        return self.split.n_images
+
+    @property
+    def n_captions(self) -> int:
+        return self.split.n_captions
+
+    @property
+    def captions_per_image(self) -> int:
+        return self.split.captions_per_image
+
+    def caption_image(self) -> np.ndarray:
+        return self.split.caption_image()
+
+    def image_batch(self, index: np.ndarray) -> torch.Tensor:
+        feats = self.split.image_features(self.image_input, index)
+        if not np.isfinite(feats).all():
+            bad = int(np.asarray(index)[np.flatnonzero(~np.isfinite(feats.reshape(len(feats), -1)).all(1))[0]])
+            raise DataError(f"split {self.name!r}: image {bad} has NaN or inf features")
+        return torch.from_numpy(feats)
+
+    def text_batch(self, index: np.ndarray) -> TextBatch:
+        return self.text.batch(np.asarray(index))
+
+
+@dataclass
+class PreparedData:
+    """A dataset prepared for one kind of model input (image kind x text kind)."""
+
+    data: RetrievalData
+    cfg: DataConfig
+    image_input: str
+    text_input: str
+    vocab: Vocabulary = field(init=False)
+    _tfidf: TfidfFeaturizer | None = field(init=False, default=None)
+    _splits: dict[str, PreparedSplit] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        train = self.raw_split("train")
+        self.vocab = Vocabulary.build(train.captions, min_count=self.cfg.vocab_min_count)
+        if self.text_input == "tfidf":
+            self._tfidf = TfidfFeaturizer(self.vocab, train.captions)
+        elif self.text_input != "tokens":
+            raise DataError(f"unknown text input {self.text_input!r}; known: tokens, tfidf")
+
+    def raw_split(self, name: str) -> Split:
+        split = self.data.split(name)
+        if name == "train" and self.cfg.train_images is not None and self.cfg.train_images < split.n_images:
+            split = split.subset(np.arange(self.cfg.train_images), name="train")
+        return split
+
+    def split(self, name: str, *, max_images: int | None = None) -> PreparedSplit:
+        key = f"{name}:{max_images}"
+        if key not in self._splits:
+            split = self.raw_split(name)
+            if max_images is not None and max_images < split.n_images:
+                split = split.subset(np.arange(max_images), name=name)
+            if self.text_input == "tfidf":
+                text = _VectorText(self._tfidf.transform(split.captions))  # type: ignore[union-attr]
+            else:
+                text = _TokenText(self.vocab, split.captions, self.cfg.max_caption_len)
+            self._splits[key] = PreparedSplit(split=split, image_input=self.image_input, text=text)
+        return self._splits[key]
+
+    @property
+    def dims(self) -> InputDims:
+        train = self.raw_split("train")
+        probe = train.image_features(self.image_input, np.arange(1))
+        return InputDims(
+            image_dim=int(probe.shape[-1]),
+            vocab_size=len(self.vocab),
+            text_dim=self._tfidf.dim if self._tfidf is not None else None,
+            n_regions=int(probe.shape[1]) if probe.ndim == 3 else None,
+        )

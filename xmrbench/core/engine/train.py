@@ -1,0 +1,258 @@
+"""The training engine: one cell x one seed, from an untrained model to test metrics.
+
+It knows models, losses and samplers only through their registries and interfaces.
+Every epoch ends with a dev evaluation (model selection by dev rsum or R@1+R@5) and
+an atomic checkpoint holding everything needed to continue bit-for-bit: model,
+optimiser, scheduler, best state so far, curves and the torch RNG state. The
+sampler's order for epoch ``e`` is drawn from ``(seed, e)`` alone, so a resumed run
+sees exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from xmrbench.core.engine.evaluate import evaluate_protocols, evaluate_split, selection_score
+from xmrbench.core.engine.inputs import PreparedData
+from xmrbench.core.engine.samplers import SAMPLERS
+from xmrbench.core.losses.registry import LOSSES
+from xmrbench.core.models.registry import MODELS
+from xmrbench.errors import TrainingError
+from xmrbench.recipe.config import CellConfig
+
+CHECKPOINT_VERSION = 1
+
+
+class Events(Protocol):
+    """Progress callbacks (the command line draws bars from them)."""
+
+    def epoch_start(self, epoch: int, n_epochs: int, n_batches: int) -> None: ...
+    def batch_end(self, batch: int, loss: float) -> None: ...
+    def epoch_end(self, epoch: int, stats: dict[str, float]) -> None: ...
+
+
+class NullEvents:
+    def epoch_start(self, epoch: int, n_epochs: int, n_batches: int) -> None:
+        pass
+
+    def batch_end(self, batch: int, loss: float) -> None:
+        pass
+
+    def epoch_end(self, epoch: int, stats: dict[str, float]) -> None:
+        pass
+
+
+@dataclass
+class RunOutput:
+    metrics: dict[str, dict[str, float]]  # protocol (and "dev") -> metric -> value
+    ranks: dict[str, dict[str, list[int]]]  # protocol -> {"i2t": [...], "t2i": [...]}
+    curves: dict[str, list[float]]
+    best_epoch: int | None
+    timing: dict[str, float]
+    n_params: int
+    resumed_from_epoch: int | None = None
+    state_dict: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda if available else cpu; ``cuda`` without a GPU is an error."""
+    from xmrbench.errors import UsageError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available")
+    if name not in ("cpu", "cuda"):
+        raise UsageError(f"--device {name!r}: expected auto, cpu or cuda")
+    return torch.device(name)
+
+
+def seed_everything(seed: int, device: torch.device) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.cuda.manual_seed_all(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _optimizer(cfg: CellConfig, params) -> torch.optim.Optimizer:
+    t = cfg.train
+    if t.optimizer == "adam":
+        return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+    if t.optimizer == "adamax":
+        return torch.optim.Adamax(params, lr=t.lr, weight_decay=t.weight_decay)
+    return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+
+
+def _batch_inputs(split, caption_index: np.ndarray, caption_image: np.ndarray):
+    """Unique images of a caption batch, and labels linking captions to them."""
+    images, txt_labels = np.unique(caption_image[caption_index], return_inverse=True)
+    img_labels = np.arange(len(images))
+    return (
+        split.image_batch(images),
+        split.text_batch(caption_index),
+        (torch.from_numpy(img_labels), torch.from_numpy(txt_labels.astype(np.int64))),
+    )
+
+
+def train_and_evaluate(
+    cfg: CellConfig,
+    seed: int,
+    prepared: PreparedData,
+    *,
+    device: torch.device,
+    work_dir: Path | None = None,
+    events: Events | None = None,
+    label: str = "run",
+    stop_requested: Callable[[], bool] | None = None,
+) -> RunOutput:
+    """Train ``cfg`` with ``seed`` (resuming from ``work_dir`` if it holds a checkpoint) and evaluate."""
+    events = events or NullEvents()
+    t_start = time.perf_counter()
+    seed_everything(seed, device)
+
+    model_cls = MODELS[cfg.model.name]
+    model = model_cls(cfg.model.params, prepared.dims).to(device)
+    loss_fn = LOSSES[cfg.loss.name](cfg.loss.params).to(device)
+    params = [p for p in list(model.parameters()) + list(loss_fn.parameters()) if p.requires_grad]
+    optimizer = _optimizer(cfg, params)
+    scheduler = (
+        torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.train.lr_decay_every, gamma=cfg.train.lr_decay)
+        if cfg.train.lr_decay_every
+        else None
+    )
+    sampler = SAMPLERS[cfg.train.sampler]
+    train = prepared.split("train")
+    dev = prepared.split("dev", max_images=cfg.eval.dev_images)
+    caption_image = train.caption_image()
+
+    curves: dict[str, list[float]] = {"epoch": [], "train_loss": [], "dev_score": [], "dev_rsum": [], "lr": [], "epoch_s": []}
+    best_state: dict[str, Any] | None = None
+    best_score, best_epoch = -float("inf"), None
+    best_dev: dict[str, float] = {}
+    start_epoch, resumed = 0, None
+
+    ckpt_path = work_dir / "checkpoint.pt" if work_dir else None
+    if ckpt_path is not None and ckpt_path.is_file():
+        try:
+            ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        except Exception:  # a torn checkpoint: start over rather than fail
+            ckpt = None
+        if ckpt and ckpt.get("version") == CHECKPOINT_VERSION and ckpt.get("cell_hash") == cfg.hash() and ckpt.get("seed") == seed:
+            model.load_state_dict(ckpt["model"])
+            loss_fn.load_state_dict(ckpt["loss"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            if scheduler is not None and ckpt.get("scheduler"):
+                scheduler.load_state_dict(ckpt["scheduler"])
+            best_state, best_score, best_epoch = ckpt["best_state"], ckpt["best_score"], ckpt["best_epoch"]
+            best_dev, curves = ckpt["best_dev"], ckpt["curves"]
+            torch.set_rng_state(ckpt["torch_rng"])
+            start_epoch = resumed = ckpt["epoch"] + 1
+
+    eval_kw = dict(device=device, batch_size=cfg.eval.batch_size, block_images=cfg.eval.block_images)
+    for epoch in range(start_epoch, cfg.train.epochs):
+        t0 = time.perf_counter()
+        model.train()
+        rng = np.random.default_rng([seed, epoch])
+        batches = sampler(caption_image, cfg.train.batch_size, rng)
+        events.epoch_start(epoch, cfg.train.epochs, len(batches))
+        total = 0.0
+        for b, caption_index in enumerate(batches):
+            images, text, (img_labels, txt_labels) = _batch_inputs(train, caption_index, caption_image)
+            img_emb = model.encode_images(images.to(device))
+            txt_emb = model.encode_texts(text.to(device))
+            sims = model.similarity(img_emb, txt_emb)
+            loss = loss_fn(img_emb, txt_emb, sims=sims, labels=(img_labels.to(device), txt_labels.to(device)))
+            if not torch.isfinite(loss):
+                raise TrainingError(f"the loss became {loss.item()} at epoch {epoch + 1}, batch {b + 1}", where=label)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.train.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
+            optimizer.step()
+            total += float(loss.detach())
+            events.batch_end(b, float(loss.detach()))
+        lr = optimizer.param_groups[0]["lr"]
+        if scheduler is not None:
+            scheduler.step()
+        dev_metrics, _ = evaluate_split(model, dev, **eval_kw)
+        score = selection_score(dev_metrics, cfg.train.select_by)
+        if score > best_score:
+            best_score, best_epoch, best_dev = score, epoch + 1, dev_metrics
+            best_state = copy.deepcopy(model.state_dict())
+        epoch_s = time.perf_counter() - t0
+        for key, value in (
+            ("epoch", epoch + 1),
+            ("train_loss", total / max(1, len(batches))),
+            ("dev_score", score),
+            ("dev_rsum", dev_metrics["rsum"]),
+            ("lr", lr),
+            ("epoch_s", epoch_s),
+        ):
+            curves[key].append(value)
+        if ckpt_path is not None:
+            _atomic_torch_save(
+                {
+                    "version": CHECKPOINT_VERSION,
+                    "cell_hash": cfg.hash(),
+                    "seed": seed,
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "loss": loss_fn.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "best_state": best_state,
+                    "best_score": best_score,
+                    "best_epoch": best_epoch,
+                    "best_dev": best_dev,
+                    "curves": curves,
+                    "torch_rng": torch.get_rng_state(),
+                },
+                ckpt_path,
+            )
+        events.epoch_end(epoch, {"loss": curves["train_loss"][-1], "dev_rsum": dev_metrics["rsum"]})
+        if stop_requested is not None and stop_requested() and epoch + 1 < cfg.train.epochs:
+            raise KeyboardInterrupt
+
+    if best_state is None:  # no training epoch: evaluate the initial model
+        best_dev, _ = evaluate_split(model, dev, **eval_kw)
+        best_epoch = 0
+    else:
+        model.load_state_dict(best_state)
+    t0 = time.perf_counter()
+    metrics, ranks = evaluate_protocols(
+        model, prepared, cfg.eval.protocols, sentence=cfg.eval.sentence_retrieval, **eval_kw
+    )
+    t_eval = time.perf_counter() - t0
+    metrics["dev"] = best_dev
+    return RunOutput(
+        metrics=metrics,
+        ranks=ranks if cfg.eval.store_ranks else {},
+        curves=curves,
+        best_epoch=best_epoch,
+        timing={
+            "train_s": float(sum(curves["epoch_s"])),
+            "eval_s": t_eval,
+            "wall_s": time.perf_counter() - t_start,  # this process only (excludes epochs before a resume)
+        },
+        n_params=sum(p.numel() for p in model.parameters()),
+        resumed_from_epoch=resumed,
+        state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
+    )

@@ -1,0 +1,1 @@
+"""Retrieval metrics: pure tensor functions returning per-query values."""

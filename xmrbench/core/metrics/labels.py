@@ -1,0 +1,229 @@
+"""Label-based cross-modal retrieval: relevance from class labels, AP, precision@k.
+
+Used by the papers that evaluate image <-> text retrieval on labelled datasets
+(ACMR and its relatives on Wikipedia, NUS-WIDE, Pascal Sentence): a gallery item
+is relevant to a query when the two share at least one class label, and a model
+is scored by mean average precision and by precision-scope curves (precision at
+k for a range of k).
+
+Scores are similarities, higher = better, ``sims (N_q, N_g)`` with one row per
+query. Where a paper ranks by a distance (ACMR ranks by Euclidean distance), pass
+the negated distance.
+
+Ties are broken by a stable order: among items with equal scores, the one with
+the lower gallery index is ranked first. This keeps the metrics deterministic but
+means that, on tied scores, AP can depend on the gallery order. (The image-caption
+ranks in :mod:`retrieval` count ties pessimistically instead; AP depends on the
+positions of every relevant item, so it needs an actual order.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+
+from xmrbench.core.metrics.retrieval import _check_int, _check_scores, _rows_per_block
+
+__all__ = [
+    "average_precision",
+    "mean_average_precision",
+    "precision_at_k",
+    "relevance_from_labels",
+]
+
+Normalize = Literal["relevant", "hits"]
+
+#: Scores per block for the sorting metrics: a sort keeps values, int64 indices and
+#: a few float64 temporaries per score, so the budget is smaller than for ranks.
+_SORT_BLOCK_ELEMENTS = 1 << 20
+
+
+def _accumulator_dtype(device: torch.device) -> torch.dtype:
+    # Sums over a gallery of tens of thousands of items are done in float64 where
+    # the device has it; MPS has no float64.
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def _result_dtype(scores_dtype: torch.dtype) -> torch.dtype:
+    # float16/bfloat16 -> float32, float32 -> float32, float64 -> float64.
+    return torch.promote_types(scores_dtype, torch.float32)
+
+
+def _check_relevance(sims: torch.Tensor, relevance: torch.Tensor) -> None:
+    if not isinstance(relevance, torch.Tensor):
+        raise ValueError(f"relevance must be a torch.Tensor, got {type(relevance).__name__}")
+    if relevance.dtype != torch.bool:
+        raise ValueError(f"relevance must be a bool tensor, got {relevance.dtype}; use relevance.bool()")
+    if relevance.shape != sims.shape:
+        raise ValueError(
+            f"relevance has shape {tuple(relevance.shape)} but sims has shape {tuple(sims.shape)}"
+        )
+    if relevance.device != sims.device:
+        raise ValueError(f"relevance is on {relevance.device} but sims is on {sims.device}")
+
+
+def _check_labels(labels: torch.Tensor, name: str) -> None:
+    if not isinstance(labels, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(labels).__name__}")
+    if labels.ndim not in (1, 2):
+        raise ValueError(
+            f"{name} must be single-label (N,) or multi-hot (N, C), got shape {tuple(labels.shape)}"
+        )
+    if labels.shape[0] == 0:
+        raise ValueError(f"{name} is empty")
+    if labels.ndim == 1 and (labels.is_floating_point() or labels.is_complex()):
+        raise ValueError(f"single-label {name} must hold integer class ids, got dtype {labels.dtype}")
+    if labels.ndim == 2 and not bool(((labels == 0) | (labels == 1)).all()):
+        raise ValueError(f"multi-hot {name} must hold only 0/1 (or bool) values")
+
+
+def relevance_from_labels(query_labels: torch.Tensor, gallery_labels: torch.Tensor) -> torch.Tensor:
+    """Which gallery items are relevant to which queries: at least one shared label.
+
+    Labels are either single-label class ids ``(N,)`` (integer) or multi-hot
+    ``(N, C)`` (0/1 or bool); both arguments must use the same form. Returns a
+    ``BoolTensor (N_q, N_g)`` on the labels' device. A multi-hot row with no label
+    set is relevant to nothing.
+    """
+    _check_labels(query_labels, "query_labels")
+    _check_labels(gallery_labels, "gallery_labels")
+    if query_labels.ndim != gallery_labels.ndim:
+        raise ValueError(
+            f"query_labels {tuple(query_labels.shape)} and gallery_labels {tuple(gallery_labels.shape)}"
+            " must both be single-label (N,) or both multi-hot (N, C)"
+        )
+    if query_labels.device != gallery_labels.device:
+        raise ValueError(f"query_labels is on {query_labels.device} but gallery_labels on {gallery_labels.device}")
+    if query_labels.ndim == 1:
+        return query_labels[:, None] == gallery_labels[None, :]
+    if query_labels.shape[1] != gallery_labels.shape[1]:
+        raise ValueError(
+            f"query_labels has {query_labels.shape[1]} classes but gallery_labels has {gallery_labels.shape[1]}"
+        )
+    # Shared-label counts by a matrix product of 0/1 values: every partial sum is a
+    # non-negative integer, so "> 0.5" is exact even in float32.
+    gallery_f = gallery_labels.to(torch.float32)
+    n_q, n_g = query_labels.shape[0], gallery_labels.shape[0]
+    relevance = torch.empty(n_q, n_g, dtype=torch.bool, device=query_labels.device)
+    step = _rows_per_block(n_g, None)
+    for start in range(0, n_q, step):
+        shared = query_labels[start : start + step].to(torch.float32) @ gallery_f.T
+        relevance[start : start + step] = shared > 0.5
+    return relevance
+
+
+def _sorted_relevance(sims_block: torch.Tensor, rel_block: torch.Tensor, depth: int, acc: torch.dtype) -> torch.Tensor:
+    """Relevance of the top ``depth`` items of each row, by decreasing score, stable."""
+    order = torch.sort(sims_block, dim=1, descending=True, stable=True).indices[:, :depth]
+    return rel_block.gather(1, order).to(acc)
+
+
+def average_precision(
+    sims: torch.Tensor,
+    relevance: torch.Tensor,
+    *,
+    at: int | None = None,
+    normalize: Normalize = "relevant",
+    block_size: int | None = None,
+) -> torch.Tensor:
+    """Average precision of each query over the gallery ranked by decreasing score.
+
+    ``sims (N_q, N_g)``, ``relevance (N_q, N_g)`` bool. Returns ``(N_q,)`` in
+    float32 (float64 if ``sims`` is float64) on ``sims.device``.
+
+    With ``rel_i`` the relevance of the item at position ``i`` (1-based) and
+    ``P@i`` the precision of the top ``i``::
+
+        AP = sum_{i <= L} rel_i * P@i / Z
+
+    where ``L`` is the gallery size (``at=None``) or ``min(at, N_g)``.
+
+    ``normalize`` picks ``Z``:
+
+    - ``"relevant"``: the number of relevant items in the whole gallery, the
+      textbook definition (with ``at=k`` a query with more relevant items than the
+      top k can show cannot reach 1);
+    - ``"hits"``: the number of relevant items found in the top ``L``; this is the
+      "mAP@50" of the released ACMR evaluation (``at=50``). With ``at=None`` the
+      two agree.
+
+    A query with ``Z = 0`` (no relevant item, or no hit in the top k) gets AP 0.
+    Ties keep gallery order (see the module docstring). ``block_size`` is the
+    number of query rows sorted at once.
+    """
+    _check_scores(sims, "sims", block_size=block_size)
+    _check_relevance(sims, relevance)
+    if at is not None:
+        at = _check_int(at, "at")
+    if normalize not in ("relevant", "hits"):
+        raise ValueError(f"normalize must be 'relevant' or 'hits', got {normalize!r}")
+    n_q, n_g = sims.shape
+    depth = n_g if at is None else min(at, n_g)
+    acc = _accumulator_dtype(sims.device)
+    positions = torch.arange(1, depth + 1, device=sims.device, dtype=acc)
+    ap = torch.empty(n_q, dtype=acc, device=sims.device)
+    step = _rows_per_block(n_g, block_size, budget=_SORT_BLOCK_ELEMENTS)
+    with torch.no_grad():
+        for start in range(0, n_q, step):
+            rel_top = _sorted_relevance(sims[start : start + step], relevance[start : start + step], depth, acc)
+            hits = rel_top.cumsum(dim=1)  # (b, L): relevant items within the top i
+            numerator = (rel_top * hits / positions).sum(dim=1)
+            if normalize == "hits":
+                denominator = hits[:, -1]
+            else:
+                denominator = relevance[start : start + step].sum(dim=1).to(acc)
+            ap[start : start + step] = torch.where(
+                denominator > 0, numerator / denominator.clamp_min(1), torch.zeros_like(numerator)
+            )
+    return ap.to(_result_dtype(sims.dtype))
+
+
+def mean_average_precision(
+    sims: torch.Tensor,
+    relevance: torch.Tensor,
+    *,
+    at: int | None = None,
+    normalize: Normalize = "relevant",
+    block_size: int | None = None,
+) -> float:
+    """The mean over queries of :func:`average_precision` (a fraction, 0-1)."""
+    per_query = average_precision(sims, relevance, at=at, normalize=normalize, block_size=block_size)
+    return float(per_query.to(_accumulator_dtype(per_query.device)).mean())
+
+
+def precision_at_k(
+    sims: torch.Tensor,
+    relevance: torch.Tensor,
+    ks: Sequence[int],
+    *,
+    block_size: int | None = None,
+) -> torch.Tensor:
+    """Precision of the top k of each query, for every k in ``ks`` (precision-scope curve).
+
+    ``sims (N_q, N_g)``, ``relevance (N_q, N_g)`` bool, ``ks`` a sequence of
+    positive ints. Returns ``(N_q, len(ks))`` in float32 (float64 if ``sims`` is
+    float64) on ``sims.device``; column ``m`` is the fraction of relevant items in
+    the top ``ks[m]``. A ``k`` larger than the gallery uses the whole gallery
+    (precision over all ``N_g`` items). Ties keep gallery order.
+    """
+    _check_scores(sims, "sims", block_size=block_size)
+    _check_relevance(sims, relevance)
+    if isinstance(ks, (int, torch.Tensor)) or not isinstance(ks, Sequence):
+        raise ValueError(f"ks must be a sequence of ints such as (1, 5, 10), got {ks!r}")
+    if len(ks) == 0:
+        raise ValueError("ks is empty")
+    ks = [_check_int(k, "every k in ks") for k in ks]
+    n_q, n_g = sims.shape
+    depths = torch.tensor([min(k, n_g) for k in ks], device=sims.device, dtype=torch.long)
+    depth = int(depths.max())
+    acc = _accumulator_dtype(sims.device)
+    precision = torch.empty(n_q, len(ks), dtype=acc, device=sims.device)
+    step = _rows_per_block(n_g, block_size, budget=_SORT_BLOCK_ELEMENTS)
+    with torch.no_grad():
+        for start in range(0, n_q, step):
+            rel_top = _sorted_relevance(sims[start : start + step], relevance[start : start + step], depth, acc)
+            hits = rel_top.cumsum(dim=1)
+            precision[start : start + step] = hits[:, depths - 1] / depths.to(acc)
+    return precision.to(_result_dtype(sims.dtype))

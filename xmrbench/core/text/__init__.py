@@ -1,0 +1,1 @@
+"""Text processing: tokenizer, vocabulary, orderless text features."""

@@ -1,0 +1,1 @@
+"""Recipes: the schema of a paper table as data, loading with ``extends``, resolution into cells."""

@@ -1,0 +1,194 @@
+"""Loading recipe files: YAML with line numbers, ``extends:`` chains, validation.
+
+Every error names the file, the line where the YAML parser or the schema found the
+problem, and the dotted key, e.g.
+``recipes/two_branch/table2.yaml:41: rows[2].set: unknown key``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from xmrbench.errors import RecipeError
+from xmrbench.recipe.config import deep_merge, format_validation_error
+from xmrbench.recipe.schema import Recipe
+
+
+def recipes_root() -> Path:
+    """The directory holding the recipes: ``$XMRBENCH_RECIPES``, else ``recipes/`` of the checkout."""
+    env = os.environ.get("XMRBENCH_RECIPES")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve().parents[2] / "recipes"
+    if here.is_dir():
+        return here
+    return Path.cwd() / "recipes"
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+class _Doc:
+    """A parsed YAML file: its data and the line of every node, for error messages."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.name = _display(path)
+        if not path.is_file():
+            raise RecipeError("file not found", where=self.name)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RecipeError(f"cannot read file ({exc.__class__.__name__})", where=self.name) from None
+        try:
+            self.node = yaml.compose(text, Loader=yaml.SafeLoader)
+            self.data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{self.name}:{mark.line + 1}" if mark else self.name
+            problem = getattr(exc, "problem", None) or str(exc)
+            raise RecipeError(f"YAML syntax error: {problem}", where=where) from None
+        if self.data is None:
+            self.data = {}
+        if not isinstance(self.data, dict):
+            raise RecipeError("a recipe must be a YAML mapping", where=self.name)
+
+    def line_of(self, loc: tuple[Any, ...]) -> int | None:
+        """1-based line of the deepest node on ``loc`` that exists in this file."""
+        node = self.node
+        line = node.start_mark.line + 1 if node is not None else None
+        for part in loc:
+            if isinstance(node, yaml.MappingNode):
+                match = None
+                for key_node, value_node in node.value:
+                    if key_node.value == str(part):
+                        match = (key_node, value_node)
+                        break
+                if match is None:
+                    return line
+                line = match[0].start_mark.line + 1
+                node = match[1]
+            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+                node = node.value[part]
+                line = node.start_mark.line + 1
+            else:
+                return line
+        return line
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _chain(path: Path, seen: tuple[Path, ...] = ()) -> Iterator[_Doc]:
+    """The file and its ``extends`` bases, most basic first."""
+    path = path.resolve()
+    if path in seen:
+        raise RecipeError("extends: circular chain", where=_display(path))
+    doc = _Doc(path)
+    ext = doc.data.get("extends")
+    bases: list[str]
+    if ext is None:
+        bases = []
+    elif isinstance(ext, str):
+        bases = [ext]
+    elif isinstance(ext, list) and all(isinstance(e, str) for e in ext):
+        bases = ext
+    else:
+        raise RecipeError("extends: expected a file path or a list of paths", where=f"{doc.name}:{doc.line_of(('extends',))}")
+    for base in bases:
+        base_path = (path.parent / base)
+        if not base_path.is_file():
+            raise RecipeError(
+                f"extends: base file {base!r} not found", where=f"{doc.name}:{doc.line_of(('extends',))}"
+            )
+        yield from _chain(base_path, (*seen, path))
+    yield doc
+
+
+def find_recipe(ref: str | Path) -> Path:
+    """A recipe id (``two-branch-table2``) or a path to a YAML file -> the file's path."""
+    candidate = Path(ref)
+    if candidate.suffix in (".yaml", ".yml") or candidate.exists():
+        if not candidate.is_file():
+            raise RecipeError("file not found", where=str(ref))
+        return candidate
+    index = recipe_index()
+    if str(ref) in index:
+        return index[str(ref)]
+    known = ", ".join(sorted(index)) or "(none)"
+    raise RecipeError(f"unknown recipe {str(ref)!r}; known: {known}")
+
+
+def recipe_index(root: Path | None = None) -> dict[str, Path]:
+    """Recipe id -> file, for every recipe under the recipes directory (bases excluded)."""
+    root = root or recipes_root()
+    index: dict[str, Path] = {}
+    for path in sorted(root.rglob("*.y*ml")):
+        if any(part.startswith("_") for part in path.relative_to(root).parts):
+            continue
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{_display(path)}:{mark.line + 1}" if mark else _display(path)
+            raise RecipeError(f"YAML syntax error: {getattr(exc, 'problem', exc)}", where=where) from None
+        if not isinstance(data, dict) or not isinstance(data.get("id"), str):
+            raise RecipeError("a recipe must be a mapping with a string 'id'", where=_display(path))
+        rid = data["id"]
+        if rid in index:
+            raise RecipeError(f"recipe id {rid!r} is also used by {_display(index[rid])}", where=_display(path))
+        index[rid] = path
+    return index
+
+
+def load_recipe(ref: str | Path) -> tuple[Recipe, Path]:
+    """Load, merge (``extends``) and validate a recipe. Raises RecipeError."""
+    path = find_recipe(ref)
+    docs = list(_chain(path))
+    merged: dict[str, Any] = {}
+    for doc in docs:
+        data = {k: v for k, v in doc.data.items() if k != "extends"}
+        merged = deep_merge(merged, data)
+    top = docs[-1]
+    try:
+        recipe = Recipe(**merged)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = tuple(first["loc"])
+        key, msg = format_validation_error(exc)
+        key = _format_loc(loc) or key
+        # report the line in the file that actually holds the offending key
+        where = top.name
+        for doc in reversed(docs):
+            if _has_prefix(doc.data, loc[:1]):
+                where = f"{doc.name}:{doc.line_of(loc)}"
+                break
+        raise RecipeError(_clean(msg), where=where, key=key or None) from None
+    except TypeError as exc:  # e.g. a non-mapping where a mapping is expected
+        raise RecipeError(str(exc), where=top.name) from None
+    return recipe, path
+
+
+def _has_prefix(data: Mapping[str, Any], loc: tuple[Any, ...]) -> bool:
+    return not loc or (isinstance(loc[0], str) and loc[0] in data)
+
+
+def _clean(msg: str) -> str:
+    return msg.removeprefix("Value error, ")

@@ -1,0 +1,321 @@
+"""Resolution: a recipe + profile + overrides -> a list of fully specified cells.
+
+The config of a cell is merged in this order (later wins):
+``recipe.config`` (after ``extends``) <- ``profiles.<profile>.config`` <- ``row.set``
+<- ``row.profiles.<profile>`` <- grid/zip point <- ``--set`` overrides.
+
+Rows come after the profile so that a row's defining switch can never be undone by
+a budget (a row may scale its own parameters per profile); a sweep point comes
+after the row so that the swept value is the one that runs; ``--set`` always wins.
+
+Everything is validated here, before any work: an unknown key, a wrong type or an
+unknown component fails with the file and the dotted key.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from xmrbench.errors import ConfigError, RecipeError, UsageError
+from xmrbench.recipe.config import (
+    CellConfig,
+    content_hash,
+    deep_merge,
+    expand_dotted,
+    flatten,
+    validate_cell_config,
+)
+from xmrbench.recipe.lint import lint_recipe, normalized_values
+from xmrbench.recipe.load import _display, load_recipe
+from xmrbench.recipe.schema import PROFILES, Recipe, Row
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One cell of a table: a row at one grid point. ``config`` is None for rows not run."""
+
+    id: str
+    row: Row
+    point: dict[str, Any]
+    config: CellConfig | None
+    paper: dict[str, dict[str, float | None]]  # protocol -> metric -> printed value
+
+    @property
+    def label(self) -> str:
+        if not self.point:
+            return self.row.label
+        return f"{self.row.label} [{', '.join(f'{k}={v}' for k, v in self.point.items())}]"
+
+    @property
+    def hash(self) -> str | None:
+        return None if self.config is None else self.config.hash()
+
+    @property
+    def runnable(self) -> bool:
+        return self.config is not None
+
+
+@dataclass
+class ResolvedRecipe:
+    recipe: Recipe
+    path: Path
+    profile: str
+    seeds: tuple[int, ...]
+    overrides: dict[str, Any]
+    cells: list[Cell]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        return self.recipe.id
+
+    @property
+    def hash(self) -> str:
+        """Content hash of everything that determines what runs."""
+        return content_hash(
+            {
+                "recipe": self.recipe.id,
+                "profile": self.profile,
+                "cells": [[c.id, c.hash] for c in self.cells],
+                "seeds": list(self.seeds),
+            }
+        )
+
+    def runnable_cells(self) -> list[Cell]:
+        return [c for c in self.cells if c.runnable]
+
+    def cell(self, cell_id: str) -> Cell:
+        for cell in self.cells:
+            if cell.id == cell_id:
+                return cell
+        raise RecipeError(f"no cell {cell_id!r}; cells: {', '.join(c.id for c in self.cells)}", where=self.recipe.id)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved recipe, saved beside the results."""
+        return {
+            "id": self.recipe.id,
+            "path": _display(self.path),
+            "hash": self.hash,
+            "profile": self.profile,
+            "seeds": list(self.seeds),
+            "overrides": self.overrides,
+            "recipe": self.recipe.model_dump(mode="json"),
+            "cells": [
+                {"id": c.id, "label": c.label, "hash": c.hash, "config": c.config.to_dict() if c.config else None}
+                for c in self.cells
+            ],
+        }
+
+
+def parse_set(items: Sequence[str]) -> dict[str, Any]:
+    """``["train.lr=0.1", "model.linear=true"]`` -> ``{"train.lr": 0.1, "model.linear": True}``.
+
+    Values are parsed as YAML scalars/lists (so ``0.1`` is a number and ``true`` a
+    boolean); their types are then checked against the config schema.
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise UsageError(f"--set {item!r}: expected KEY=VALUE")
+        key, _, raw = item.partition("=")
+        key = key.strip()
+        if not key or any(not part for part in key.split(".")):
+            raise UsageError(f"--set {item!r}: empty key")
+        try:
+            out[key] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            out[key] = raw
+    return out
+
+
+def _component_fields(section: str, name: Any) -> set[str] | None:
+    from xmrbench.core.losses.registry import LOSSES
+    from xmrbench.core.models.registry import MODELS
+
+    registry = {"model": MODELS, "loss": LOSSES}[section]
+    if not isinstance(name, str) or name not in registry:
+        return None
+    return set(registry[name].Params.model_fields)
+
+
+def merge_layers(layers: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Deep-merge config layers in order; later layers win.
+
+    When a layer switches a component (``model.name`` or ``loss.name``), parameters
+    from earlier layers that the new component does not accept are dropped, since
+    they belonged to the component it replaces; parameters written in the switching
+    layer or later are validated strictly.
+    """
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        for section in ("model", "loss"):
+            new = layer.get(section)
+            old = merged.get(section)
+            if isinstance(new, Mapping) and isinstance(old, Mapping) and "name" in new and new["name"] != old.get("name"):
+                fields = _component_fields(section, new["name"])
+                if fields is not None:
+                    merged[section] = {k: v for k, v in old.items() if k == "name" or k in fields}
+        merged = deep_merge(merged, layer)
+    return merged
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def _points(recipe: Recipe) -> list[dict[str, Any]]:
+    """The grid x zip points; [{}] when the recipe has no axes."""
+    zips: list[dict[str, Any]] = [{}]
+    if recipe.zip:
+        keys = list(recipe.zip)
+        zips = [dict(zip(keys, vals, strict=True)) for vals in zip(*recipe.zip.values(), strict=True)]
+    grids: list[dict[str, Any]] = [{}]
+    if recipe.grid:
+        keys = list(recipe.grid)
+        grids = [dict(zip(keys, vals, strict=True)) for vals in itertools.product(*recipe.grid.values())]
+    return [{**z, **g} for z in zips for g in grids]
+
+
+def _point_id(point: Mapping[str, Any]) -> str:
+    leaves = [k.rsplit(".", 1)[-1] for k in point]
+    names = [leaf if leaves.count(leaf) == 1 else key for key, leaf in zip(point, leaves)]
+    return ",".join(f"{name}={_fmt(value)}" for name, value in zip(names, point.values()))
+
+
+def resolve(
+    ref: str | Path | Recipe,
+    *,
+    profile: str = "quick",
+    seeds: Sequence[int] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    path: Path | None = None,
+    require_data: bool = True,
+) -> ResolvedRecipe:
+    """Resolve a recipe into validated cells (see the module docstring for merge order).
+
+    ``require_data=False`` resolves a profile that needs ``--data-root`` without one
+    (to read its results or show its cells).
+    """
+    if isinstance(ref, Recipe):
+        recipe, rpath = ref, path or Path(f"{ref.id}.yaml")
+    else:
+        recipe, rpath = load_recipe(ref)
+    where = _display(rpath)
+    if profile not in PROFILES:
+        raise UsageError(f"unknown profile {profile!r}; known: {', '.join(PROFILES)}")
+    if profile not in recipe.profiles:
+        known = ", ".join(recipe.profiles) or "(none)"
+        raise RecipeError(f"profile {profile!r} is not defined; defined: {known}", where=where, key="profiles")
+    spec = recipe.profiles[profile]
+    overrides = dict(overrides or {})
+    if spec.requires_data_root and require_data and "data.root" not in overrides:
+        raise UsageError(
+            f"profile {profile!r} of {recipe.id} runs on real features: pass --data-root DIR "
+            "(a directory in the precomp layout, see docs/data.md)"
+        )
+    run_seeds = tuple(seeds) if seeds else spec.seeds
+    if not run_seeds:
+        raise UsageError("no seeds to run")
+
+    points = _points(recipe)
+    cells: list[Cell] = []
+    row_paper = {row.id: row.paper for row in recipe.rows}
+    for row in recipe.rows:
+        for point in points:
+            cell_id = row.id if not point else f"{row.id}@{_point_id(point)}"
+            values = recipe.paper_values.get(cell_id) or (row_paper[row.id] if not point else {})
+            paper = normalized_values(recipe, values)
+            config: CellConfig | None = None
+            if row.run:
+                raw = merge_layers(
+                    [
+                        recipe.config,
+                        spec.config,
+                        expand_dotted(row.set),
+                        expand_dotted(row.profiles.get(profile, {})),  # type: ignore[call-overload]
+                        expand_dotted(point),
+                        expand_dotted(overrides),
+                    ]
+                )
+                raw.setdefault("eval", {})
+                if isinstance(raw["eval"], dict):
+                    raw["eval"].setdefault("protocols", list(recipe.protocols))
+                config = validate_cell_config(raw, where=f"{where} (row {row.id!r}, profile {profile!r})")
+            cells.append(Cell(id=cell_id, row=row, point=point, config=config, paper=paper))
+    known_cells = {c.id for c in cells}
+    for cell_id in recipe.paper_values:
+        if cell_id not in known_cells:
+            raise RecipeError(f"paper_values: no cell {cell_id!r}", where=where)
+    for claim in recipe.claims:
+        proto = claim.protocol or recipe.default_protocol
+        if proto not in recipe.protocols:
+            raise RecipeError(f"claims.{claim.id}: protocol {proto!r} is not declared", where=where)
+        for better, worse in claim.pairs:
+            for cid in (better, worse):
+                if cid not in known_cells:
+                    raise RecipeError(f"claims.{claim.id}: no cell {cid!r}", where=where)
+    return ResolvedRecipe(
+        recipe=recipe,
+        path=rpath,
+        profile=profile,
+        seeds=run_seeds,
+        overrides=overrides,
+        cells=cells,
+        warnings=lint_recipe(recipe),
+    )
+
+
+def config_keys(resolved: ResolvedRecipe) -> list[str]:
+    """Every dotted key of the runnable cells' configs (for sweep parameter lookup)."""
+    keys: set[str] = set()
+    for cell in resolved.runnable_cells():
+        keys.update(flatten(cell.config.to_dict()))  # type: ignore[union-attr]
+    return sorted(keys)
+
+
+def resolve_param(name: str, keys: Sequence[str]) -> str:
+    """A sweep parameter name -> the dotted key it names: exact, else a unique suffix."""
+    if name in keys:
+        return name
+    matches = [k for k in keys if k == name or k.endswith("." + name)]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise UsageError(f"--{name}: no config key of this recipe is called {name!r}")
+    raise UsageError(f"--{name}: ambiguous, it could be {', '.join(matches)}; use the full dotted key")
+
+
+def with_axes(recipe: Recipe, grid: Mapping[str, Sequence[Any]], *, rows: Sequence[str] | None = None) -> Recipe:
+    """A derived sweep recipe: ``recipe`` with extra grid axes (and optionally fewer rows)."""
+    keep = [r for r in recipe.rows if r.run and (not rows or r.id in rows)]
+    if rows:
+        missing = sorted(set(rows) - {r.id for r in recipe.rows})
+        if missing:
+            raise UsageError(f"--rows: no row {missing[0]!r} in {recipe.id}")
+    if not keep:
+        raise UsageError(f"{recipe.id}: no runnable row to sweep")
+    suffix = "+".join(f"{k.rsplit('.', 1)[-1]}" for k in grid)
+    data = recipe.model_dump()
+    data.update(
+        id=f"{recipe.id}.sweep-{suffix}",
+        kind="sweep",
+        title=f"{recipe.title} (sweep over {', '.join(grid)})",
+        rows=[r.model_dump() | {"paper": {}} for r in keep],
+        grid={**recipe.grid, **{k: list(v) for k, v in grid.items()}},
+        paper_values={},
+        claims=[],
+    )
+    try:
+        return Recipe(**data)
+    except Exception as exc:  # pydantic error on a derived recipe = a bad sweep value
+        raise ConfigError(f"invalid sweep: {exc}") from None

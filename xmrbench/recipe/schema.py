@@ -1,0 +1,181 @@
+"""The recipe file schema: one paper table (or figure) as data.
+
+A recipe names the paper and table, the base it ``extends``, the evaluation
+protocols the paper's numbers were measured on, the table's rows (each a set of
+config overrides plus the paper's printed numbers), optional ``grid``/``zip``
+axes, per-profile overrides, the paper's claims and free-text notes.
+
+Unknown keys and wrong types are rejected with the file and the dotted key.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from xmrbench.core.metrics.keys import METRICS
+from xmrbench.recipe.config import Strict
+
+ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+PROFILES = ("smoke", "quick", "full")
+Profile = Literal["smoke", "quick", "full"]
+PaperValue = float | None
+
+
+def _check_id(value: str, what: str) -> str:
+    if not ID_RE.match(value):
+        raise ValueError(f"{what} {value!r} must be lower-case letters, digits, '.', '_' or '-'")
+    return value
+
+
+class PaperProtocol(Strict):
+    """What a paper's numbers were measured on; the comparable part of a fingerprint."""
+
+    dataset: str  # flickr30k, mscoco, wikipedia, ...
+    split: str = "test"
+    images: int | None = Field(None, ge=1)
+    captions_per_image: int = Field(5, ge=1)
+    folds: int = Field(1, ge=1)
+    features: str | None = None  # free text: the image features the paper used
+    text_features: str | None = None
+    vocabulary: str | None = None
+    note: str | None = None
+
+
+class ProfileSpec(Strict):
+    """A named budget: ``smoke`` (seconds, tests), ``quick`` (minutes, laptop CPU), ``full`` (paper)."""
+
+    description: str | None = None
+    seeds: tuple[int, ...] = (0,)
+    config: dict[str, Any] = {}
+    requires_data_root: bool = False  # the profile needs real features (``--data-root``)
+
+
+class Row(Strict):
+    """One row of the paper's table."""
+
+    id: str
+    label: str
+    set: dict[str, Any] = {}  # dotted config overrides
+    profiles: dict[Profile, dict[str, Any]] = {}  # dotted overrides for one profile only (a row's own budget)
+    run: bool = True  # False: printed by the paper, not run by xmrbench (see ``pending``)
+    pending: str | None = None  # why the row is not run (yet)
+    source: str | None = None  # where the numbers come from, when not this recipe's table
+    # protocol -> values aligned with the recipe's ``columns`` (None = printed as "-"),
+    # or protocol -> {metric: value}
+    paper: dict[str, list[PaperValue] | dict[str, PaperValue]] = {}
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        return _check_id(value, "row id")
+
+    @model_validator(mode="after")
+    def _pending_needs_no_run(self) -> Row:
+        if self.pending and self.run:
+            raise ValueError("a row with 'pending' must also say 'run: false'")
+        return self
+
+
+class Claim(Strict):
+    """A directional statement of the paper, judged by a paired test over seeds."""
+
+    id: str
+    text: str
+    metric: str = "rsum"
+    protocol: str | None = None  # default: the recipe's first protocol
+    pairs: tuple[tuple[str, str], ...]  # (better cell, worse cell), every pair must hold
+    where: str | None = None  # section of the paper that states it
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        return _check_id(value, "claim id")
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, value: str) -> str:
+        if value not in METRICS:
+            raise ValueError(f"unknown metric {value!r}; known: {', '.join(sorted(METRICS))}")
+        return value
+
+
+class Recipe(Strict):
+    """A validated recipe (after ``extends`` has been merged)."""
+
+    id: str
+    paper: str
+    table: str
+    title: str
+    kind: Literal["table", "figure", "sweep"] = "table"
+    protocols: dict[str, PaperProtocol]
+    columns: tuple[str, ...]  # metric keys, in the order the paper prints them
+    config: dict[str, Any] = {}
+    profiles: dict[Profile, ProfileSpec] = {}
+    rows: tuple[Row, ...]
+    grid: dict[str, tuple[Any, ...]] = {}
+    zip: dict[str, tuple[Any, ...]] = {}
+    paper_values: dict[str, dict[str, list[PaperValue] | dict[str, PaperValue]]] = {}  # cell id -> protocol -> values
+    claims: tuple[Claim, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        return _check_id(value, "recipe id")
+
+    @field_validator("columns")
+    @classmethod
+    def _columns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for key in value:
+            if key not in METRICS:
+                raise ValueError(f"unknown metric {key!r}; known: {', '.join(sorted(METRICS))}")
+        return value
+
+    @field_validator("paper")
+    @classmethod
+    def _paper(cls, value: str) -> str:
+        from xmrbench.papers import PAPERS
+
+        if value not in PAPERS:
+            raise ValueError(f"unknown paper {value!r}; known: {', '.join(PAPERS.names())}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Recipe:
+        from xmrbench.core.metrics.protocols import PROTOCOLS
+
+        for name in self.protocols:
+            if name not in PROTOCOLS:
+                raise ValueError(f"protocols: unknown protocol {name!r}; known: {', '.join(PROTOCOLS.names())}")
+        ids = [row.id for row in self.rows]
+        dup = {i for i in ids if ids.count(i) > 1}
+        if dup:
+            raise ValueError(f"rows: duplicate row id {sorted(dup)[0]!r}")
+        lengths = {len(v) for v in self.zip.values()}
+        if len(lengths) > 1:
+            raise ValueError("zip: all lists must have the same length")
+        for row in self.rows:
+            self._check_values(f"rows.{row.id}.paper", row.paper)
+        for cell_id, values in self.paper_values.items():
+            self._check_values(f"paper_values.{cell_id}", values)
+        return self
+
+    def _check_values(self, where: str, values: dict[str, Any]) -> None:
+        for proto, vals in values.items():
+            if proto not in self.protocols:
+                raise ValueError(f"{where}: protocol {proto!r} is not declared under 'protocols'")
+            if isinstance(vals, list) and len(vals) != len(self.columns):
+                raise ValueError(
+                    f"{where}.{proto}: {len(vals)} values for {len(self.columns)} columns ({', '.join(self.columns)})"
+                )
+            if isinstance(vals, dict):
+                for key in vals:
+                    if key not in METRICS:
+                        raise ValueError(f"{where}.{proto}: unknown metric {key!r}")
+
+    @property
+    def default_protocol(self) -> str:
+        return next(iter(self.protocols))

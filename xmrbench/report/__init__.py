@@ -1,0 +1,1 @@
+"""Paper-vs-ours tables: join recipes with the results store and format them."""

@@ -1,0 +1,171 @@
+"""Join a recipe (paper numbers, claims) with the results store (our numbers).
+
+For each cell the report uses the results whose cell hash matches the recipe as
+resolved now for the chosen profile; if there are none (results produced with
+``--set`` overrides or by an older version of the recipe) it falls back to the
+group of results with the most seeds and marks the cell as *config differs*.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from xmrbench.core.metrics import keys as K
+from xmrbench.errors import XmrbenchError
+from xmrbench.papers import PAPERS
+from xmrbench.recipe.resolve import ResolvedRecipe, resolve
+from xmrbench.recipe.schema import PROFILES
+from xmrbench.runner.env import machine_label
+from xmrbench.runner.fingerprint import compare, paper_fingerprint
+from xmrbench.stats.claims import ClaimVerdict, Side, judge
+from xmrbench.store.schema import ResultDoc
+from xmrbench.store.store import ResultStore
+
+
+@dataclass
+class Ours:
+    mean: float
+    std: float
+    n: int
+
+
+@dataclass
+class CellReport:
+    id: str
+    label: str
+    runnable: bool
+    pending: str | None
+    source: str | None
+    paper: dict[str, dict[str, float | None]]
+    ours: dict[str, dict[str, Ours]] = field(default_factory=dict)  # protocol -> metric -> Ours
+    seeds: list[int] = field(default_factory=list)
+    config_differs: bool = False
+    comparable: dict[str, tuple[bool, list[str], list[str]]] = field(default_factory=dict)
+
+
+@dataclass
+class TableReport:
+    resolved: ResolvedRecipe
+    cells: list[CellReport]
+    claims: list[ClaimVerdict]
+    datasets: list[str]
+    machines: list[str]
+    seeds: list[int]
+    commits: list[str]
+    problems: list[str]  # corrupt files and similar, to show the user
+    n_results: int
+
+    @property
+    def recipe(self):
+        return self.resolved.recipe
+
+    @property
+    def paper(self):
+        return PAPERS[self.recipe.paper]
+
+    def metric_columns(self) -> list[str]:
+        cols = list(self.recipe.columns)
+        if K.RSUM not in cols and all(k in cols for k in K.RECALL_KEYS):
+            cols.append(K.RSUM)
+        return cols
+
+    def comparable_any(self, protocol: str) -> bool:
+        return any(c.comparable.get(protocol, (False,))[0] for c in self.cells if c.ours.get(protocol))
+
+    def comparability_notes(self, protocol: str) -> list[str]:
+        notes: set[str] = set()
+        for c in self.cells:
+            ok, breaks, caveats = c.comparable.get(protocol, (True, [], []))
+            notes.update(breaks)
+            notes.update(f"(setup) {x}" for x in caveats)
+        return sorted(notes)
+
+
+def _pick_profile(recipe, docs: list[ResultDoc]) -> str:
+    """The most paper-like profile that has results; else quick (or the first defined)."""
+    have = {d.recipe.profile for d in docs}
+    for profile in ("full", "quick", "smoke"):
+        if profile in have:
+            return profile
+    return "quick" if "quick" in recipe.profiles else next(iter(recipe.profiles), "quick")
+
+
+def collect(recipe_ref: str, store: ResultStore, *, profile: str | None = None) -> TableReport:
+    """Everything a paper-vs-ours table needs, for one recipe."""
+    from xmrbench.recipe.load import load_recipe
+
+    recipe, path = load_recipe(recipe_ref)
+    docs: list[ResultDoc] = []
+    problems: list[str] = []
+    for p, doc, problem in store.iter_results(recipe.id):
+        if doc is None:
+            problems.append(f"{p}: {problem} (ignored; re-run reproduce to recompute it)")
+        else:
+            docs.append(doc)
+    if profile is None:
+        profile = _pick_profile(recipe, docs)
+    if profile not in PROFILES:
+        raise XmrbenchError(f"unknown profile {profile!r}; known: {', '.join(PROFILES)}")
+    docs = [d for d in docs if d.recipe.profile == profile]
+    resolved = resolve(recipe, profile=profile, path=path, require_data=False)
+    by_cell: dict[str, list[ResultDoc]] = defaultdict(list)
+    for d in docs:
+        by_cell[d.cell.id].append(d)
+
+    cells: list[CellReport] = []
+    sides: dict[tuple[str, str, str], Side] = {}
+    fingerprints: dict[tuple[str, str], dict[str, Any]] = {}
+    for cell in resolved.cells:
+        rep = CellReport(cell.id, cell.label, cell.runnable, cell.row.pending, cell.row.source, cell.paper)
+        group = by_cell.get(cell.id, [])
+        chosen = [d for d in group if d.cell.hash == cell.hash]
+        if not chosen and group:
+            hashes = defaultdict(list)
+            for d in group:
+                hashes[d.cell.hash].append(d)
+            chosen = max(hashes.values(), key=lambda g: (len(g), max(x.created for x in g)))
+            rep.config_differs = True
+        seen: dict[int, ResultDoc] = {}
+        for d in sorted(chosen, key=lambda x: x.created):
+            seen[d.seed] = d  # newest wins if a seed appears twice
+        chosen = [seen[s] for s in sorted(seen)]
+        rep.seeds = sorted(seen)
+        for proto in recipe.protocols:
+            with_proto = [d for d in chosen if proto in d.metrics]
+            if not with_proto:
+                continue
+            keys = sorted({k for d in with_proto for k in d.metrics[proto]})
+            rep.ours[proto] = {}
+            for key in keys:
+                vals = np.array([d.metrics[proto][key] for d in with_proto if key in d.metrics[proto]], dtype=float)
+                rep.ours[proto][key] = Ours(float(vals.mean()), float(vals.std(ddof=1)) if len(vals) > 1 else 0.0, len(vals))
+                sides[(cell.id, key, proto)] = Side(
+                    {d.seed: d.metrics[proto][key] for d in with_proto if key in d.metrics[proto]},
+                    {d.seed: d.ranks[proto] for d in with_proto if proto in d.ranks},
+                )
+            fp = with_proto[-1].protocols.get(proto, {})
+            fingerprints[(cell.id, proto)] = fp
+            rep.comparable[proto] = compare(paper_fingerprint(recipe.protocols[proto]), fp)
+        cells.append(rep)
+
+    comparable_pairs: dict[tuple[str, str, str], bool] = {}
+    claim_specs = []
+    for claim in recipe.claims:
+        proto = claim.protocol or recipe.default_protocol
+        for better, worse in claim.pairs:
+            fa, fb = fingerprints.get((better, proto)), fingerprints.get((worse, proto))
+            if fa is not None and fb is not None:
+                comparable_pairs[(better, worse, proto)] = compare(fa, fb)[0]
+        claim_specs.append((claim.id, claim.text, claim.metric, proto, claim.pairs))
+    verdicts = judge(claim_specs, sides, comparable=comparable_pairs)
+
+    all_docs = [d for c in by_cell.values() for d in c]
+    datasets = sorted({f"{d.dataset.name} ({d.dataset.fingerprint[:10]})" for d in all_docs})
+    machines = sorted({machine_label(d.env) for d in all_docs})
+    commits = sorted({str(d.env.get("git_commit") or "?")[:12] for d in all_docs})
+    seeds = sorted({s for c in cells for s in c.seeds})
+    return TableReport(resolved, cells, verdicts, datasets, machines, seeds, commits, problems, len(all_docs))

@@ -1,0 +1,1 @@
+"""Running resolved recipes: plan, execute, record."""

@@ -1,0 +1,242 @@
+"""Execution: run every (cell, seed) of a resolved recipe that the store does not hold yet.
+
+Each run builds its dataset (shared between cells through a cache), trains and
+evaluates through the engine, and writes one result document atomically. A
+finished result is skipped unless ``force``; a corrupted or partial one is
+reported and recomputed. The first Ctrl-C lets the current epoch finish and
+checkpoint, then stops; a second one stops at once (the last epoch checkpoint
+is still there). Either way a re-run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from xmrbench.core.engine.inputs import PreparedData
+from xmrbench.core.engine.train import Events, NullEvents, train_and_evaluate
+from xmrbench.core.metrics.protocols import PROTOCOLS
+from xmrbench.data.dataset import RetrievalData
+from xmrbench.data.registry import DATASETS
+from xmrbench.recipe.config import DataConfig
+from xmrbench.recipe.resolve import Cell, ResolvedRecipe
+from xmrbench.runner.env import environment
+from xmrbench.runner.fingerprint import run_fingerprint
+from xmrbench.store.schema import SCHEMA_VERSION, CellRef, DatasetRef, RecipeRef, ResultDoc
+from xmrbench.store.store import ResultStore
+
+
+class DataCache:
+    """Datasets and their model-ready preparations, shared by the cells of one process."""
+
+    def __init__(self) -> None:
+        self._data: dict[str, RetrievalData] = {}
+        self._prepared: dict[tuple[str, str, str], PreparedData] = {}
+
+    def data(self, cfg: DataConfig) -> RetrievalData:
+        key = json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
+        if key not in self._data:
+            self._data[key] = DATASETS[cfg.name](cfg)
+        return self._data[key]
+
+    def prepared(self, cfg: DataConfig, image_input: str, text_input: str) -> PreparedData:
+        key = (json.dumps(cfg.model_dump(mode="json"), sort_keys=True), image_input, text_input)
+        if key not in self._prepared:
+            self._prepared[key] = PreparedData(self.data(cfg), cfg, image_input, text_input)
+        return self._prepared[key]
+
+
+class Reporter(Protocol):
+    """What the runner tells its caller (the command line draws progress from it)."""
+
+    def run_start(self, cell: Cell, seed: int, index: int, total: int) -> Events: ...
+    def run_skip(self, cell: Cell, seed: int, why: str) -> None: ...
+    def run_end(self, cell: Cell, seed: int, doc: ResultDoc, path: Path) -> None: ...
+    def warn(self, message: str) -> None: ...
+
+
+class SilentReporter:
+    def run_start(self, cell: Cell, seed: int, index: int, total: int) -> Events:
+        return NullEvents()
+
+    def run_skip(self, cell: Cell, seed: int, why: str) -> None:
+        pass
+
+    def run_end(self, cell: Cell, seed: int, doc: ResultDoc, path: Path) -> None:
+        pass
+
+    def warn(self, message: str) -> None:
+        pass
+
+
+@dataclass
+class Summary:
+    ran: list[tuple[str, int]] = field(default_factory=list)
+    skipped: list[tuple[str, int]] = field(default_factory=list)
+    recomputed_corrupt: list[Path] = field(default_factory=list)
+    interrupted: bool = False
+
+
+class _StopFlag:
+    """First SIGINT: stop after the current epoch. Second: stop now."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _StopFlag:
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread
+            self._previous = None
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def plan_runs(resolved: ResolvedRecipe, store: ResultStore) -> list[tuple[Cell, int, str]]:
+    """Every runnable (cell, seed) with its store state: done, missing or corrupt."""
+    out = []
+    for cell in resolved.runnable_cells():
+        for seed in resolved.seeds:
+            status = store.status(resolved.id, cell.id, cell.hash, seed)  # type: ignore[arg-type]
+            out.append((cell, seed, status.state))
+    return out
+
+
+def run_one(
+    resolved: ResolvedRecipe,
+    cell: Cell,
+    seed: int,
+    *,
+    store: ResultStore,
+    cache: DataCache,
+    device: torch.device,
+    events: Events | None = None,
+    stop_requested: Callable[[], bool] | None = None,
+) -> tuple[ResultDoc, Path]:
+    """Train and evaluate one (cell, seed) and write its result document."""
+    cfg = cell.config
+    assert cfg is not None and cell.hash is not None
+    model_cls_params = cfg.model.params
+    image_input = getattr(model_cls_params, "image_input", "global")
+    text_input = getattr(model_cls_params, "text_input", "tokens")
+    data = cache.data(cfg.data)
+    prepared = cache.prepared(cfg.data, image_input, text_input)
+    work = store.work_dir(resolved.id, cell.id, cell.hash, seed)
+    work.mkdir(parents=True, exist_ok=True)
+    out = train_and_evaluate(
+        cfg,
+        seed,
+        prepared,
+        device=device,
+        work_dir=work,
+        events=events,
+        label=f"{resolved.id}/{cell.id}/seed{seed}",
+        stop_requested=stop_requested,
+    )
+    config = cfg.to_dict()
+    protocols = {}
+    for name in cfg.eval.protocols:
+        split = prepared.split(PROTOCOLS[name].split)
+        protocols[name] = run_fingerprint(
+            name,
+            dataset_name=data.name,
+            dataset_fingerprint=data.fingerprint,
+            dataset_info=data.info,
+            split_images=split.n_images,
+            captions_per_image=split.captions_per_image,
+            config=config,
+            text_input=text_input,
+            image_input=image_input,
+        )
+    doc = ResultDoc(
+        schema_version=SCHEMA_VERSION,
+        recipe=RecipeRef(
+            id=resolved.id,
+            path=str(resolved.path),
+            hash=resolved.hash,
+            paper=resolved.recipe.paper,
+            table=resolved.recipe.table,
+            profile=resolved.profile,
+        ),
+        cell=CellRef(id=cell.id, label=cell.label, row=cell.row.id, point=cell.point, hash=cell.hash),
+        seed=seed,
+        config=config,
+        dataset=DatasetRef(name=data.name, fingerprint=data.fingerprint, info=data.info),
+        protocols=protocols,
+        metrics=out.metrics,
+        ranks=out.ranks,
+        curves=out.curves,
+        best_epoch=out.best_epoch,
+        n_params=out.n_params,
+        timing=out.timing,
+        env=environment(device),
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        resumed_from_epoch=out.resumed_from_epoch,
+    )
+    model_path = store.model_path(resolved.id, cell.id, cell.hash, seed)
+    model_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = model_path.with_name(f".{model_path.name}.tmp")
+    torch.save({"config": config, "seed": seed, "state_dict": out.state_dict}, tmp)
+    tmp.replace(model_path)
+    path = store.write(doc)
+    store.finish_run(resolved.id, cell.id, cell.hash, seed)
+    return doc, path
+
+
+def reproduce(
+    resolved: ResolvedRecipe,
+    store: ResultStore,
+    *,
+    device: torch.device,
+    force: bool = False,
+    reporter: Reporter | None = None,
+    cache: DataCache | None = None,
+) -> Summary:
+    """Run every missing (or, with ``force``, every) run of ``resolved``."""
+    reporter = reporter or SilentReporter()
+    cache = cache or DataCache()
+    summary = Summary()
+    store.clean_temporaries(resolved.id)
+    store.save_resolved(resolved.to_dict())
+    todo = []
+    for cell, seed, state in plan_runs(resolved, store):
+        if state == "done" and not force:
+            summary.skipped.append((cell.id, seed))
+            reporter.run_skip(cell, seed, "done")
+            continue
+        if state == "corrupt":
+            status = store.status(resolved.id, cell.id, cell.hash, seed)  # type: ignore[arg-type]
+            reporter.warn(f"{status.path}: {status.problem}; recomputing")
+            summary.recomputed_corrupt.append(status.path)
+        todo.append((cell, seed))
+    with _StopFlag() as stop:
+        try:
+            for index, (cell, seed) in enumerate(todo):
+                events = reporter.run_start(cell, seed, index, len(todo))
+                doc, path = run_one(
+                    resolved, cell, seed, store=store, cache=cache, device=device, events=events,
+                    stop_requested=lambda: stop.requested,
+                )
+                summary.ran.append((cell.id, seed))
+                reporter.run_end(cell, seed, doc, path)
+                if stop.requested:
+                    raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            summary.interrupted = True
+    return summary

@@ -1,0 +1,1 @@
+"""Statistics for claims: paired tests over seeds and queries, multiple-testing correction."""

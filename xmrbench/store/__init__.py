@@ -1,0 +1,1 @@
+"""The results store: one atomically written JSON document per (recipe, cell, seed)."""

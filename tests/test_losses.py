@@ -766,3 +766,21 @@ def test_positive_mask():
     assert torch.equal(positive_mask(None, 3, 3), torch.eye(3, dtype=torch.bool))
     mask = positive_mask((torch.tensor([4, 2]), torch.tensor([2, 4, 4, 9])), 2, 4)
     assert mask.tolist() == [[False, True, True, False], [True, False, False, False]]
+
+
+def test_logistic_pair_scores_route_equals_full_matrix():
+    """Scoring only the sampled pairs gives the same value and draws as the full matrix."""
+    from xmrbench.core.losses.logistic import LogisticLoss
+
+    gen = torch.Generator().manual_seed(5)
+    img = torch.randn(6, 4, generator=gen)
+    txt = torch.randn(14, 4, generator=gen)
+    labels = (torch.arange(6), torch.tensor([0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 5, 0]))
+    loss = LogisticLoss(LogisticLoss.Params(neg_per_pos=3))
+    with torch.random.fork_rng():
+        torch.manual_seed(11)
+        full = loss(img, txt, sims=img @ txt.T, labels=labels)
+    with torch.random.fork_rng():
+        torch.manual_seed(11)
+        pairs = loss(img, txt, labels=labels, pair_scores=lambda i, j: (img[i] * txt[j]).sum(-1))
+    assert torch.allclose(full, pairs)

@@ -37,6 +37,9 @@ class Registry(Mapping[str, T], Generic[T]):
             known = ", ".join(sorted(self._entries)) or "(none)"
             raise RegistryError(f"unknown {self.kind} {name!r}; known: {known}") from None
 
+    def get(self, name: str, default: T | None = None) -> T | None:
+        return self._entries.get(name, default)
+
     def __contains__(self, name: object) -> bool:
         return name in self._entries
 

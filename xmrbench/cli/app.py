@@ -81,17 +81,24 @@ def list_cmd(results: ResultsOpt = Path("results"), profile: ProfileOpt = "quick
     from xmrbench.store.store import ResultStore
 
     store = ResultStore(results)
-    table = Table("recipe", "paper", "table", "title", "cells", "runnable", f"done ({profile})")
+    table = Table("paper", "table", "cells", "runnable", f"done ({profile})")
+    table.columns.insert(0, _no_wrap("recipe"))
     for rid, path in recipe_index().items():
         resolved = resolve(path, profile=profile, require_data=False) if _has_profile(path, profile) else None
         if resolved is None:
-            table.add_row(rid, "", "", "", "", "", "no such profile")
+            table.add_row(rid, "", "", "", "", "no such profile")
             continue
         runs = plan_runs(resolved, store)
         done = sum(1 for *_, state in runs if state == "done")
         r = resolved.recipe
-        table.add_row(rid, r.paper, r.table, r.title, str(len(resolved.cells)), str(len(resolved.runnable_cells())), f"{done}/{len(runs)}")
+        table.add_row(rid, r.paper, r.table, str(len(resolved.cells)), str(len(resolved.runnable_cells())), f"{done}/{len(runs)}")
     console.print(table)
+
+
+def _no_wrap(header: str):
+    from rich.table import Column
+
+    return Column(header, no_wrap=True)
 
 
 def _has_profile(path: Path, profile: str) -> bool:
@@ -117,14 +124,14 @@ def show(
         return
     r = resolved.recipe
     console.print(f"[bold]{r.id}[/]: {r.paper} {r.table} — {r.title}  (profile {profile}, seeds {list(resolved.seeds)})")
-    table = Table("cell", "label", "run", "hash", "settings", "paper")
+    table = Table(_no_wrap("cell"), "label", "settings", _no_wrap("hash"))
     for cell in resolved.cells:
         settings = ", ".join(f"{k}={v}" for k, v in {**cell.row.set, **cell.point}.items())
-        paper = "; ".join(
-            f"{proto}: " + " ".join("-" if v is None else f"{v:g}" for v in vals.values()) for proto, vals in cell.paper.items()
-        )
-        table.add_row(cell.id, cell.label, "yes" if cell.runnable else f"no ({cell.row.pending or 'paper only'})", cell.hash or "", settings, paper)
+        if not cell.runnable:
+            settings = f"not run: {cell.row.pending or 'printed by the paper only'}"
+        table.add_row(cell.id, cell.label, settings, cell.hash or "-")
     console.print(table)
+    console.print("full configs: xmrbench show RECIPE --json; paper numbers: xmrbench report RECIPE")
     for warning in resolved.warnings:
         console.print(f"[yellow]lint:[/] {warning}", highlight=False)
 
@@ -308,6 +315,35 @@ def evaluate(
         for key, value in metrics.items():
             table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
         console.print(table)
+
+
+@app.command()
+def bench(
+    names: Annotated[Optional[list[str]], typer.Argument(help="Benchmarks to run (default: all): machine, similarity, ranking, ...")] = None,
+    quick: Annotated[bool, typer.Option("--quick/--full", help="Small sizes (seconds) or full sizes (COCO 5K).")] = True,
+    device: DeviceOpt = "auto",
+    as_json: Annotated[bool, typer.Option("--json/--no-json", help="Print JSON.")] = False,
+) -> None:
+    """Time the similarity and ranking kernels against references and this machine's limits."""
+    from xmrbench.bench.registry import run_benchmarks
+    from xmrbench.core.engine.train import resolve_device
+    from xmrbench.runner.env import environment
+
+    dev = resolve_device(device)
+    results = run_benchmarks(names, dev, quick=quick)
+    if as_json:
+        print(json.dumps({"env": environment(dev), "results": [r.to_dict() for r in results]}, indent=1))
+        return
+    for res in results:
+        table = Table("timing", "median s", "rate", title=f"{res.name}: {res.description}")
+        for t in res.timings:
+            rate = f"{t.rate:.3g} {t.unit}/s" if t.rate else ""
+            table.add_row(t.name, f"{t.seconds:.4f}", rate)
+        console.print(table)
+        for label, value in res.ratios.items():
+            console.print(f"  {label}: [bold]{value:.3g}[/]")
+        for note in res.notes:
+            console.print(f"  {note}")
 
 
 @app.command()

@@ -90,7 +90,7 @@ class CellConfig(Strict):
 
     data: DataConfig = DataConfig()
     model: ComponentConfig
-    loss: ComponentConfig
+    loss: ComponentConfig | None  # None: a closed-form model fitted without a loss (CCA)
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
 
@@ -98,7 +98,7 @@ class CellConfig(Strict):
         return {
             "data": self.data.model_dump(mode="json"),
             "model": self.model.to_dict(),
-            "loss": self.loss.to_dict(),
+            "loss": self.loss.to_dict() if self.loss is not None else None,
             "train": self.train.model_dump(mode="json"),
             "eval": self.eval.model_dump(mode="json"),
         }
@@ -233,7 +233,15 @@ def validate_cell_config(raw: Mapping[str, Any], *, where: str) -> CellConfig:
         if section not in raw:
             raise ConfigError("required key is missing", where=where, key=section)
     model = _component(raw["model"], "model", MODELS, where)
-    loss = _component(raw["loss"], "loss", LOSSES, where)
+    closed_form = hasattr(MODELS[model.name], "fit")
+    if raw["loss"] is None:
+        if not closed_form:
+            raise ConfigError(f"model {model.name!r} is trained by gradient descent and needs a loss", where=where, key="loss")
+        loss = None
+    else:
+        if closed_form:
+            raise ConfigError(f"model {model.name!r} is fitted in closed form; set 'loss: null'", where=where, key="loss")
+        loss = _component(raw["loss"], "loss", LOSSES, where)
     rest = {k: raw[k] for k in ("data", "train", "eval") if k in raw}
     try:
         cfg = CellConfig(model=model, loss=loss, **rest)

@@ -16,14 +16,14 @@ from xmrbench.core.metrics import keys as K
 from xmrbench.core.metrics.protocols import PROTOCOLS
 from xmrbench.core.metrics.retrieval import average_folds, i2t_ranks, retrieval_metrics, t2i_ranks
 from xmrbench.core.metrics.sentence import sentence_metrics
-from xmrbench.core.models.base import RetrievalModel
+from xmrbench.core.models.base import Padded, RetrievalModel, concat
 from xmrbench.errors import TrainingError
 
 
 @dataclass
 class Encoded:
-    img_emb: torch.Tensor
-    txt_emb: torch.Tensor
+    img_emb: torch.Tensor | Padded
+    txt_emb: torch.Tensor | Padded
 
 
 @torch.no_grad()
@@ -41,7 +41,7 @@ def encode(model: RetrievalModel, split: PreparedSplit, *, device: torch.device,
             txts.append(model.encode_texts(split.text_batch(index).to(device)))
     finally:
         model.train(was_training)
-    return Encoded(torch.cat(imgs), torch.cat(txts))
+    return Encoded(concat(imgs), concat(txts))
 
 
 @torch.no_grad()
@@ -96,6 +96,8 @@ def evaluate_split(
         ranks_t2i.append(t2i_ranks(sims, captions_per_image=cpi))
     metrics = per_fold[0] if folds == 1 else average_folds(per_fold)
     if sentence:
+        if isinstance(enc.txt_emb, Padded):
+            raise TrainingError("sentence-to-sentence retrieval needs one embedding per caption")
         txt = enc.txt_emb.float().cpu()
         metrics.update(sentence_metrics(txt @ txt.t(), captions_per_image=cpi))
     ranks = {"i2t": torch.cat(ranks_i2t).tolist(), "t2i": torch.cat(ranks_t2i).tolist()}

@@ -78,12 +78,14 @@ def resolve_device(name: str) -> torch.device:
 
 
 def seed_everything(seed: int, device: torch.device) -> None:
+    """Seed every generator a run uses. CPU kernels are deterministic already; on CUDA
+    the deterministic algorithms are requested (warning where none exists)."""
     random.seed(seed)
     torch.manual_seed(seed)
     if device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.cuda.manual_seed_all(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
@@ -130,7 +132,17 @@ def train_and_evaluate(
 
     model_cls = MODELS[cfg.model.name]
     model = model_cls(cfg.model.params, prepared.dims).to(device)
+    train = prepared.split("train")
+    dev = prepared.split("dev", max_images=cfg.eval.dev_images)
+    eval_kw = dict(device=device, batch_size=cfg.eval.batch_size, block_images=cfg.eval.block_images)
+    if cfg.loss is None:  # a closed-form model: fit, then evaluate
+        t0 = time.perf_counter()
+        model.fit(train)  # type: ignore[attr-defined]
+        fit_s = time.perf_counter() - t0
+        best_dev, _ = evaluate_split(model, dev, **eval_kw)
+        return _finish(model, prepared, cfg, {"epoch": [], "fit_s": [fit_s]}, best_dev, 0, eval_kw, t_start, None)
     loss_fn = LOSSES[cfg.loss.name](cfg.loss.params).to(device)
+    auxiliary = getattr(model, "auxiliary_loss", None)
     params = [p for p in list(model.parameters()) + list(loss_fn.parameters()) if p.requires_grad]
     optimizer = _optimizer(cfg, params)
     scheduler = (
@@ -139,8 +151,6 @@ def train_and_evaluate(
         else None
     )
     sampler = SAMPLERS[cfg.train.sampler]
-    train = prepared.split("train")
-    dev = prepared.split("dev", max_images=cfg.eval.dev_images)
     caption_image = train.caption_image()
 
     curves: dict[str, list[float]] = {"epoch": [], "train_loss": [], "dev_score": [], "dev_rsum": [], "lr": [], "epoch_s": []}
@@ -166,7 +176,6 @@ def train_and_evaluate(
             torch.set_rng_state(ckpt["torch_rng"])
             start_epoch = resumed = ckpt["epoch"] + 1
 
-    eval_kw = dict(device=device, batch_size=cfg.eval.batch_size, block_images=cfg.eval.block_images)
     for epoch in range(start_epoch, cfg.train.epochs):
         t0 = time.perf_counter()
         model.train()
@@ -178,8 +187,14 @@ def train_and_evaluate(
             images, text, (img_labels, txt_labels) = _batch_inputs(train, caption_index, caption_image)
             img_emb = model.encode_images(images.to(device))
             txt_emb = model.encode_texts(text.to(device))
-            sims = model.similarity(img_emb, txt_emb)
-            loss = loss_fn(img_emb, txt_emb, sims=sims, labels=(img_labels.to(device), txt_labels.to(device)))
+            labels = (img_labels.to(device), txt_labels.to(device))
+            if getattr(loss_fn, "scores_pairs", False):  # score only the pairs the loss samples
+                pair_scores = lambda i, j, a=img_emb, b=txt_emb: model.pair_scores(a[i], b[j])  # noqa: E731
+                loss = loss_fn(img_emb, txt_emb, labels=labels, pair_scores=pair_scores)
+            else:
+                loss = loss_fn(img_emb, txt_emb, sims=model.similarity(img_emb, txt_emb), labels=labels)
+            if auxiliary is not None:
+                loss = loss + auxiliary(images=images, text=text, img_emb=img_emb, txt_emb=txt_emb, labels=labels)
             if not torch.isfinite(loss):
                 raise TrainingError(f"the loss became {loss.item()} at epoch {epoch + 1}, batch {b + 1}", where=label)
             optimizer.zero_grad(set_to_none=True)
@@ -236,6 +251,11 @@ def train_and_evaluate(
         best_epoch = 0
     else:
         model.load_state_dict(best_state)
+    return _finish(model, prepared, cfg, curves, best_dev, best_epoch, eval_kw, t_start, resumed)
+
+
+def _finish(model, prepared, cfg, curves, best_dev, best_epoch, eval_kw, t_start, resumed) -> RunOutput:
+    """Evaluate the selected model on the cell's protocols and package the output."""
     t0 = time.perf_counter()
     metrics, ranks = evaluate_protocols(
         model, prepared, cfg.eval.protocols, sentence=cfg.eval.sentence_retrieval, **eval_kw
@@ -248,7 +268,7 @@ def train_and_evaluate(
         curves=curves,
         best_epoch=best_epoch,
         timing={
-            "train_s": float(sum(curves["epoch_s"])),
+            "train_s": float(sum(curves.get("epoch_s", curves.get("fit_s", [])))),
             "eval_s": t_eval,
             "wall_s": time.perf_counter() - t_start,  # this process only (excludes epochs before a resume)
         },

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -29,10 +31,17 @@ class LogisticLoss(RetrievalLoss):
     the texts of the batch that are negatives of image ``i``. An image without
     negatives in the batch contributes its positives only.
 
-    The draws use ``torch.multinomial`` on torch's global RNG (that of ``sims``'s
-    device), which the training engine seeds; the same seed gives the same
+    The draws use ``torch.multinomial`` on torch's global RNG (that of the
+    embeddings' device), which the training engine seeds; the same seed gives the same
     negatives. ``log(1 + exp(t))`` is computed as ``softplus(t)``.
+
+    Instead of the full ``sims`` matrix, a model whose every score costs a forward
+    pass (the similarity network) may pass ``pair_scores(img_idx, txt_idx) -> (P,)``,
+    which scores only the sampled pairs; both routes draw the same negatives.
     """
+
+    #: the engine may pass ``pair_scores`` instead of computing the full ``sims``
+    scores_pairs = True
 
     class Params(LossParams):
         neg_per_pos: int = Field(1, ge=1)
@@ -46,25 +55,36 @@ class LogisticLoss(RetrievalLoss):
         *,
         sims: Tensor | None = None,
         labels: Labels | None = None,
+        pair_scores: Callable[[Tensor, Tensor], Tensor] | None = None,
     ) -> Tensor:
-        """``sims (B_img, B_txt)`` is required; the embeddings only give the batch sizes
-        ``B_img = img_emb.shape[0]``, ``B_txt = txt_emb.shape[0]``. Returns a 0-d tensor."""
-        if sims is None:
+        """``sims (B_img, B_txt)`` or ``pair_scores`` is required; the embeddings only give
+        the batch sizes ``B_img = img_emb.shape[0]``, ``B_txt = txt_emb.shape[0]``.
+        Returns a 0-d tensor."""
+        n_img, n_txt = img_emb.shape[0], txt_emb.shape[0]
+        if sims is not None:
+            check_sims(sims, n_img, n_txt)
+            score = lambda rows, cols: sims[rows, cols]  # noqa: E731
+        elif pair_scores is not None:
+            score = pair_scores
+        else:
             raise ValueError(
-                "the logistic loss needs sims: the per-pair scores of the similarity network"
+                "the logistic loss needs sims or pair_scores: the per-pair scores of the similarity network"
             )
-        check_sims(sims, img_emb.shape[0], txt_emb.shape[0])
-        pos_mask = positive_mask(labels, *sims.shape, device=sims.device)
+        device = img_emb.device
+        pos_mask = positive_mask(labels, n_img, n_txt, device=device)
         img_idx, txt_idx = positive_pairs(pos_mask)
-        total = F.softplus(-sims[img_idx, txt_idx]).sum()
+        rows, cols, signs = [img_idx], [txt_idx], [torch.full_like(img_idx, -1)]
 
         # One row of sampling weights per positive pair: 1 on the negatives of its image.
         neg_weights = (~pos_mask)[img_idx].to(torch.float32)
         has_neg = neg_weights.sum(dim=1) > 0
         if bool(has_neg.any()):
             anchors = img_idx[has_neg]
-            n_draws = self.params.neg_per_pos
-            drawn = torch.multinomial(neg_weights[has_neg], n_draws, replacement=True)
-            neg_scores = sims[anchors[:, None].expand_as(drawn), drawn]
-            total = total + F.softplus(neg_scores).sum()
+            drawn = torch.multinomial(neg_weights[has_neg], self.params.neg_per_pos, replacement=True)
+            rows.append(anchors[:, None].expand_as(drawn).reshape(-1))
+            cols.append(drawn.reshape(-1))
+            signs.append(torch.ones_like(drawn.reshape(-1)))
+        scores = score(torch.cat(rows), torch.cat(cols))
+        # softplus(-z p): z = +1 for positives (sign -1 on p), -1 for negatives
+        total = F.softplus(torch.cat(signs).to(scores.dtype) * scores).sum()
         return reduce_loss(total, img_idx.numel(), self.params.reduction)

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from xmrbench.registry import Registry
+
 I2T_R1, I2T_R5, I2T_R10 = "i2t_r1", "i2t_r5", "i2t_r10"
 I2T_MEDR, I2T_MEANR = "i2t_medr", "i2t_meanr"
 T2I_R1, T2I_R5, T2I_R10 = "t2i_r1", "t2i_r5", "t2i_r10"
@@ -45,7 +47,8 @@ def _recall(key: str, what: str) -> MetricSpec:
     return MetricSpec(key, what, "percent", True)
 
 
-METRICS: dict[str, MetricSpec] = {
+#: The metric registry: every key a recipe, a result or a report may use.
+METRICS: Registry[MetricSpec] = Registry("metric", {
     spec.key: spec
     for spec in (
         _recall(I2T_R1, "image->text R@1: % of images with a matching caption ranked 1st"),
@@ -70,4 +73,4 @@ METRICS: dict[str, MetricSpec] = {
         _recall(PL_R5, "phrase localization R@5 (IoU >= 0.5)"),
         _recall(PL_R10, "phrase localization R@10 (IoU >= 0.5)"),
     )
-}
+})

@@ -1,0 +1,62 @@
+"""Every paper number in a recipe is copied exactly from the paper's text.
+
+For each row, the printed numbers (in column order, '-' cells skipped) must appear as
+a contiguous run of numbers on one line of one of the paper texts in
+``../shared/papers`` (or ``$XMRBENCH_PAPERS``). The test is skipped where the texts
+are not available.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from xmrbench.recipe.lint import normalized_values
+from xmrbench.recipe.load import load_recipe, recipe_index
+
+PAPERS = Path(os.environ.get("XMRBENCH_PAPERS", Path(__file__).resolve().parents[2] / "shared" / "papers"))
+NUMBER = re.compile(r"(?<![\w.])\d+(?:,\d{3})*(?:\.\d+)?(?![\w.])")
+
+
+def _paper_lines() -> list[list[str]]:
+    lines = []
+    for path in sorted(PAPERS.glob("*.md")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            clean = re.sub(r"<[^>]+>", " ", line).replace("\\", " ")
+            tokens = NUMBER.findall(clean)
+            if tokens:
+                lines.append(tokens)
+    return lines
+
+
+def _printed(value: float) -> str:
+    text = repr(float(value))
+    return text
+
+
+def _contains_run(tokens: list[str], run: list[str]) -> bool:
+    n = len(run)
+    return any(tokens[i : i + n] == run for i in range(len(tokens) - n + 1))
+
+
+@pytest.mark.skipif(not PAPERS.is_dir(), reason="paper texts not available")
+def test_every_paper_number_is_in_the_paper_text():
+    lines = _paper_lines()
+    missing = []
+    checked = 0
+    for rid, path in recipe_index().items():
+        recipe, _ = load_recipe(path)
+        sources = [(row.id, row.paper) for row in recipe.rows] + list(recipe.paper_values.items())
+        for cell_id, values in sources:
+            for proto, metrics in normalized_values(recipe, values).items():
+                run = [_printed(metrics[c]) for c in recipe.columns if metrics.get(c) is not None]
+                if not run:
+                    continue
+                checked += 1
+                if not any(_contains_run(tokens, run) for tokens in lines):
+                    missing.append(f"{rid} {cell_id} {proto}: {' '.join(run)}")
+    assert checked > 0
+    assert not missing, "numbers not found in the paper texts:\n" + "\n".join(missing)

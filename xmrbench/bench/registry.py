@@ -1,0 +1,25 @@
+"""Benchmark registry: name -> function ``(device, *, quick) -> BenchResult``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from xmrbench.bench.harness import BenchResult
+from xmrbench.bench.kernels import machine, ranking, similarity
+from xmrbench.registry import Registry
+
+BENCHMARKS: Registry[Callable[..., BenchResult]] = Registry(
+    "benchmark",
+    {
+        "machine": machine,
+        "similarity": similarity,
+        "ranking": ranking,
+    },
+)
+
+
+def run_benchmarks(names: list[str] | None, device: torch.device, *, quick: bool) -> list[BenchResult]:
+    selected = names or BENCHMARKS.names()
+    return [BENCHMARKS[name](device, quick=quick) for name in selected]

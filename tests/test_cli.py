@@ -333,3 +333,53 @@ def test_ctrl_c_finishes_the_epoch_and_exits_130(tmp_path):
     assert proc.returncode == 130
     assert "run the same command again to resume" in err and "Traceback" not in err
     assert not list(store.rglob("*.tmp"))
+
+
+ENSEMBLE_RECIPE = """
+id: ens-test
+paper: two_branch
+table: T
+title: ensemble test
+columns: [i2t_r1, i2t_r5, i2t_r10, t2i_r1, t2i_r5, t2i_r10]
+protocols:
+  test: {dataset: synthetic, images: 100}
+config:
+  model: {name: two_branch_embedding, hidden_dim: 32, embed_dim: 16}
+  loss: {name: bidirectional_ranking, reduction: mean}
+  train: {optimizer: adam, lr: 0.001, epochs: 1, batch_size: 200}
+profiles:
+  smoke: {seeds: [0], config: {data: {size: tiny}}}
+rows:
+  - {id: a, label: A}
+  - {id: b, label: B, set: {model.linear: true}}
+  - {id: ab, label: A+B, ensemble: [a, b]}
+"""
+
+
+def test_ensemble_averages_member_similarities(tmp_path, capsys):
+    import torch
+
+    from xmrbench.core.engine.evaluate import encode, similarity_matrix
+    from xmrbench.core.metrics.retrieval import retrieval_metrics
+    from xmrbench.recipe.resolve import resolve
+    from xmrbench.runner.execute import DataCache, load_member
+    from xmrbench.store.store import ResultStore
+
+    path = tmp_path / "ens.yaml"
+    path.write_text(ENSEMBLE_RECIPE)
+    store_dir = tmp_path / "store"
+    code, out, err = cli(["reproduce", str(path), "--profile", "smoke", "--results", str(store_dir), "--no-report", "--quiet"], capsys)
+    assert code == 0, err
+    store = ResultStore(store_dir)
+    resolved = resolve(path, profile="smoke")
+    ens = resolved.cell("ab")
+    doc = store.status("ens-test", "ab", ens.hash, 0).doc
+    assert doc is not None and set(doc.config["ensemble"]) == {"a", "b"}
+    cache = DataCache()
+    sims = []
+    for member in ens.members:
+        model, prepared = load_member(store, resolved, member, 0, cache, torch.device("cpu"))
+        split = prepared.split("test")
+        sims.append(similarity_matrix(model, encode(model, split, device=torch.device("cpu"), batch_size=64), block_images=1000))
+    want = retrieval_metrics((sims[0] + sims[1]) / 2)
+    assert doc.metrics["test"] == pytest.approx(want)

@@ -227,3 +227,17 @@ def test_lint_warning_names_recipe_table_and_cell(tmp_path):
     warnings = resolve(path, profile="smoke").warnings
     assert len(warnings) == 1
     assert "t-recipe (Table 9), cell 'a', test" in warnings[0]
+
+
+def test_ensemble_rows_resolve_after_their_members(tmp_path):
+    body = RECIPE.replace(
+        "  - id: c\n", "  - id: ens\n    label: A+B\n    ensemble: [a, b]\n  - id: c\n"
+    )
+    resolved = resolve(write(tmp_path, body), profile="smoke")
+    ens = resolved.cell("ens")
+    assert [m.id for m in ens.members] == ["a", "b"] and ens.runnable
+    assert ens.hash not in (resolved.cell("a").hash, resolved.cell("b").hash)
+    assert [c.id for c in resolved.cells] == ["a", "b", "ens", "c"]
+    bad = RECIPE.replace("  - id: c\n", "  - id: ens\n    label: x\n    ensemble: [a, c]\n  - id: c\n")
+    with pytest.raises(RecipeError, match="not a runnable, non-ensemble row"):
+        load_recipe(write(tmp_path, bad, name="bad.yaml"))

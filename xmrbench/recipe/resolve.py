@@ -43,8 +43,9 @@ class Cell:
     id: str
     row: Row
     point: dict[str, Any]
-    config: CellConfig | None
+    config: CellConfig | None  # an ensemble carries its first member's (for evaluation settings)
     paper: dict[str, dict[str, float | None]]  # protocol -> metric -> printed value
+    members: tuple[Cell, ...] = ()  # an ensemble's member cells
 
     @property
     def label(self) -> str:
@@ -54,6 +55,8 @@ class Cell:
 
     @property
     def hash(self) -> str | None:
+        if self.members:
+            return content_hash({"ensemble": [m.hash for m in self.members]})
         return None if self.config is None else self.config.hash()
 
     @property
@@ -230,12 +233,16 @@ def resolve(
     points = _points(recipe)
     cells: list[Cell] = []
     row_paper = {row.id: row.paper for row in recipe.rows}
-    for row in recipe.rows:
+    for row in sorted(recipe.rows, key=lambda r: bool(r.ensemble)):  # members before ensembles
         for point in points:
             cell_id = row.id if not point else f"{row.id}@{_point_id(point)}"
             values = recipe.paper_values.get(cell_id) or (row_paper[row.id] if not point else {})
             paper = normalized_values(recipe, values)
             config: CellConfig | None = None
+            if row.ensemble:
+                members = tuple(next(c for c in cells if c.id == m) for m in row.ensemble)
+                cells.append(Cell(id=cell_id, row=row, point=point, config=members[0].config, paper=paper, members=members))
+                continue
             if row.run:
                 raw = merge_layers(
                     [
@@ -252,6 +259,7 @@ def resolve(
                     raw["eval"].setdefault("protocols", list(recipe.protocols))
                 config = validate_cell_config(raw, where=f"{where} (row {row.id!r}, profile {profile!r})")
             cells.append(Cell(id=cell_id, row=row, point=point, config=config, paper=paper))
+    cells = resolved_order(recipe, cells)
     known_cells = {c.id for c in cells}
     for cell_id in recipe.paper_values:
         if cell_id not in known_cells:
@@ -273,6 +281,12 @@ def resolve(
         cells=cells,
         warnings=lint_recipe(recipe),
     )
+
+
+def resolved_order(recipe: Recipe, cells: list[Cell]) -> list[Cell]:
+    """Cells in the recipe's row order (ensembles may reference rows printed after them)."""
+    rank = {row.id: i for i, row in enumerate(recipe.rows)}
+    return sorted(cells, key=lambda c: rank[c.row.id])
 
 
 def config_keys(resolved: ResolvedRecipe) -> list[str]:

@@ -61,6 +61,7 @@ class Row(Strict):
     set: dict[str, Any] = {}  # dotted config overrides
     profiles: dict[Profile, dict[str, Any]] = {}  # dotted overrides for one profile only (a row's own budget)
     run: bool = True  # False: printed by the paper, not run by xmrbench (see ``pending``)
+    ensemble: tuple[str, ...] = ()  # row ids whose similarity matrices this row averages (same seed)
     pending: str | None = None  # why the row is not run (yet)
     source: str | None = None  # where the numbers come from, when not this recipe's table
     # protocol -> values aligned with the recipe's ``columns`` (None = printed as "-"),
@@ -76,6 +77,10 @@ class Row(Strict):
     def _pending_needs_no_run(self) -> Row:
         if self.pending and self.run:
             raise ValueError("a row with 'pending' must also say 'run: false'")
+        if self.ensemble and (self.set or self.profiles):
+            raise ValueError("an ensemble row takes its settings from its members; it has no 'set' or 'profiles'")
+        if len(self.ensemble) == 1:
+            raise ValueError("an ensemble needs at least two members")
         return self
 
 
@@ -154,6 +159,14 @@ class Recipe(Strict):
         dup = {i for i in ids if ids.count(i) > 1}
         if dup:
             raise ValueError(f"rows: duplicate row id {sorted(dup)[0]!r}")
+        by_id = {row.id: row for row in self.rows}
+        for row in self.rows:
+            for member in row.ensemble:
+                target = by_id.get(member)
+                if target is None or not target.run or target.ensemble:
+                    raise ValueError(f"rows.{row.id}.ensemble: {member!r} is not a runnable, non-ensemble row")
+            if row.ensemble and (self.grid or self.zip):
+                raise ValueError(f"rows.{row.id}: ensembles cannot be combined with grid or zip axes")
         lengths = {len(v) for v in self.zip.values()}
         if len(lengths) > 1:
             raise ValueError("zip: all lists must have the same length")

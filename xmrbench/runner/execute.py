@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,8 @@ from typing import Any, Protocol
 import torch
 
 from xmrbench.core.engine.inputs import PreparedData
-from xmrbench.core.engine.train import Events, NullEvents, train_and_evaluate
+from xmrbench.core.engine.evaluate import encode, fold_similarities, metrics_from_similarities
+from xmrbench.core.engine.train import Events, NullEvents, RunOutput, train_and_evaluate
 from xmrbench.core.metrics.protocols import PROTOCOLS
 from xmrbench.data.dataset import RetrievalData
 from xmrbench.data.registry import DATASETS
@@ -30,6 +32,7 @@ from xmrbench.recipe.resolve import Cell, ResolvedRecipe
 from xmrbench.runner.env import environment
 from xmrbench.runner.fingerprint import run_fingerprint
 from xmrbench.store.schema import SCHEMA_VERSION, CellRef, DatasetRef, RecipeRef, ResultDoc
+from xmrbench.errors import StoreError
 from xmrbench.store.store import ResultStore
 
 
@@ -111,7 +114,7 @@ class _StopFlag:
 def plan_runs(resolved: ResolvedRecipe, store: ResultStore) -> list[tuple[Cell, int, str]]:
     """Every runnable (cell, seed) with its store state: done, missing or corrupt."""
     out = []
-    for cell in resolved.runnable_cells():
+    for cell in sorted(resolved.runnable_cells(), key=lambda c: bool(c.members)):  # ensembles last
         for seed in resolved.seeds:
             status = store.status(resolved.id, cell.id, cell.hash, seed)  # type: ignore[arg-type]
             out.append((cell, seed, status.state))
@@ -130,12 +133,11 @@ def run_one(
     stop_requested: Callable[[], bool] | None = None,
 ) -> tuple[ResultDoc, Path]:
     """Train and evaluate one (cell, seed) and write its result document."""
+    if cell.members:
+        return _run_ensemble(resolved, cell, seed, store=store, cache=cache, device=device)
     cfg = cell.config
     assert cfg is not None and cell.hash is not None
-    model_cls_params = cfg.model.params
-    image_input = getattr(model_cls_params, "image_input", "global")
-    text_input = getattr(model_cls_params, "text_input", "tokens")
-    data = cache.data(cfg.data)
+    image_input, text_input = _inputs(cfg)
     prepared = cache.prepared(cfg.data, image_input, text_input)
     work = store.work_dir(resolved.id, cell.id, cell.hash, seed)
     work.mkdir(parents=True, exist_ok=True)
@@ -149,9 +151,28 @@ def run_one(
         label=f"{resolved.id}/{cell.id}/seed{seed}",
         stop_requested=stop_requested,
     )
-    config = cfg.to_dict()
+    doc = _result_doc(resolved, cell, seed, out, cfg.to_dict(), cache.data(cfg.data), prepared, device)
+    model_path = store.model_path(resolved.id, cell.id, cell.hash, seed)
+    model_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = model_path.with_name(f".{model_path.name}.tmp")
+    torch.save({"config": doc.config, "seed": seed, "state_dict": out.state_dict}, tmp)
+    tmp.replace(model_path)
+    path = store.write(doc)
+    store.finish_run(resolved.id, cell.id, cell.hash, seed)
+    return doc, path
+
+
+def _inputs(cfg) -> tuple[str, str]:
+    params = cfg.model.params
+    return getattr(params, "image_input", "global"), getattr(params, "text_input", "tokens")
+
+
+def _result_doc(resolved, cell, seed, out: RunOutput, config: dict, data, prepared, device) -> ResultDoc:
+    image_input, text_input = prepared.image_input, prepared.text_input
     protocols = {}
-    for name in cfg.eval.protocols:
+    for name in out.metrics:
+        if name == "dev":
+            continue
         split = prepared.split(PROTOCOLS[name].split)
         protocols[name] = run_fingerprint(
             name,
@@ -160,11 +181,11 @@ def run_one(
             dataset_info=data.info,
             split_images=split.n_images,
             captions_per_image=split.captions_per_image,
-            config=config,
+            config=cell.config.to_dict() if cell.config else config,
             text_input=text_input,
             image_input=image_input,
         )
-    doc = ResultDoc(
+    return ResultDoc(
         schema_version=SCHEMA_VERSION,
         recipe=RecipeRef(
             id=resolved.id,
@@ -189,14 +210,61 @@ def run_one(
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         resumed_from_epoch=out.resumed_from_epoch,
     )
-    model_path = store.model_path(resolved.id, cell.id, cell.hash, seed)
-    model_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = model_path.with_name(f".{model_path.name}.tmp")
-    torch.save({"config": config, "seed": seed, "state_dict": out.state_dict}, tmp)
-    tmp.replace(model_path)
-    path = store.write(doc)
-    store.finish_run(resolved.id, cell.id, cell.hash, seed)
-    return doc, path
+
+
+def load_member(store: ResultStore, resolved: ResolvedRecipe, cell: Cell, seed: int, cache: DataCache, device: torch.device):
+    """A finished run's selected model, rebuilt from its stored weights, in eval mode."""
+    from xmrbench.core.models.registry import MODELS
+
+    path = store.model_path(resolved.id, cell.id, cell.hash, seed)  # type: ignore[arg-type]
+    if not path.is_file():
+        raise StoreError(f"no stored model for {cell.id!r} seed {seed}; run reproduce for it first", where=str(path))
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # a torn or foreign file
+        raise StoreError(f"cannot read stored model ({exc.__class__.__name__})", where=str(path)) from None
+    cfg = cell.config
+    prepared = cache.prepared(cfg.data, *_inputs(cfg))  # type: ignore[union-attr]
+    model = MODELS[cfg.model.name](cfg.model.params, prepared.dims)  # type: ignore[union-attr]
+    model.load_state_dict(payload["state_dict"])
+    return model.to(device).eval(), prepared
+
+
+def _run_ensemble(resolved, cell, seed, *, store, cache, device) -> tuple[ResultDoc, Path]:
+    """Average the members' similarity matrices (same seed) and evaluate the average."""
+    t0 = time.perf_counter()
+    members = [load_member(store, resolved, m, seed, cache, device) for m in cell.members]
+    cfg = cell.config
+    eval_kw = dict(device=device, batch_size=cfg.eval.batch_size)
+
+    def averaged(split_name: str, folds: int, max_images: int | None = None):
+        total = None
+        cpi = None
+        for model, prepared in members:
+            split = prepared.split(split_name, max_images=max_images)
+            cpi = split.captions_per_image
+            enc = encode(model, split, **eval_kw)
+            sims = fold_similarities(model, split, enc, folds=folds, block_images=cfg.eval.block_images)
+            total = sims if total is None else [a + b for a, b in zip(total, sims)]
+        return metrics_from_similarities([s / len(members) for s in total], captions_per_image=cpi)
+
+    metrics, ranks = {}, {}
+    for name in cfg.eval.protocols:
+        proto = PROTOCOLS[name]
+        metrics[name], ranks[name] = averaged(proto.split, proto.folds)
+    metrics["dev"], _ = averaged("dev", 1, cfg.eval.dev_images)
+    out = RunOutput(
+        metrics=metrics,
+        ranks=ranks if cfg.eval.store_ranks else {},
+        curves={},
+        best_epoch=None,
+        timing={"train_s": 0.0, "eval_s": time.perf_counter() - t0, "wall_s": time.perf_counter() - t0},
+        n_params=sum(sum(p.numel() for p in m.parameters()) for m, _ in members),
+    )
+    config = {"ensemble": {m.id: m.config.to_dict() for m in cell.members}}
+    first_prepared = members[0][1]
+    doc = _result_doc(resolved, cell, seed, out, config, cache.data(cfg.data), first_prepared, device)
+    return doc, store.write(doc)
 
 
 def reproduce(

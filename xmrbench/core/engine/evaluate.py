@@ -65,6 +65,40 @@ def similarity_matrix(
     return sims
 
 
+def fold_similarities(
+    model: RetrievalModel, split: PreparedSplit, enc: Encoded, *, folds: int, block_images: int
+) -> list[torch.Tensor]:
+    """The similarity matrix of each of ``folds`` consecutive folds of ``split``."""
+    cpi = split.captions_per_image
+    n = split.n_images
+    if n % folds:
+        raise TrainingError(f"split {split.name!r} has {n} images, not divisible into {folds} folds")
+    size = n // folds
+    return [
+        similarity_matrix(
+            model,
+            enc,
+            block_images=block_images,
+            img_slice=slice(f * size, (f + 1) * size),
+            txt_slice=slice(f * size * cpi, (f + 1) * size * cpi),
+        )
+        for f in range(folds)
+    ]
+
+
+def metrics_from_similarities(
+    fold_sims: list[torch.Tensor], *, captions_per_image: int
+) -> tuple[dict[str, float], dict[str, list[int]]]:
+    """Metrics averaged over folds (rsum recomputed) and the 0-based per-query ranks."""
+    per_fold = [retrieval_metrics(s, captions_per_image=captions_per_image) for s in fold_sims]
+    metrics = per_fold[0] if len(per_fold) == 1 else average_folds(per_fold)
+    ranks = {
+        "i2t": torch.cat([i2t_ranks(s, captions_per_image=captions_per_image) for s in fold_sims]).tolist(),
+        "t2i": torch.cat([t2i_ranks(s, captions_per_image=captions_per_image) for s in fold_sims]).tolist(),
+    }
+    return metrics, ranks
+
+
 def evaluate_split(
     model: RetrievalModel,
     split: PreparedSplit,
@@ -77,30 +111,13 @@ def evaluate_split(
 ) -> tuple[dict[str, float], dict[str, list[int]]]:
     """Metrics (averaged over ``folds`` consecutive folds) and 0-based per-query ranks."""
     enc = encode(model, split, device=device, batch_size=batch_size)
-    cpi = split.captions_per_image
-    n = split.n_images
-    if n % folds:
-        raise TrainingError(f"split {split.name!r} has {n} images, not divisible into {folds} folds")
-    size = n // folds
-    per_fold, ranks_i2t, ranks_t2i = [], [], []
-    for f in range(folds):
-        sims = similarity_matrix(
-            model,
-            enc,
-            block_images=block_images,
-            img_slice=slice(f * size, (f + 1) * size),
-            txt_slice=slice(f * size * cpi, (f + 1) * size * cpi),
-        )
-        per_fold.append(retrieval_metrics(sims, captions_per_image=cpi))
-        ranks_i2t.append(i2t_ranks(sims, captions_per_image=cpi))
-        ranks_t2i.append(t2i_ranks(sims, captions_per_image=cpi))
-    metrics = per_fold[0] if folds == 1 else average_folds(per_fold)
+    fold_sims = fold_similarities(model, split, enc, folds=folds, block_images=block_images)
+    metrics, ranks = metrics_from_similarities(fold_sims, captions_per_image=split.captions_per_image)
     if sentence:
         if isinstance(enc.txt_emb, Padded):
             raise TrainingError("sentence-to-sentence retrieval needs one embedding per caption")
         txt = enc.txt_emb.float().cpu()
-        metrics.update(sentence_metrics(txt @ txt.t(), captions_per_image=cpi))
-    ranks = {"i2t": torch.cat(ranks_i2t).tolist(), "t2i": torch.cat(ranks_t2i).tolist()}
+        metrics.update(sentence_metrics(txt @ txt.t(), captions_per_image=split.captions_per_image))
     return metrics, ranks
 
 

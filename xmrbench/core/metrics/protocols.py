@@ -24,6 +24,7 @@ PROTOCOLS: Registry[Protocol] = Registry(
     "protocol",
     {
         "test": Protocol("test", "test", 1, "the whole test split at once (Flickr30K 1K test)"),
+        "dev": Protocol("dev", "dev", 1, "the whole validation split at once (ablations reported on it)"),
         "testall": Protocol("testall", "testall", 1, "the whole testall split at once (MS-COCO 5K)"),
         "testall_5fold": Protocol(
             "testall_5fold", "testall", 5, "mean over 5 consecutive folds of testall (MS-COCO 1K)"

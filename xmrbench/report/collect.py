@@ -43,6 +43,7 @@ class CellReport:
     paper: dict[str, dict[str, float | None]]
     ours: dict[str, dict[str, Ours]] = field(default_factory=dict)  # protocol -> metric -> Ours
     seeds: list[int] = field(default_factory=list)
+    docs: list[ResultDoc] = field(default_factory=list, repr=False)  # the results behind ``ours``
     config_differs: bool = False
     comparable: dict[str, tuple[bool, list[str], list[str]]] = field(default_factory=dict)
 
@@ -95,23 +96,52 @@ def _pick_profile(recipe, docs: list[ResultDoc]) -> str:
 
 
 def collect(recipe_ref: str, store: ResultStore, *, profile: str | None = None) -> TableReport:
-    """Everything a paper-vs-ours table needs, for one recipe."""
+    """Everything a paper-vs-ours table needs, for one recipe (id or path)."""
+    from xmrbench.errors import RecipeError
     from xmrbench.recipe.load import load_recipe
 
-    recipe, path = load_recipe(recipe_ref)
+    try:
+        recipe, path = load_recipe(recipe_ref)
+    except RecipeError:
+        stored = _stored_recipe(store, str(recipe_ref))  # a derived (sweep) recipe has no file
+        if stored is None:
+            raise
+        recipe, path = stored
+    if profile is None:
+        profile = _pick_profile(recipe, [d for _, d, _ in store.iter_results(recipe.id) if d is not None])
+    if profile not in PROFILES:
+        raise XmrbenchError(f"unknown profile {profile!r}; known: {', '.join(PROFILES)}")
+    return collect_resolved(resolve(recipe, profile=profile, path=path, require_data=False), store)
+
+
+def _stored_recipe(store: ResultStore, recipe_id: str):
+    """The newest resolved recipe saved beside a recipe's results (sweeps live only there)."""
+    import json
+    from pathlib import Path
+
+    from xmrbench.recipe.schema import Recipe
+
+    folder = store.recipe_dir(recipe_id) / "resolved"
+    files = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
+    for path in reversed(files):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return Recipe(**data["recipe"]), Path(data.get("path", path))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
+def collect_resolved(resolved: ResolvedRecipe, store: ResultStore) -> TableReport:
+    """The report of an already resolved recipe (e.g. a derived sweep recipe)."""
+    recipe, profile = resolved.recipe, resolved.profile
     docs: list[ResultDoc] = []
     problems: list[str] = []
     for p, doc, problem in store.iter_results(recipe.id):
         if doc is None:
             problems.append(f"{p}: {problem} (ignored; re-run reproduce to recompute it)")
-        else:
+        elif doc.recipe.profile == profile:
             docs.append(doc)
-    if profile is None:
-        profile = _pick_profile(recipe, docs)
-    if profile not in PROFILES:
-        raise XmrbenchError(f"unknown profile {profile!r}; known: {', '.join(PROFILES)}")
-    docs = [d for d in docs if d.recipe.profile == profile]
-    resolved = resolve(recipe, profile=profile, path=path, require_data=False)
     by_cell: dict[str, list[ResultDoc]] = defaultdict(list)
     for d in docs:
         by_cell[d.cell.id].append(d)
@@ -134,6 +164,7 @@ def collect(recipe_ref: str, store: ResultStore, *, profile: str | None = None) 
             seen[d.seed] = d  # newest wins if a seed appears twice
         chosen = [seen[s] for s in sorted(seen)]
         rep.seeds = sorted(seen)
+        rep.docs = chosen
         for proto in recipe.protocols:
             with_proto = [d for d in chosen if proto in d.metrics]
             if not with_proto:

@@ -10,7 +10,12 @@ import pytest
 
 from xmrbench.data import precomp
 from xmrbench.data.dataset import Split
-from xmrbench.data.precomp import check_finite, fingerprint_dir, load_precomp, write_precomp
+from xmrbench.data.precomp import (
+    check_finite,
+    fingerprint_dir,
+    load_precomp,
+    write_precomp,
+)
 from xmrbench.errors import DataError
 
 CPI = 5
@@ -291,7 +296,7 @@ def test_load_checks_features_for_nan(root):
 
 
 def test_big_files_are_only_sampled(root, monkeypatch):
-    arr = np.zeros((50, 2, 2), dtype=np.float32)
+    arr = np.zeros((50, 2, 6), dtype=np.float32)  # the other splits hold 6-d features
     arr[[0, 17, 49]] = np.nan
     np.save(root / "dev_ims.npy", arr)
     (root / "dev_caps.txt").write_text("a\n" * 250, encoding="utf-8")
@@ -355,3 +360,85 @@ def test_fingerprint_samples_big_files(root, monkeypatch):
 
 def test_fingerprint_missing_directory(tmp_path):
     assert "nope" in _error(fingerprint_dir, tmp_path / "nope")
+
+
+# ---------------------------------------------------------------------------------
+# Machine-made semantics, tags and un-annotated splits
+# ---------------------------------------------------------------------------------
+
+
+def _with_semantics(split: Split) -> Split:
+    n = split.n_images
+    split.extras["semantics"] = [f"white dog{i} red car" if i % 3 else "" for i in range(n)]
+    split.extras["tags"] = [[["canine", 0.9], ["vehicle", 0.5 - 0.01 * i]] for i in range(n)]
+    split.extras["tag_expansion"] = {"dog": ["canine", "animal"], "car": ["vehicle"]}
+    split.extras["scene_label"] = np.arange(n, dtype=np.int64) % 4
+    split.extras["object_labels"] = (np.arange(n * 6).reshape(n, 6) % 2).astype(np.uint8)
+    return split
+
+
+def test_semantics_tags_and_expansion_round_trip(tmp_path, splits):
+    for s in splits.values():
+        _with_semantics(s)
+    write_precomp(tmp_path, splits)
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {"train_semantics.txt", "train_tags.jsonl", "tag_expansion.json", "train_scene_label.npy",
+            "train_object_labels.npy"} <= names
+    data = load_precomp(tmp_path)
+    for name, want in splits.items():
+        got = data.split(name)
+        assert got.extras["semantics"] == want.extras["semantics"]  # empty lines survive
+        assert got.extras["tags"] == want.extras["tags"]
+        assert got.extras["tag_expansion"] == want.extras["tag_expansion"]
+        np.testing.assert_array_equal(got.extras["object_labels"], want.extras["object_labels"])
+        np.testing.assert_array_equal(got.extras["scene_label"], want.extras["scene_label"])
+
+
+def test_tags_are_sorted_on_load_and_checked(root):
+    (root / "dev_tags.jsonl").write_text('[["a", 0.1], ["b", 0.7]]\n[]\n[["c", 1]]\n', encoding="utf-8")
+    assert _load_split(root, "dev").extras["tags"] == [[["b", 0.7], ["a", 0.1]], [], [["c", 1.0]]]
+    for bad, needle in (('[["Dog", 0.5]]', "lower-case"), ('[["dog", 1.5]]', "[0, 1]"), ('[["dog"]]', "pairs"),
+                        ('{"dog": 1}', "list")):
+        (root / "dev_tags.jsonl").write_text(f"[]\n{bad}\n[]\n", encoding="utf-8")
+        msg = _error(_load_split, root, "dev")
+        assert "dev_tags.jsonl: line 2" in msg and needle in msg
+
+
+def test_semantics_line_count_and_expansion_shape(root):
+    (root / "dev_semantics.txt").write_text("a dog\n", encoding="utf-8")
+    assert "1 lines for 3 images" in _error(_load_split, root, "dev")
+    (root / "dev_semantics.txt").unlink()
+    (root / "tag_expansion.json").write_text('{"dog": "canine"}', encoding="utf-8")
+    assert "tag_expansion.json" in _error(_load_split, root, "dev")
+
+
+def test_write_rejects_tags_that_break_the_contract(tmp_path, splits):
+    splits["dev"].extras["tags"] = [[["Canine", 0.5]]] * 3
+    assert "lower-case" in _error(write_precomp, tmp_path, splits)
+
+
+def test_caption_less_split_is_an_unannotated_pool(tmp_path, splits):
+    rng = np.random.default_rng(7)
+    pool = Split("pool", [], 0, regions=rng.random((4, 4, 6), dtype=np.float32),
+                 extras={"semantics": ["a", "b", "c", "d"]})
+    write_precomp(tmp_path, {**splits, "pool": pool})
+    assert not (tmp_path / "pool_caps.txt").exists()
+    data = load_precomp(tmp_path)
+    assert "pool" in data.split_names
+    got = data.split("pool")
+    assert got.captions_per_image == 0 and got.n_images == 4 and got.captions == []
+    assert got.extras["semantics"] == ["a", "b", "c", "d"]
+    np.testing.assert_array_equal(got.image_features("regions"), pool.regions)
+
+
+def test_canonical_split_needs_captions(root):
+    (root / "test_caps.txt").unlink()
+    msg = _error(load_precomp, root)
+    assert "test_ims.npy" in msg and "test_caps.txt is missing" in msg
+    bad = Split("test", [], 0, global_feats=np.zeros((2, 3), np.float32))
+    assert "needs captions" in _error(write_precomp, root, {"test": bad})
+
+
+def test_split_needs_features_or_captions():
+    with pytest.raises(DataError, match="needs image features"):
+        Split("u", [], 0)

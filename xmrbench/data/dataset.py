@@ -39,6 +39,11 @@ class Split:
     extras: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # captions_per_image 0: an un-annotated image pool, whose size comes from its features
+        if self.captions_per_image < 0 or (self.captions_per_image == 0 and self.regions is None
+                                           and self.global_feats is None):
+            raise DataError(f"split {self.name!r}: captions_per_image {self.captions_per_image} needs "
+                            "image features (0 = un-annotated images) and must not be negative")
         n = self.n_images
         if len(self.captions) != n * self.captions_per_image:
             raise DataError(

@@ -1,10 +1,17 @@
-"""Dataset registry: name -> builder taking a :class:`DataConfig` and returning RetrievalData."""
+"""Dataset registry: name -> builder taking a :class:`DataConfig` and returning RetrievalData.
+
+Every builder applies the sparse-corpus keys (``data.sparse_images``,
+``data.sparse_sentences``, ``data.sparse_seed``; A3VSE Sec. 4.1) the same way: the
+``train`` split keeps the sampled images with ``sparse_sentences`` captions each and a
+split ``unannotated`` holds the other training images (see ``xmrbench/data/sparse.py``).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
-from xmrbench.data.dataset import RetrievalData
+from xmrbench.data.dataset import RetrievalData, Split
 from xmrbench.errors import DataError
 from xmrbench.recipe.config import DataConfig
 from xmrbench.registry import Registry
@@ -14,19 +21,92 @@ def build_synthetic(cfg: DataConfig) -> RetrievalData:
     """The embedded synthetic world (generated once, cached on disk, read back like real data)."""
     from xmrbench.data.synthetic import load_synthetic
 
-    return load_synthetic(size=cfg.size, seed=cfg.world_seed, region_dim=cfg.region_dim, global_dim=cfg.global_dim)
+    data = load_synthetic(size=cfg.size, seed=cfg.world_seed, region_dim=cfg.region_dim, global_dim=cfg.global_dim)
+    return apply_sparse(data, cfg)
 
 
 def build_precomp(cfg: DataConfig) -> RetrievalData:
-    """Precomputed features in the SCAN "precomp" layout under ``data.root``."""
+    """Precomputed features in the SCAN "precomp" layout under ``data.root``.
+
+    The directory must hold ``train`` and ``dev`` splits (training selects its model
+    on dev); the splits a protocol scores (test, testall) are looked up when evaluated.
+    """
     from xmrbench.data.precomp import load_precomp
 
     if not cfg.root:
         raise DataError("data.name is 'precomp' but no data.root was given (use --data-root DIR)")
     data = load_precomp(cfg.root, captions_per_image=cfg.captions_per_image, name=cfg.dataset)
+    for needed, why in (("train", "training needs it"), ("dev", "the model is selected on it")):
+        if needed not in data.split_names:
+            have = ", ".join(data.split_names) or "none"
+            raise DataError(
+                f"no {needed!r} split ({needed}_caps.txt with {needed}_ims.npy or {needed}_global.npy); "
+                f"{why}; found: {have}",
+                where=cfg.root,
+            )
     if cfg.dataset:
         data.info["dataset"] = cfg.dataset
-    return data
+    return apply_sparse(data, cfg)
+
+
+def apply_sparse(data: RetrievalData, cfg: DataConfig) -> RetrievalData:
+    """``data`` with its ``train`` split sparsified and an ``unannotated`` split added,
+    when ``data.sparse_images`` or ``data.sparse_sentences`` is set; else ``data``.
+
+    The splits stay lazy: nothing is read until ``train`` or ``unannotated`` is asked
+    for. ``info["sparse"]`` records the fraction, sentences, seed and the counts.
+    """
+    from xmrbench.data.sparse import UNANNOTATED, sparse_counts
+
+    if cfg.sparse_images is None and cfg.sparse_sentences is None:
+        return data
+    if "train" not in data.split_names:
+        raise DataError(f"dataset {data.name!r} has no train split to make sparse", where=cfg.root)
+    if UNANNOTATED in data.split_names:
+        raise DataError(f"dataset {data.name!r} already has a split named {UNANNOTATED!r}", where=cfg.root)
+    split_info = data.info.get("splits", {}).get("train", {})
+    n_train = split_info.get("images")
+    cpi = int(data.info.get("captions_per_image", cfg.captions_per_image))
+    if n_train is None:  # a source without header info: read the split once
+        n_train = data.split("train").n_images
+    counts = sparse_counts(int(n_train), fraction=cfg.sparse_images, sentences=cfg.sparse_sentences,
+                           captions_per_image=cpi)
+    source = _SparseSource(data.loaders["train"], cfg.sparse_images, cfg.sparse_sentences, cfg.sparse_seed)
+    loaders: dict[str, Callable[[], Split]] = {}
+    for name, loader in data.loaders.items():
+        loaders[name] = partial(source.split, "train") if name == "train" else loader
+    if counts.unannotated:
+        loaders[UNANNOTATED] = partial(source.split, UNANNOTATED)
+    info = dict(data.info)
+    info["sparse"] = {
+        "images_fraction": cfg.sparse_images,
+        "sentences": counts.sentences,
+        "seed": cfg.sparse_seed,
+        "train_images": counts.images,
+        "pairs": counts.pairs,
+        "unannotated_images": counts.unannotated,
+    }
+    return RetrievalData(name=data.name, fingerprint=data.fingerprint, loaders=loaders, info=info)
+
+
+class _SparseSource:
+    """Samples the sparse corpus once and hands out its two splits (picklable, lazy)."""
+
+    def __init__(self, train_loader: Callable[[], Split], fraction: float | None, sentences: int | None, seed: int):
+        self.train_loader = train_loader
+        self.fraction, self.sentences, self.seed = fraction, sentences, seed
+        self._splits: dict[str, Split] = {}
+
+    def split(self, name: str) -> Split:
+        from xmrbench.data.sparse import UNANNOTATED, sparse_splits
+
+        if not self._splits:
+            kept, pool = sparse_splits(self.train_loader(), fraction=self.fraction, sentences=self.sentences,
+                                       seed=self.seed)
+            self._splits["train"] = kept
+            if pool is not None:
+                self._splits[UNANNOTATED] = pool
+        return self._splits[name]
 
 
 DATASETS: Registry[Callable[[DataConfig], RetrievalData]] = Registry(

@@ -14,7 +14,7 @@ import torch
 
 from xmrbench.core.models.base import InputDims, TextBatch
 from xmrbench.core.text.tfidf import TfidfFeaturizer
-from xmrbench.core.text.vocab import Vocabulary
+from xmrbench.core.text.vocab import Vocabulary, tokenize
 from xmrbench.data.dataset import RetrievalData, Split
 from xmrbench.errors import DataError
 from xmrbench.recipe.config import DataConfig
@@ -41,6 +41,42 @@ class _VectorText:
         return TextBatch(vectors=torch.from_numpy(self._matrix[index].toarray()))
 
 
+class _TagInputs:
+    """The ``tags`` input kind (A3VSE Sec. 4.2): over the tags carried by the split's
+    images, image-level tag scores ``s_g (N_img, T)`` (a tag listed twice keeps its
+    highest score) and caption queries ``q (N_txt, T)``, 1 where a caption word is the
+    tag or ``extras["tag_expansion"][word]`` lists it. Tags no image of the split
+    carries would only add zeros to ``s_g^T q`` and are left out."""
+
+    def __init__(self, split: Split):
+        from scipy.sparse import csr_matrix
+
+        tags, expansion = split.extras.get("tags"), split.extras.get("tag_expansion")
+        if tags is None or expansion is None:
+            raise DataError(f"split {split.name!r} has no image tags (extras 'tags' and 'tag_expansion')")
+        column = {t: i for i, t in enumerate(sorted({str(t) for image in tags for t, _ in image}))}
+        self.n_tags = len(column)
+        scores: list[dict[int, float]] = []
+        for image in tags:
+            best: dict[int, float] = {}
+            for tag, score in image:
+                best[column[str(tag)]] = max(float(score), best.get(column[str(tag)], 0.0))
+            scores.append(best)
+        queries = []
+        for caption in split.captions:
+            words = set(tokenize(caption))
+            matched = {t for w in words for t in (w, *expansion.get(w, ()))}
+            queries.append({column[t]: 1.0 for t in matched if t in column})
+        self.images = self._matrix(scores, csr_matrix)
+        self.queries = self._matrix(queries, csr_matrix)
+
+    def _matrix(self, rows: list[dict[int, float]], csr_matrix):
+        indptr = np.cumsum([0] + [len(r) for r in rows])
+        cols = np.fromiter((c for r in rows for c in sorted(r)), dtype=np.int64, count=int(indptr[-1]))
+        vals = np.fromiter((r[c] for r in rows for c in sorted(r)), dtype=np.float32, count=int(indptr[-1]))
+        return csr_matrix((vals, cols, indptr), shape=(len(rows), self.n_tags), dtype=np.float32)
+
+
 @dataclass
 class PreparedSplit:
     """A split ready for a model: ``image_batch(idx)`` and ``text_batch(idx)``."""
@@ -48,6 +84,7 @@ class PreparedSplit:
     split: Split
     image_input: str
     text: _TokenText | _VectorText
+    tags: _TagInputs | None = None
 
     @property
     def name(self) -> str:
@@ -69,6 +106,8 @@ class PreparedSplit:
         return self.split.caption_image()
 
     def image_batch(self, index: np.ndarray) -> torch.Tensor:
+        if self.image_input == "tags":
+            return torch.from_numpy(self.tags.images[np.asarray(index)].toarray())  # type: ignore[union-attr]
         feats = self.split.image_features(self.image_input, index)
         if not np.isfinite(feats).all():
             bad = int(np.asarray(index)[np.flatnonzero(~np.isfinite(feats.reshape(len(feats), -1)).all(1))[0]])
@@ -93,11 +132,18 @@ class PreparedData:
 
     def __post_init__(self) -> None:
         train = self.raw_split("train")
-        self.vocab = Vocabulary.build(train.captions, min_count=self.cfg.vocab_min_count)
+        if self.cfg.vocab_file:  # a user's vocabulary file (SCAN or ADAPT order) instead of our own
+            from xmrbench.data.vocab_file import load_vocab_file, resolve_vocab_path
+
+            self.vocab = load_vocab_file(resolve_vocab_path(self.cfg.vocab_file, self.cfg.root)).vocab
+        else:
+            self.vocab = Vocabulary.build(train.captions, min_count=self.cfg.vocab_min_count)
         if self.text_input == "tfidf":
             self._tfidf = TfidfFeaturizer(self.vocab, train.captions)
-        elif self.text_input != "tokens":
-            raise DataError(f"unknown text input {self.text_input!r}; known: tokens, tfidf")
+        elif self.text_input not in ("tokens", "tags"):
+            raise DataError(f"unknown text input {self.text_input!r}; known: tokens, tfidf, tags")
+        if (self.image_input == "tags") != (self.text_input == "tags"):  # one tag index serves both sides
+            raise DataError("the 'tags' input kind must be used for images and texts together")
 
     def raw_split(self, name: str) -> Split:
         split = self.data.split(name)
@@ -111,16 +157,22 @@ class PreparedData:
             split = self.raw_split(name)
             if max_images is not None and max_images < split.n_images:
                 split = split.subset(np.arange(max_images), name=name)
+            tags = _TagInputs(split) if self.image_input == "tags" else None
             if self.text_input == "tfidf":
                 text = _VectorText(self._tfidf.transform(split.captions))  # type: ignore[union-attr]
+            elif self.text_input == "tags":
+                text = _VectorText(tags.queries)  # type: ignore[union-attr]
             else:
                 text = _TokenText(self.vocab, split.captions, self.cfg.max_caption_len)
-            self._splits[key] = PreparedSplit(split=split, image_input=self.image_input, text=text)
+            self._splits[key] = PreparedSplit(split=split, image_input=self.image_input, text=text, tags=tags)
         return self._splits[key]
 
     @property
     def dims(self) -> InputDims:
         train = self.raw_split("train")
+        if self.image_input == "tags":  # informative only: each split has its own tag index
+            n_tags = self.split("train").tags.n_tags  # type: ignore[union-attr]
+            return InputDims(image_dim=n_tags, vocab_size=len(self.vocab), text_dim=n_tags)
         probe = train.image_features(self.image_input, np.arange(1))
         return InputDims(
             image_dim=int(probe.shape[-1]),

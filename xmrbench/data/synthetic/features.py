@@ -239,8 +239,6 @@ def region_features(
     iou = np.concatenate([obj_iou, clu_iou, np.zeros(len(bg_img))])
     obj_local = np.concatenate([objs.local[obj_of_reg], np.full(n_clu + len(bg_img), -1)])
     clu_local = np.concatenate([np.full(n_obj_reg, -1), clut.local, np.full(len(bg_img), -1)])
-    klass = np.concatenate([objs.cls[obj_of_reg], clut.cls, np.full(len(bg_img), -1)])
-    attrs = np.concatenate([objs.attrs[obj_of_reg], np.full((n_clu + len(bg_img), 2), -1)])
     sal = np.concatenate([objs.saliency[obj_of_reg], np.zeros(n_clu + len(bg_img))])
     noise = rng.standard_normal(len(kind))
     score = np.where(

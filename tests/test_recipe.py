@@ -10,7 +10,13 @@ import pytest
 from xmrbench.errors import ConfigError, RecipeError, UsageError
 from xmrbench.recipe.lint import lint_values
 from xmrbench.recipe.load import load_recipe, recipe_index
-from xmrbench.recipe.resolve import merge_layers, parse_set, resolve, resolve_param, with_axes
+from xmrbench.recipe.resolve import (
+    merge_layers,
+    parse_set,
+    resolve,
+    resolve_param,
+    with_axes,
+)
 
 BASE = """
 paper: two_branch
@@ -241,3 +247,33 @@ def test_ensemble_rows_resolve_after_their_members(tmp_path):
     bad = RECIPE.replace("  - id: c\n", "  - id: ens\n    label: x\n    ensemble: [a, c]\n  - id: c\n")
     with pytest.raises(RecipeError, match="not a runnable, non-ensemble row"):
         load_recipe(write(tmp_path, bad, name="bad.yaml"))
+
+
+def test_a_declared_inconsistency_is_acknowledged_not_warned(tmp_path):
+    base = tmp_path / "r.yaml"
+    text = """
+id: inconsistent-demo
+paper: two_branch
+table: Table X
+title: demo
+columns: [i2t_map, t2i_map, avg_map]
+protocols: {test: {dataset: wikipedia, split: test}}
+config: {model: {name: two_branch_embedding, hidden_dim: 16, embed_dim: 8}, loss: {name: bidirectional_ranking}}
+profiles: {smoke: {seeds: [0], config: {data: {size: tiny}, train: {epochs: 1}}}}
+rows:
+  - id: a
+    label: A
+    run: false
+    pending: "printed only"
+    paper: {test: [0.619, 0.489, 0.546]}
+    INCONSISTENT
+"""
+    base.write_text(text.replace("INCONSISTENT", 'inconsistent: {avg_map: "printed so"}'))
+    resolved = resolve(base, profile="smoke")
+    assert resolved.warnings == []
+    assert len(resolved.acknowledged) == 1 and "printed so" in resolved.acknowledged[0]
+    base.write_text(text.replace("INCONSISTENT", ""))
+    assert "avg_map = 0.546" in resolve(base, profile="smoke").warnings[0]
+    stale = text.replace("0.546", "0.554").replace("INCONSISTENT", 'inconsistent: {avg_map: "printed so"}')
+    base.write_text(stale)
+    assert "consistent" in resolve(base, profile="smoke").warnings[0]

@@ -16,7 +16,7 @@ import json
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from xmrbench.errors import ConfigError, RegistryError
 from xmrbench.params import StrictModel
@@ -46,6 +46,23 @@ class DataConfig(Strict):
     max_caption_len: int = Field(50, ge=1)
     # use only the first n training images (fast profiles); None = all
     train_images: int | None = Field(None, ge=1)
+    # a vocabulary json (SCAN or ADAPT order) instead of one built from the training
+    # captions; a relative path is looked up under data.root first, then the working directory
+    vocab_file: str | None = None
+    # sparse corpora (A3VSE Sec. 4.1): keep a fraction of the training images with
+    # sparse_sentences captions each; the other training images form the "unannotated" split
+    sparse_images: float | None = Field(None, gt=0, le=1)
+    sparse_sentences: int | None = Field(None, ge=1)
+    sparse_seed: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _sparse_sentences_fit(self) -> DataConfig:
+        if self.sparse_sentences is not None and self.sparse_sentences > self.captions_per_image:
+            raise ValueError(
+                f"data.sparse_sentences={self.sparse_sentences} exceeds "
+                f"data.captions_per_image={self.captions_per_image}"
+            )
+        return self
 
 
 class TrainConfig(Strict):
@@ -220,8 +237,8 @@ def validate_cell_config(raw: Mapping[str, Any], *, where: str) -> CellConfig:
     """Validate a merged raw config dict into a :class:`CellConfig` or raise ConfigError."""
     from xmrbench.core.engine.samplers import SAMPLERS
     from xmrbench.core.losses.registry import LOSSES
-    from xmrbench.core.models.registry import MODELS
     from xmrbench.core.metrics.protocols import PROTOCOLS
+    from xmrbench.core.models.registry import MODELS
     from xmrbench.data.registry import DATASETS
 
     if not isinstance(raw, Mapping):

@@ -31,7 +31,7 @@ from xmrbench.recipe.config import (
     flatten,
     validate_cell_config,
 )
-from xmrbench.recipe.lint import lint_recipe, normalized_values
+from xmrbench.recipe.lint import lint_recipe_full, normalized_values
 from xmrbench.recipe.load import _display, load_recipe
 from xmrbench.recipe.schema import PROFILES, Recipe, Row
 
@@ -73,6 +73,7 @@ class ResolvedRecipe:
     overrides: dict[str, Any]
     cells: list[Cell]
     warnings: list[str] = field(default_factory=list)
+    acknowledged: list[str] = field(default_factory=list)  # inconsistencies the recipe declares
 
     @property
     def id(self) -> str:
@@ -272,6 +273,7 @@ def resolve(
             for cid in (better, worse):
                 if cid not in known_cells:
                     raise RecipeError(f"claims.{claim.id}: no cell {cid!r}", where=where)
+    warnings, acknowledged = lint_recipe_full(recipe)
     return ResolvedRecipe(
         recipe=recipe,
         path=rpath,
@@ -279,7 +281,8 @@ def resolve(
         seeds=run_seeds,
         overrides=overrides,
         cells=cells,
-        warnings=lint_recipe(recipe),
+        warnings=warnings,
+        acknowledged=acknowledged,
     )
 
 

@@ -67,6 +67,10 @@ class Row(Strict):
     # protocol -> values aligned with the recipe's ``columns`` (None = printed as "-"),
     # or protocol -> {metric: value}
     paper: dict[str, list[PaperValue] | dict[str, PaperValue]] = {}
+    # metric -> why the paper's printed value disagrees with its parts (e.g. an average that
+    # is not the mean of its printed directions). The value stays as printed; the lint
+    # reports the inconsistency as acknowledged instead of warning about it.
+    inconsistent: dict[str, str] = {}
 
     @field_validator("id")
     @classmethod

@@ -104,13 +104,15 @@ def _optimizer(cfg: CellConfig, params) -> torch.optim.Optimizer:
 
 
 def _batch_inputs(split, caption_index: np.ndarray, caption_image: np.ndarray):
-    """Unique images of a caption batch, and labels linking captions to them."""
+    """Unique images of a caption batch, labels linking captions to them, and the
+    images' indices in the training split."""
     images, txt_labels = np.unique(caption_image[caption_index], return_inverse=True)
     img_labels = np.arange(len(images))
     return (
         split.image_batch(images),
         split.text_batch(caption_index),
         (torch.from_numpy(img_labels), torch.from_numpy(txt_labels.astype(np.int64))),
+        images.astype(np.int64),
     )
 
 
@@ -131,8 +133,12 @@ def train_and_evaluate(
     seed_everything(seed, device)
 
     model_cls = MODELS[cfg.model.name]
-    model = model_cls(cfg.model.params, prepared.dims).to(device)
+    model = model_cls(cfg.model.params, prepared.dims)
     train = prepared.split("train")
+    prepare_training = getattr(model, "prepare_training", None)
+    if prepare_training is not None:  # parameters sized by the training split (DPC: one class per image)
+        prepare_training(train)
+    model = model.to(device)
     dev = prepared.split("dev", max_images=cfg.eval.dev_images)
     eval_kw = dict(device=device, batch_size=cfg.eval.batch_size, block_images=cfg.eval.block_images)
     if cfg.loss is None:  # a closed-form model: fit, then evaluate
@@ -184,7 +190,7 @@ def train_and_evaluate(
         events.epoch_start(epoch, cfg.train.epochs, len(batches))
         total = 0.0
         for b, caption_index in enumerate(batches):
-            images, text, (img_labels, txt_labels) = _batch_inputs(train, caption_index, caption_image)
+            images, text, (img_labels, txt_labels), image_ids = _batch_inputs(train, caption_index, caption_image)
             img_emb = model.encode_images(images.to(device))
             txt_emb = model.encode_texts(text.to(device))
             labels = (img_labels.to(device), txt_labels.to(device))
@@ -194,7 +200,10 @@ def train_and_evaluate(
             else:
                 loss = loss_fn(img_emb, txt_emb, sims=model.similarity(img_emb, txt_emb), labels=labels)
             if auxiliary is not None:
-                loss = loss + auxiliary(images=images, text=text, img_emb=img_emb, txt_emb=txt_emb, labels=labels)
+                aux_kw = dict(images=images, text=text, img_emb=img_emb, txt_emb=txt_emb, labels=labels)
+                if getattr(model, "auxiliary_uses_image_ids", False):  # global training-image index of each batch image
+                    aux_kw["image_ids"] = torch.from_numpy(image_ids).to(device)
+                loss = loss + auxiliary(**aux_kw)
             if not torch.isfinite(loss):
                 raise TrainingError(f"the loss became {loss.item()} at epoch {epoch + 1}, batch {b + 1}", where=label)
             optimizer.zero_grad(set_to_none=True)

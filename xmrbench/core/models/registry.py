@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 from xmrbench.core.models.base import RetrievalModel
+from xmrbench.core.models.bfan import BFAN
+from xmrbench.core.models.cca import CCA
+from xmrbench.core.models.dan import DAN
+from xmrbench.core.models.dpc import DPC
+from xmrbench.core.models.scan import SCAN
+from xmrbench.core.models.sg_baseline import SGBaseline
 from xmrbench.core.models.two_branch import TwoBranchEmbedding, TwoBranchSimilarity
 from xmrbench.core.models.vsepp import VSEPP
+from xmrbench.core.models.vsrn import VSRN
 from xmrbench.registry import Registry
 
 MODELS: Registry[type[RetrievalModel]] = Registry(
@@ -13,5 +20,12 @@ MODELS: Registry[type[RetrievalModel]] = Registry(
         "vsepp": VSEPP,
         "two_branch_embedding": TwoBranchEmbedding,
         "two_branch_similarity": TwoBranchSimilarity,
+        "scan": SCAN,
+        "bfan": BFAN,
+        "cca": CCA,
+        "sg_baseline": SGBaseline,
+        "vsrn": VSRN,
+        "dpc": DPC,
+        "dan": DAN,
     },
 )

@@ -8,6 +8,7 @@ setup:
 demo: setup
 	.venv/bin/xmrbench reproduce two-branch-table2 --profile quick
 
-# The test suite (the same command CI runs).
+# Lint, then the test suite (the same command CI runs).
 test: setup
+	.venv/bin/ruff check xmrbench tests
 	.venv/bin/python -m pytest

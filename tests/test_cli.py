@@ -16,22 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xmrbench.cli.app import main
 from xmrbench.core.metrics.keys import RETRIEVAL_KEYS
 
-
-def cli(args: list[str], capsys) -> tuple[int, str, str]:
-    old = sys.argv
-    sys.argv = ["xmrbench", *args]
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    finally:
-        sys.argv = old
-    out, err = capsys.readouterr()
-    return code, out, err
+from support import cli, tiny_recipe
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +38,8 @@ def smoke_store(tmp_path_factory):
 @pytest.mark.slow
 def test_reproduce_writes_complete_result_documents(smoke_store):
     files = sorted((smoke_store / "two-branch-table2").glob("*.json"))
-    assert len(files) == 7 * 2  # seven runnable rows x two seeds
-    doc = json.loads(files[0].read_text())
+    assert len(files) == 8 * 2  # eight runnable rows x two seeds
+    doc = json.loads(next(f for f in files if f.name.startswith("linear-single")).read_text())
     assert doc["schema_version"] == 1 and doc["kind"] == "xmrbench.result"
     assert doc["recipe"]["id"] == "two-branch-table2" and doc["recipe"]["profile"] == "smoke"
     assert set(RETRIEVAL_KEYS) <= set(doc["metrics"]["test"]) and "rsum" in doc["metrics"]["dev"]
@@ -64,7 +51,7 @@ def test_reproduce_writes_complete_result_documents(smoke_store):
     assert {"train_s", "eval_s"} <= set(doc["timing"])
     assert not list(smoke_store.rglob("*.tmp"))
     assert not list((smoke_store / "two-branch-table2" / ".work").glob("*"))  # checkpoints removed
-    assert len(list((smoke_store / "two-branch-table2" / "models").glob("*.pt"))) == 14
+    assert len(list((smoke_store / "two-branch-table2" / "models").glob("*.pt"))) == 16
 
 
 @pytest.mark.slow
@@ -72,7 +59,7 @@ def test_rerun_skips_finished_runs(smoke_store, capsys):
     before = {p: p.stat().st_mtime_ns for p in (smoke_store / "two-branch-table2").glob("*.json")}
     code, out, _ = cli(["reproduce", "two-branch-table2", "--profile", "smoke", "--seeds", "0,1",
                         "--results", str(smoke_store), "--no-report", "--quiet"], capsys)
-    assert code == 0 and "0 run(s) computed, 14 already done" in out
+    assert code == 0 and "0 run(s) computed, 16 already done" in out
     assert before == {p: p.stat().st_mtime_ns for p in (smoke_store / "two-branch-table2").glob("*.json")}
 
 
@@ -100,7 +87,7 @@ def test_report_formats(smoke_store, capsys):
 def test_plan_uses_stored_timings(smoke_store, capsys):
     code, out, _ = cli(["plan", "two-branch-table2", "--profile", "smoke", "--seeds", "0,1,2",
                         "--results", str(smoke_store)], capsys)
-    assert code == 0 and "7 of 21 runs to do" in out and "estimated time left: ~" in out
+    assert code == 0 and "8 of 24 runs to do" in out and "estimated time left: ~" in out
 
 
 def test_list_and_show(capsys):
@@ -311,14 +298,14 @@ def test_kill_9_then_rerun_computes_only_the_missing_runs(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done_before = {p.name: p.read_bytes() for p in folder.glob("*.json")}
-    assert 2 <= len(done_before) < 7
+    assert 2 <= len(done_before) < 8
     for name in done_before:  # every file present is complete and valid
         json.loads(done_before[name])
     proc = _start(tmp_path, store)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
-    assert f"{7 - len(done_before)} run(s) computed, {len(done_before)} already done" in out
-    assert len(list(folder.glob("*.json"))) == 7
+    assert f"{8 - len(done_before)} run(s) computed, {len(done_before)} already done" in out
+    assert len(list(folder.glob("*.json"))) == 8
     assert all(folder.joinpath(n).read_bytes() == b for n, b in done_before.items())  # untouched
     assert not list(store.rglob("*.tmp")) and not list((folder / ".work").glob("*"))
 
@@ -335,25 +322,15 @@ def test_ctrl_c_finishes_the_epoch_and_exits_130(tmp_path):
     assert not list(store.rglob("*.tmp"))
 
 
-ENSEMBLE_RECIPE = """
-id: ens-test
-paper: two_branch
-table: T
-title: ensemble test
-columns: [i2t_r1, i2t_r5, i2t_r10, t2i_r1, t2i_r5, t2i_r10]
-protocols:
-  test: {dataset: synthetic, images: 100}
-config:
-  model: {name: two_branch_embedding, hidden_dim: 32, embed_dim: 16}
-  loss: {name: bidirectional_ranking, reduction: mean}
-  train: {optimizer: adam, lr: 0.001, epochs: 1, batch_size: 200}
-profiles:
-  smoke: {seeds: [0], config: {data: {size: tiny}}}
-rows:
+ENSEMBLE_RECIPE = tiny_recipe(
+    "ens-test",
+    """
   - {id: a, label: A}
   - {id: b, label: B, set: {model.linear: true}}
   - {id: ab, label: A+B, ensemble: [a, b]}
-"""
+""",
+    title="ensemble test",
+)
 
 
 def test_ensemble_averages_member_similarities(tmp_path, capsys):

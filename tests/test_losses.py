@@ -13,7 +13,10 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from xmrbench.core.losses.base import RetrievalLoss, positive_mask
-from xmrbench.core.losses.bidirectional_ranking import DIST_EPS, BidirectionalRankingLoss
+from xmrbench.core.losses.bidirectional_ranking import (
+    DIST_EPS,
+    BidirectionalRankingLoss,
+)
 from xmrbench.core.losses.hardest_negative import HardestNegativeLoss
 from xmrbench.core.losses.logistic import LogisticLoss
 from xmrbench.core.losses.registry import LOSSES, build_loss

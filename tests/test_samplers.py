@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from xmrbench.core.engine.samplers import SAMPLERS, neighbourhood_batches, random_batches
+from xmrbench.core.engine.samplers import (
+    SAMPLERS,
+    neighbourhood_batches,
+    random_batches,
+)
 
 
 def caption_image(n_images=50, cpi=5):

@@ -7,7 +7,14 @@ import json
 import pytest
 
 from xmrbench.errors import StoreError
-from xmrbench.store.schema import SCHEMA_VERSION, CellRef, DatasetRef, RecipeRef, ResultDoc, migrate
+from xmrbench.store.schema import (
+    SCHEMA_VERSION,
+    CellRef,
+    DatasetRef,
+    RecipeRef,
+    ResultDoc,
+    migrate,
+)
 from xmrbench.store.store import ResultStore, atomic_write_text, safe_name
 
 

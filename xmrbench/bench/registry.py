@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 import torch
 
+from xmrbench.bench.attention import attention
+from xmrbench.bench.data import data
 from xmrbench.bench.harness import BenchResult
 from xmrbench.bench.kernels import machine, ranking, similarity
 from xmrbench.registry import Registry
@@ -16,6 +18,8 @@ BENCHMARKS: Registry[Callable[..., BenchResult]] = Registry(
         "machine": machine,
         "similarity": similarity,
         "ranking": ranking,
+        "attention": attention,
+        "data": data,
     },
 )
 

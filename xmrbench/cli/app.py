@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -33,10 +33,15 @@ err_console = Console(stderr=True)
 
 ResultsOpt = Annotated[Path, typer.Option("--results", help="Results store directory.")]
 ProfileOpt = Annotated[str, typer.Option("--profile", help="smoke (seconds), quick (minutes, CPU), full (paper setting).")]
-SeedsOpt = Annotated[Optional[str], typer.Option("--seeds", help="Comma-separated seeds, e.g. 0,1,2 (default: the profile's).")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config value: KEY=VALUE (repeatable).")]
-DataRootOpt = Annotated[Optional[Path], typer.Option("--data-root", help="Directory of real precomputed features.")]
+SeedsOpt = Annotated[str | None, typer.Option("--seeds", help="Comma-separated seeds, e.g. 0,1,2 (default: the profile's).")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a config value: KEY=VALUE (repeatable).")]
+DataRootOpt = Annotated[Path | None, typer.Option("--data-root", help="Directory of real precomputed features.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
+ExecutorOpt = Annotated[str, typer.Option("--executor", help="local (in this process), process (a pool on this machine) or ray (a cluster).")]
+JobsOpt = Annotated[int | None, typer.Option("--jobs", help="process: worker processes (default: CPU count); ray: runs at a time (default: the cluster's CPUs).")]
+RetriesOpt = Annotated[int | None, typer.Option("--retries", help="process/ray: re-attempts of a run whose worker crashed or died (default 2).")]
+AddressOpt = Annotated[str | None, typer.Option("--address", help="ray: the cluster's address, e.g. 10.0.0.1:6379 or auto (default: start Ray on this machine).")]
+KeepGoingOpt = Annotated[bool, typer.Option("--keep-going/--no-keep-going", help="After a failed run, compute the others anyway (default: stop them at their next epoch end).")]
 
 
 def _seeds(text: str | None) -> list[int] | None:
@@ -160,6 +165,48 @@ def plan(
     console.print(f"{todo} of {len(rows)} runs to do; estimated time left: {eta} ({basis})")
 
 
+def _executor(name: str, jobs: int | None, retries: int | None, address: str | None, device: str):
+    """The executor and the device name its runs use (Ray resolves ``auto`` on the nodes)."""
+    from xmrbench.core.engine.train import resolve_device
+    from xmrbench.runner.executors import make_executor
+
+    executor = make_executor(name, jobs=jobs, retries=retries, address=address)
+    if name == "ray":
+        if device not in ("auto", "cpu", "cuda"):
+            raise UsageError(f"--device {device!r}: expected auto, cpu or cuda")
+        return executor, device
+    return executor, str(resolve_device(device))
+
+
+def _execute(resolved, store, *, executor, device: str, force: bool, keep_going: bool, quiet: bool, total: int):
+    """Run a resolved recipe with progress; end the command (exit 130, 2 or 1) if it did not finish."""
+    from xmrbench.cli.progress import RichReporter
+    from xmrbench.runner.execute import reproduce as run_recipe
+
+    with RichReporter(console, total, quiet=quiet) as reporter:
+        summary = run_recipe(resolved, store, device=device, force=force, reporter=reporter, executor=executor,
+                             keep_going=keep_going)
+    elsewhere = f", {len(summary.finished_elsewhere)} finished by another process" if summary.finished_elsewhere else ""
+    if summary.interrupted:
+        err_console.print(
+            f"interrupted: {len(summary.ran)} run(s) finished and saved; run the same command again to resume",
+            highlight=False,
+        )
+        raise typer.Exit(130)
+    console.print(f"{len(summary.ran)} run(s) computed, {len(summary.skipped)} already done{elsewhere}")
+    if summary.failed:
+        if summary.not_run:
+            console.print(f"{len(summary.not_run)} other run(s) not done; fix the error and run the same command "
+                          "again (stored runs are kept, stopped ones resume from their last epoch)")
+        shown = summary.failed if keep_going else summary.failed[:1]
+        for i, failure in enumerate(shown):
+            more = len(summary.failed) - len(shown)
+            tail = f" ({more} more run(s) failed; --keep-going lists them all)" if more and i == len(shown) - 1 else ""
+            err_console.print(f"error: {failure.message}{tail}", highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(2 if any(f.user_error for f in summary.failed) else 1)
+    return summary
+
+
 @app.command()
 def reproduce(
     recipe: Annotated[str, typer.Argument(help="Recipe id (e.g. two-branch-table2) or path to a recipe YAML file.")],
@@ -172,30 +219,29 @@ def reproduce(
     data_root: DataRootOpt = None,
     report: Annotated[bool, typer.Option("--report/--no-report", help="Print the paper-vs-ours table at the end.")] = True,
     quiet: Annotated[bool, typer.Option("--quiet/--no-quiet", help="No progress bars.")] = False,
+    executor: ExecutorOpt = "local",
+    jobs: JobsOpt = None,
+    retries: RetriesOpt = None,
+    address: AddressOpt = None,
+    keep_going: KeepGoingOpt = False,
 ) -> None:
     """Train and evaluate every cell of a recipe (skipping finished runs), then report."""
-    from xmrbench.cli.progress import RichReporter
-    from xmrbench.core.engine.train import resolve_device
-    from xmrbench.runner.execute import plan_runs, reproduce as run_recipe
+    from xmrbench.runner.execute import plan_runs
     from xmrbench.store.store import ResultStore
 
     resolved = _resolve(recipe, profile, seeds, sets, data_root)
+    runner, dev = _executor(executor, jobs, retries, address, device)
     store = ResultStore(results)
-    dev = resolve_device(device)
     runs = plan_runs(resolved, store)
     todo = sum(1 for *_, s in runs if s != "done" or force)
     console.print(
         f"[bold]{resolved.id}[/] ({resolved.recipe.paper}, {resolved.recipe.table}), profile {profile}: "
-        f"{len(runs)} runs, {todo} to do, on {dev}; results in {results}/"
+        f"{len(runs)} runs, {todo} to do, on {dev} ({executor} executor); results in {results}/"
     )
-    with RichReporter(console, todo, quiet=quiet) as reporter:
-        summary = run_recipe(resolved, store, device=dev, force=force, reporter=reporter)
-    if summary.interrupted:
-        err_console.print(
-            f"interrupted: {len(summary.ran)} run(s) finished and saved; run the same command again to resume"
-        )
-        raise typer.Exit(130)
-    console.print(f"{len(summary.ran)} run(s) computed, {len(summary.skipped)} already done")
+    try:
+        _execute(resolved, store, executor=runner, device=dev, force=force, keep_going=keep_going, quiet=quiet, total=todo)
+    finally:
+        runner.close()
     if report:
         _print_reports([resolved.id], results, profile=profile, fmt="rich", out=None)
 
@@ -207,16 +253,20 @@ def sweep(
     profile: ProfileOpt = "quick",
     seeds: SeedsOpt = None,
     sets: SetOpt = None,
-    rows: Annotated[Optional[str], typer.Option("--rows", help="Comma-separated row ids to sweep (default: all runnable).")] = None,
+    rows: Annotated[str | None, typer.Option("--rows", help="Comma-separated row ids to sweep (default: all runnable).")] = None,
     results: ResultsOpt = Path("results"),
     device: DeviceOpt = "auto",
     data_root: DataRootOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run/--no-dry-run", help="Only show the cells.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet/--no-quiet", help="No progress bars.")] = False,
+    executor: ExecutorOpt = "local",
+    jobs: JobsOpt = None,
+    retries: RetriesOpt = None,
+    address: AddressOpt = None,
+    keep_going: KeepGoingOpt = False,
 ) -> None:
     """A grid over any config parameter: xmrbench sweep two_branch --margin 0.05,0.1,0.2"""
-    from xmrbench.cli.progress import RichReporter
-    from xmrbench.core.engine.train import resolve_device
-    from xmrbench.runner.execute import reproduce as run_recipe
+    from xmrbench.runner.execute import plan_runs
     from xmrbench.runner.sweep import build_sweep
     from xmrbench.store.store import ResultStore
 
@@ -229,12 +279,13 @@ def sweep(
         console.print(f"  {cell.id}  [{cell.hash}]")
     if dry_run:
         return
+    runner, dev = _executor(executor, jobs, retries, address, device)
     store = ResultStore(results)
-    with RichReporter(console, len(resolved.cells) * len(resolved.seeds)) as reporter:
-        summary = run_recipe(resolved, store, device=resolve_device(device), reporter=reporter)
-    if summary.interrupted:
-        err_console.print("interrupted: finished runs are saved; run the same command again to resume")
-        raise typer.Exit(130)
+    todo = sum(1 for *_, s in plan_runs(resolved, store) if s != "done")
+    try:
+        _execute(resolved, store, executor=runner, device=dev, force=False, keep_going=keep_going, quiet=quiet, total=todo)
+    finally:
+        runner.close()
     from xmrbench.runner.sweep import sweep_table
 
     console.print(sweep_table(resolved, store))
@@ -268,12 +319,13 @@ def _print_reports(recipes: list[str], results: Path, *, profile: str | None, fm
 
 @app.command()
 def report(
-    recipes: Annotated[Optional[list[str]], typer.Argument(help="Recipe ids (default: every recipe with results).")] = None,
+    recipes: Annotated[list[str] | None, typer.Argument(help="Recipe ids (default: every recipe with results).")] = None,
     markdown: Annotated[bool, typer.Option("--markdown", help="Markdown output.")] = False,
     latex: Annotated[bool, typer.Option("--latex", help="LaTeX (booktabs) output.")] = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="CSV output (one row per cell x metric).")] = False,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Write to this file instead of stdout.")] = None,
-    profile: Annotated[Optional[str], typer.Option("--profile", help="Which profile's results (default: the most paper-like present).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Write to this file instead of stdout.")] = None,
+    profile: Annotated[str | None, typer.Option("--profile", help="Which profile's results (default: the most paper-like present).")] = None,
+    plots: Annotated[Path | None, typer.Option("--plots", help="Also write figures (PNG) into this directory.")] = None,
     results: ResultsOpt = Path("results"),
 ) -> None:
     """Paper | ours (mean ± std over seeds) | Δ for every cell, and a verdict per claim."""
@@ -291,6 +343,15 @@ def report(
         if not recipes:
             raise UsageError(f"no results in {results}/ yet; run `xmrbench reproduce <recipe>` first")
     _print_reports(recipes, results, profile=profile, fmt=fmt, out=out)
+    if plots is not None:
+        from xmrbench.report.collect import collect
+        from xmrbench.report.plots import all_figures
+        from xmrbench.store.store import ResultStore
+
+        store = ResultStore(results)
+        for rid in recipes:
+            for path in all_figures(collect(rid, store, profile=profile), plots):
+                err_console.print(f"wrote {path}")
 
 
 @app.command()
@@ -298,8 +359,8 @@ def evaluate(
     sims: Annotated[Path, typer.Option("--sims", help="Similarity matrix .npy: rows = images (queries), columns = captions (gallery).")],
     captions_per_image: Annotated[int, typer.Option("--captions-per-image", help="Caption j describes image j // this.")] = 5,
     protocol: Annotated[str, typer.Option("--protocol", help="all (the whole matrix) or 5fold (mean of 5 consecutive folds).")] = "all",
-    query_labels: Annotated[Optional[Path], typer.Option("--query-labels", help="Labels of the rows (.npy): (N,) ints or (N, C) multi-hot.")] = None,
-    gallery_labels: Annotated[Optional[Path], typer.Option("--gallery-labels", help="Labels of the columns (.npy).")] = None,
+    query_labels: Annotated[Path | None, typer.Option("--query-labels", help="Labels of the rows (.npy): (N,) ints or (N, C) multi-hot.")] = None,
+    gallery_labels: Annotated[Path | None, typer.Option("--gallery-labels", help="Labels of the columns (.npy).")] = None,
     as_json: Annotated[bool, typer.Option("--json/--no-json", help="Print a JSON object.")] = False,
 ) -> None:
     """Evaluate your own similarity matrix with the same metrics the recipes use."""
@@ -319,7 +380,7 @@ def evaluate(
 
 @app.command()
 def bench(
-    names: Annotated[Optional[list[str]], typer.Argument(help="Benchmarks to run (default: all): machine, similarity, ranking, ...")] = None,
+    names: Annotated[list[str] | None, typer.Argument(help="Benchmarks to run (default: all): machine, similarity, ranking, ...")] = None,
     quick: Annotated[bool, typer.Option("--quick/--full", help="Small sizes (seconds) or full sizes (COCO 5K).")] = True,
     device: DeviceOpt = "auto",
     as_json: Annotated[bool, typer.Option("--json/--no-json", help="Print JSON.")] = False,
@@ -344,6 +405,87 @@ def bench(
             console.print(f"  {label}: [bold]{value:.3g}[/]")
         for note in res.notes:
             console.print(f"  {note}")
+
+
+@app.command()
+def check(
+    recipes: Annotated[list[str] | None, typer.Argument(help="Recipe ids or paths (default: every recipe).")] = None,
+    results: Annotated[Path | None, typer.Option("--results", help="Run into this store and keep it (default: a temporary one).")] = None,
+    reference: Annotated[Path, typer.Option("--reference", help="Directory of the reference results.")] = Path("results/reference"),
+    tolerances: Annotated[Path | None, typer.Option("--tolerances", help="Tolerances file (default: REFERENCE/tolerances.yaml).")] = None,
+    update: Annotated[bool, typer.Option("--update/--no-update", help="Rewrite the references from this run instead of comparing.")] = False,
+    device: DeviceOpt = "cpu",
+    executor: ExecutorOpt = "local",
+    jobs: JobsOpt = None,
+    retries: RetriesOpt = None,
+    address: AddressOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet/--no-quiet", help="No progress bars.")] = True,
+) -> None:
+    """Regression gate: run the smoke profile of every (or the named) recipe and compare with the references."""
+    import shutil
+    import tempfile
+
+    from xmrbench.errors import CheckFailed
+    from xmrbench.runner.check import TOLERANCES_FILE, load_tolerances, run_check
+    from xmrbench.runner.execute import plan_runs
+    from xmrbench.store.store import ResultStore
+
+    if reference.exists() and not reference.is_dir():
+        raise UsageError(f"--reference {reference}: not a directory")
+    tol = load_tolerances(tolerances or reference / TOLERANCES_FILE)
+    runner, dev = _executor(executor, jobs, retries, address, device)
+    root = results if results is not None else Path(tempfile.mkdtemp(prefix="xmrbench-check-"))
+    store = ResultStore(root)
+
+    def execute(resolved):
+        todo = sum(1 for *_, s in plan_runs(resolved, store) if s != "done")
+        console.print(f"[bold]{resolved.id}[/]: {todo} smoke run(s) to do", highlight=False)
+        from xmrbench.cli.progress import RichReporter
+        from xmrbench.runner.execute import reproduce as run_recipe
+
+        with RichReporter(console, todo, quiet=quiet) as reporter:
+            summary = run_recipe(resolved, store, device=dev, reporter=reporter, executor=runner, keep_going=True)
+        if summary.interrupted:
+            raise KeyboardInterrupt
+        return summary
+
+    try:
+        checks = run_check(recipes, store=store, reference_dir=reference, tolerances=tol, update=update, execute=execute)
+    finally:
+        runner.close()
+        if results is None:
+            shutil.rmtree(root, ignore_errors=True)
+    from tabulate import tabulate
+
+    rows = []
+    for c in checks:
+        env_label = "" if c.same_env is None else ("same" if c.same_env else "other")
+        worst = f"{max((abs(d.delta) for d in c.diffs), default=0.0):.4g}" if c.state == "checked" else ""
+        rows.append([c.recipe, c.state, c.runs, c.compared or "", env_label, worst,
+                     len(c.regressions) if c.state == "checked" else "", c.note])
+    headers = ["recipe", "state", "runs", "metrics", "environment", "max |Δ|", "beyond tolerance", "note"]
+    print(tabulate(rows, headers=headers, tablefmt="github"))
+    diffs = sorted((d for c in checks for d in c.diffs), key=lambda d: (not d.beyond, -abs(d.delta)))
+    if diffs:
+        shown = [[d.recipe, d.run, f"{d.protocol}.{d.metric}", f"{d.reference:.6g}", f"{d.current:.6g}",
+                  f"{d.delta:+.4g}", f"{d.tolerance:g}", "REGRESSION" if d.beyond else "ok"] for d in diffs[:60]]
+        print("\nmetrics that changed:")
+        print(tabulate(shown, headers=["recipe", "run", "metric", "reference", "now", "Δ", "tolerance", ""],
+                       tablefmt="github", disable_numparse=True))
+        if len(diffs) > 60:
+            print(f"... and {len(diffs) - 60} more changed metric(s)")
+    problems = [p for c in checks for p in c.problems]
+    for problem in problems:
+        print(f"problem: {problem}")
+    regressions = sum(len(c.regressions) for c in checks)
+    if problems or regressions:
+        raise CheckFailed(
+            f"check failed: {regressions} metric(s) beyond tolerance, {len(problems)} other problem(s) "
+            f"in {sum(1 for c in checks if not c.passed)} recipe(s)"
+        )
+    verb = "updated" if update else "passed"
+    console.print(f"check {verb}: {sum(1 for c in checks if c.state in ('checked', 'updated'))} recipe(s), "
+                  f"{sum(1 for c in checks if c.state == 'skipped')} skipped")
 
 
 @app.command()
@@ -374,16 +516,71 @@ def data_synth(
     console.print(f"wrote the {size} synthetic world (seed {seed}) to {path}")
 
 
+@data_app.command("check")
+def data_check(
+    path: Annotated[Path, typer.Argument(help="A data directory (precomp, labelled or entities layout), a vocabulary json or a word-vector file.")],
+    captions_per_image: Annotated[int, typer.Option("--captions-per-image", help="Captions per image.")] = 5,
+    scan_all: Annotated[bool, typer.Option("--scan-all/--scan-sample", help="Scan every row of feature files over 2 GiB for NaN/inf (default: a fixed sample).")] = False,
+) -> None:
+    """Check a data directory: one line per problem (file, line or row, what is wrong) and exit 2, or a summary."""
+    from xmrbench.data.check import check_path
+
+    if captions_per_image < 1:
+        raise UsageError(f"--captions-per-image {captions_per_image}: expected >= 1")
+    report = check_path(path, captions_per_image=captions_per_image, scan_all=scan_all)
+    if not report.ok:
+        for problem in report.problems:
+            err_console.print(f"error: {problem}", highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(2)
+    console.print(f"{path}: {report.layout} layout, no problems found", highlight=False, markup=False, soft_wrap=True)
+    for line in [*report.summary, *(f"note: {n}" for n in report.notes)]:
+        console.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
+
+
+def _given_value(exc) -> str | None:
+    """The command-line value of the option a BadParameter error is about, if it was given."""
+    param = getattr(exc, "param", None)
+    opts = getattr(param, "opts", None) or []
+    args = sys.argv[1:]
+    for i, arg in enumerate(args):
+        for opt in opts:
+            if arg == opt and i + 1 < len(args):
+                return args[i + 1]
+            if arg.startswith(opt + "="):
+                return arg[len(opt) + 1:]
+    return None
+
+
 def main() -> None:
-    """Console entry point."""
+    """Console entry point: every user mistake ends as one line on stderr (exit 2)."""
+    try:  # compatibility shim: newer typer releases vendor click as typer._click, older ones use click
+        from typer._click import exceptions as click_exc
+    except ImportError:  # pragma: no cover
+        from click import exceptions as click_exc
+
     try:
-        app(standalone_mode=True)
+        code = app(standalone_mode=False, prog_name="xmrbench")
     except XmrbenchError as exc:
         err_console.print(f"error: {exc.one_line()}", highlight=False, markup=False, soft_wrap=True)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
+    except click_exc.NoArgsIsHelpError as exc:  # a bare group: its help, as before
+        print(exc.ctx.get_help() if exc.ctx is not None else exc.format_message())
+        sys.exit(exc.exit_code)
+    except click_exc.UsageError as exc:  # unknown option, bad value, missing argument (click's usage box is 4 lines)
+        where = exc.ctx.command_path if exc.ctx is not None else "xmrbench"
+        text = " ".join(exc.format_message().split())
+        value = _given_value(exc)
+        if value is not None:
+            text = f"{text} (got {value!r})"
+        err_console.print(f"error: {where}: {text} (see {where} --help)", highlight=False, markup=False, soft_wrap=True)
+        sys.exit(2)
+    except click_exc.ClickException as exc:
+        err_console.print(f"error: {' '.join(exc.format_message().split())}", highlight=False, markup=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except (KeyboardInterrupt, typer.Abort):
         err_console.print("interrupted")
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,4 +1,4 @@
-"""Rich progress bars for reproduce: one bar over runs, one over the epochs of the current run."""
+"""Rich progress bars for reproduce: one bar over runs, one over the epochs of each run under way."""
 
 from __future__ import annotations
 
@@ -13,12 +13,13 @@ from xmrbench.store.schema import ResultDoc
 
 
 class _EpochEvents:
-    def __init__(self, progress: Progress, task: int):
+    def __init__(self, progress: Progress, task: int, prefix: str = ""):
         self.progress = progress
         self.task = task
+        self.prefix = prefix
 
     def epoch_start(self, epoch: int, n_epochs: int, n_batches: int) -> None:
-        self.progress.update(self.task, total=n_epochs, completed=epoch, description=f"  epoch {epoch + 1}/{n_epochs}")
+        self.progress.update(self.task, total=n_epochs, completed=epoch, description=f"  {self.prefix}epoch {epoch + 1}/{n_epochs}")
 
     def batch_end(self, batch: int, loss: float) -> None:
         pass
@@ -27,7 +28,7 @@ class _EpochEvents:
         self.progress.update(
             self.task,
             completed=epoch + 1,
-            description=f"  epoch {epoch + 1}: loss {stats['loss']:.3f}, dev rsum {stats['dev_rsum']:.1f}",
+            description=f"  {self.prefix}epoch {epoch + 1}: loss {stats['loss']:.3f}, dev rsum {stats['dev_rsum']:.1f}",
         )
 
 
@@ -48,7 +49,7 @@ class RichReporter:
             disable=quiet,
         )
         self.runs_task = self.progress.add_task("runs", total=total_runs)
-        self.epoch_task = self.progress.add_task("  epochs", total=1, visible=False)
+        self.epoch_tasks: dict[tuple[str, int], int] = {}  # one bar per run under way (parallel executors)
 
     def __enter__(self) -> RichReporter:
         self.progress.start()
@@ -59,13 +60,32 @@ class RichReporter:
 
     def run_start(self, cell: Cell, seed: int, index: int, total: int) -> Events:
         self.progress.update(self.runs_task, description=f"{cell.id} seed {seed}")
-        self.progress.update(self.epoch_task, visible=True, completed=0)
-        return _EpochEvents(self.progress, self.epoch_task)
+        self._end_epochs(cell, seed)
+        task = self.progress.add_task(f"  {cell.id} seed {seed}", total=1)
+        self.epoch_tasks[(cell.id, seed)] = task
+        return _EpochEvents(self.progress, task, f"{cell.id} seed {seed}, ")
+
+    def _end_epochs(self, cell: Cell, seed: int) -> None:
+        task = self.epoch_tasks.pop((cell.id, seed), None)
+        if task is not None:
+            self.progress.remove_task(task)
 
     def run_skip(self, cell: Cell, seed: int, why: str) -> None:
-        pass
+        if why == "done":  # stored before this command started: not counted in the bar
+            return
+        self._end_epochs(cell, seed)
+        self.progress.advance(self.runs_task)
+        if not self.quiet:
+            self.console.print(f"[cyan]skip[/] {cell.id} seed {seed}: {why}")
+
+    def run_failed(self, cell: Cell, seed: int, message: str) -> None:
+        self._end_epochs(cell, seed)
+        self.progress.advance(self.runs_task)
+        if not self.quiet:
+            self.console.print(f"[red]failed[/] {cell.id} seed {seed}", highlight=False)
 
     def run_end(self, cell: Cell, seed: int, doc: ResultDoc, path: Path) -> None:
+        self._end_epochs(cell, seed)
         self.progress.advance(self.runs_task)
         first = next(iter(doc.metrics))
         rsum = doc.metrics[first].get("rsum")
@@ -78,4 +98,4 @@ class RichReporter:
             )
 
     def warn(self, message: str) -> None:
-        self.console.print(f"[yellow]warning:[/] {message}")
+        self.console.print(f"[yellow]warning:[/] {message}", soft_wrap=True, highlight=False)

@@ -12,7 +12,6 @@ never mistaken for a Flickr30K or MS-COCO one.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from pathlib import Path
 
 import matplotlib

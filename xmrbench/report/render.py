@@ -149,6 +149,9 @@ def to_markdown(rep: TableReport) -> str:
     if rep.resolved.warnings:
         out += ["", "### lint of the paper's printed numbers", ""]
         out += [f"- {w}" for w in rep.resolved.warnings]
+    if rep.resolved.acknowledged:
+        out += ["", "### known inconsistencies of the paper's printed numbers", ""]
+        out += [f"- {w}" for w in rep.resolved.acknowledged]
     if rep.recipe.notes:
         out += ["", "### notes", ""] + [f"- {n}" for n in rep.recipe.notes]
     if rep.problems:

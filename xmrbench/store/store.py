@@ -7,10 +7,12 @@ Layout under the store root (``results/`` by default)::
         models/<same name>.pt                the selected model's weights
         resolved/<recipe-hash>.json          each resolved recipe that wrote here
         .work/<same name>/checkpoint.pt      per-epoch checkpoints of unfinished runs
+        .work/<same name>.lock               the run's lock (see runner/locks.py)
 
 Writes are atomic (temporary file in the same directory, fsync, rename), so a
 crash leaves either the old state or the new one, never a torn file. Leftover
-temporary files from a killed process are removed by the next writer. A document
+temporary files from a killed process are removed by the next writer of the same run
+(under the run's lock), or after an hour by any writer of the recipe. A document
 that does not parse or validate is reported as corrupt and recomputed, never used.
 """
 
@@ -20,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +96,10 @@ class ResultStore:
     def work_dir(self, recipe_id: str, cell_id: str, cell_hash: str, seed: int) -> Path:
         return self.recipe_dir(recipe_id) / ".work" / self.run_name(cell_id, cell_hash, seed)
 
+    def lock_path(self, recipe_id: str, cell_id: str, cell_hash: str, seed: int) -> Path:
+        """The run's lock file (beside its work dir, which is removed when the run finishes)."""
+        return self.recipe_dir(recipe_id) / ".work" / f"{self.run_name(cell_id, cell_hash, seed)}.lock"
+
     # -- reading ----------------------------------------------------------
     def read(self, path: Path) -> ResultDoc:
         """Parse and validate one document; StoreError (naming the file) if it is unusable."""
@@ -157,13 +164,51 @@ class ResultStore:
         """Remove the checkpoints of a finished run."""
         shutil.rmtree(self.work_dir(recipe_id, cell_id, cell_hash, seed), ignore_errors=True)
 
-    def clean_temporaries(self, recipe_id: str) -> list[Path]:
-        """Delete temporary files left by killed writers; returns what was removed."""
+    def clean_temporaries(self, recipe_id: str, *, older_than_s: float = 0.0) -> list[Path]:
+        """Delete temporary files left by killed writers; returns what was removed.
+
+        Another live process may be writing into the same store, so a caller that
+        does not hold every run's lock passes ``older_than_s`` (no writer keeps a
+        temporary file open for long); a run's own temporaries are removed under its
+        lock by :meth:`clean_run_temporaries`.
+        """
         folder = self.recipe_dir(recipe_id)
         removed = []
+        now = time.time()
         if folder.is_dir():
             for path in folder.rglob(".*.tmp"):
-                if _TMP.match(path.name):
-                    path.unlink(missing_ok=True)
-                    removed.append(path)
+                if not _TMP.match(path.name):
+                    continue
+                try:
+                    if older_than_s and now - path.stat().st_mtime < older_than_s:
+                        continue
+                    path.unlink()
+                except OSError:
+                    continue
+                removed.append(path)
         return removed
+
+    def clean_run_temporaries(self, recipe_id: str, cell_id: str, cell_hash: str, seed: int) -> list[Path]:
+        """Delete the temporaries of one run (its result, model and checkpoints); call it under the run's lock."""
+        name = self.run_name(cell_id, cell_hash, seed)
+        folder = self.recipe_dir(recipe_id)
+        candidates = [
+            *folder.glob(f".{name}.json.*.tmp"),
+            *(folder / "models").glob(f".{name}.pt.*.tmp"),
+            *self.work_dir(recipe_id, cell_id, cell_hash, seed).glob(".*.tmp"),
+        ]
+        removed = []
+        for path in candidates:
+            if _TMP.match(path.name):
+                path.unlink(missing_ok=True)
+                removed.append(path)
+        return removed
+
+    @staticmethod
+    def identity(path: Path) -> tuple[int, int, int] | None:
+        """(inode, size, mtime in ns) of a file, or None if it does not exist: whether it was rewritten."""
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)

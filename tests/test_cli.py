@@ -360,3 +360,15 @@ def test_ensemble_averages_member_similarities(tmp_path, capsys):
         sims.append(similarity_matrix(model, encode(model, split, device=torch.device("cpu"), batch_size=64), block_images=1000))
     want = retrieval_metrics((sims[0] + sims[1]) / 2)
     assert doc.metrics["test"] == pytest.approx(want)
+
+
+def test_rows_restricts_the_runs_to_the_named_rows_and_their_members(tmp_path, capsys):
+    recipe = tmp_path / "ens.yaml"
+    recipe.write_text(ENSEMBLE_RECIPE)
+    store = str(tmp_path / "store")
+    code, out, _ = cli(["plan", str(recipe), "--profile", "smoke", "--rows", "b", "--results", store], capsys)
+    assert code == 0 and "1 of 1 runs to do" in out
+    code, out, _ = cli(["plan", str(recipe), "--profile", "smoke", "--rows", "ab", "--results", store], capsys)
+    assert code == 0 and "3 of 3 runs to do" in out  # the ensemble and its two members
+    code, _, err = cli(["reproduce", str(recipe), "--profile", "smoke", "--rows", "a,zz", "--results", store], capsys)
+    assert code == 2 and "no row(s) zz" in err and len(err.strip().splitlines()) == 1

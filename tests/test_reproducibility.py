@@ -127,3 +127,32 @@ def test_every_result_records_versions_and_hardware(recipe, tmp_path, capsys):
     assert info.value.code == 0
     printed = json.loads(capsys.readouterr().out)
     assert set(printed) == set(here) and printed["torch"] == torch.__version__
+
+
+@pytest.mark.slow
+def test_two_threads_give_identical_numbers_with_repeated_index_gathers(tmp_path):
+    """VSRN's caption loss gathers each image's regions once per caption (repeated
+    indices): with two threads the backward of that gather must still add in a fixed
+    order. Two trainings in one process (other allocations, other thread timing) agree."""
+    from xmrbench.core.engine.inputs import PreparedData
+    from xmrbench.core.engine.train import seed_everything, train_and_evaluate
+    from xmrbench.data.registry import DATASETS
+
+    from support import base_recipe
+
+    cfg = resolve(base_recipe(tmp_path, "vsrn", "aoq", "vsrn"), profile="smoke").cells[0].config
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 2})})
+    prepared = PreparedData(DATASETS[cfg.data.name](cfg.data), cfg.data, "regions", "tokens")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        outs = []
+        for k in range(2):
+            (tmp_path / str(k)).mkdir()
+            outs.append(train_and_evaluate(cfg, 0, prepared, device=torch.device("cpu"), work_dir=tmp_path / str(k)))
+    finally:
+        torch.set_num_threads(threads)
+    assert outs[0].curves["train_loss"] == outs[1].curves["train_loss"]
+    assert all(torch.equal(outs[0].state_dict[k], outs[1].state_dict[k]) for k in outs[0].state_dict)
+    seed_everything(0, torch.device("cpu"))
+    assert torch.are_deterministic_algorithms_enabled()

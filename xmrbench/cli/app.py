@@ -67,10 +67,20 @@ def _overrides(items: list[str] | None, data_root: Path | None) -> dict:
     return out
 
 
-def _resolve(recipe: str, profile: str, seeds: str | None, sets: list[str] | None, data_root: Path | None = None):
+RowsOpt = Annotated[
+    str | None, typer.Option("--rows", help="Comma-separated row ids to run (default: every runnable row).")
+]
+
+
+def _resolve(
+    recipe: str, profile: str, seeds: str | None, sets: list[str] | None, data_root: Path | None = None,
+    rows: str | None = None,
+):
     from xmrbench.recipe.resolve import resolve
 
     resolved = resolve(recipe, profile=profile, seeds=_seeds(seeds), overrides=_overrides(sets, data_root))
+    if rows:
+        resolved = resolved.restricted_to_rows([r.strip() for r in rows.split(",") if r.strip()])
     for warning in resolved.warnings:
         err_console.print(f"[yellow]lint:[/] {warning}", highlight=False)
     return resolved
@@ -147,6 +157,7 @@ def plan(
     profile: ProfileOpt = "quick",
     seeds: SeedsOpt = None,
     sets: SetOpt = None,
+    rows: RowsOpt = None,
     data_root: DataRootOpt = None,
     results: ResultsOpt = Path("results"),
 ) -> None:
@@ -154,7 +165,7 @@ def plan(
     from xmrbench.runner.plan import estimate
     from xmrbench.store.store import ResultStore
 
-    resolved = _resolve(recipe, profile, seeds, sets, data_root)
+    resolved = _resolve(recipe, profile, seeds, sets, data_root, rows)
     rows, total, basis = estimate(resolved, ResultStore(results))
     table = Table("cell", "seed", "state", "estimate")
     for cell_id, seed, state, est in rows:
@@ -213,6 +224,7 @@ def reproduce(
     profile: ProfileOpt = "quick",
     seeds: SeedsOpt = None,
     sets: SetOpt = None,
+    rows: RowsOpt = None,
     force: Annotated[bool, typer.Option("--force/--no-force", help="Recompute runs that are already done.")] = False,
     results: ResultsOpt = Path("results"),
     device: DeviceOpt = "auto",
@@ -229,7 +241,7 @@ def reproduce(
     from xmrbench.runner.execute import plan_runs
     from xmrbench.store.store import ResultStore
 
-    resolved = _resolve(recipe, profile, seeds, sets, data_root)
+    resolved = _resolve(recipe, profile, seeds, sets, data_root, rows)
     runner, dev = _executor(executor, jobs, retries, address, device)
     store = ResultStore(results)
     runs = plan_runs(resolved, store)

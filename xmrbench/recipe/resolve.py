@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,7 @@ class ResolvedRecipe:
     cells: list[Cell]
     warnings: list[str] = field(default_factory=list)
     acknowledged: list[str] = field(default_factory=list)  # inconsistencies the recipe declares
+    only: frozenset[str] | None = None  # run only these cells (``--rows``); None = every runnable cell
 
     @property
     def id(self) -> str:
@@ -92,7 +93,21 @@ class ResolvedRecipe:
         )
 
     def runnable_cells(self) -> list[Cell]:
-        return [c for c in self.cells if c.runnable]
+        return [c for c in self.cells if c.runnable and (self.only is None or c.id in self.only)]
+
+    def restricted_to_rows(self, rows: list[str]) -> ResolvedRecipe:
+        """The same recipe with only the cells of ``rows`` to run (and the members of the
+        ensembles among them); the other rows stay in the table, with their paper numbers."""
+        known = {c.row.id for c in self.cells}
+        unknown = [r for r in rows if r not in known]
+        if unknown:
+            raise UsageError(f"{self.id}: no row(s) {', '.join(unknown)}; rows: {', '.join(sorted(known))}")
+        chosen = [c for c in self.cells if c.row.id in rows]
+        not_run = [c.row.id for c in chosen if not c.runnable]
+        if not_run:
+            raise UsageError(f"{self.id}: row(s) {', '.join(dict.fromkeys(not_run))} are not run by xmrbench (run: false)")
+        only = {c.id for c in chosen} | {m.id for c in chosen for m in c.members}
+        return replace(self, only=frozenset(only))
 
     def cell(self, cell_id: str) -> Cell:
         for cell in self.cells:

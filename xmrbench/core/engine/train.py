@@ -78,14 +78,17 @@ def resolve_device(name: str) -> torch.device:
 
 
 def seed_everything(seed: int, device: torch.device) -> None:
-    """Seed every generator a run uses. CPU kernels are deterministic already; on CUDA
-    the deterministic algorithms are requested (warning where none exists)."""
+    """Seed every generator a run uses and request torch's deterministic algorithms
+    (warning where none exists). They matter on the CPU too: with more than one thread,
+    the backward of a gather with repeated indices (``x[rows]``, VSRN's caption loss,
+    the triplet losses' anchors) accumulates with atomic adds in an order that changes
+    from run to run; the deterministic path sorts the indices first."""
     random.seed(seed)
     torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
     if device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.cuda.manual_seed_all(seed)
-        torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:

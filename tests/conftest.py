@@ -1,10 +1,23 @@
-"""Shared fixtures: an isolated cache and recipes directory, and a toy dataset."""
+"""Shared fixtures: an isolated cache and recipes directory, and a toy dataset; a line in
+the terminal summary when the paper-text checks were skipped."""
 
 from __future__ import annotations
 
 import pytest
 
+from papers import SKIP_PREFIX
 from toy import toy_data
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Say once that the paper-text checks did not run, and why (see ``papers.py``)."""
+    reasons = [
+        str(report.longrepr[2]).split(SKIP_PREFIX, 1)[1]
+        for report in terminalreporter.stats.get("skipped", [])
+        if isinstance(report.longrepr, tuple) and SKIP_PREFIX in str(report.longrepr[2])
+    ]
+    if reasons:
+        terminalreporter.write_line(f"{SKIP_PREFIX}{reasons[0]} ({len(reasons)} tests)", yellow=True, bold=True)
 
 
 @pytest.fixture(autouse=True)

@@ -3,11 +3,12 @@ train-then-reload check every trainable model goes through."""
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 
 import torch
+
+from xmrbench.gate.chance import chance_rsum  # the chance level every learning test compares with
 
 REPO = Path(__file__).resolve().parents[1]
 BASES = REPO / "recipes" / "_base"
@@ -76,11 +77,10 @@ def random_tokens(gen: torch.Generator, n: int, *, min_len: int = 1, max_len: in
     return TextBatch(tokens=toks, lengths=lengths)
 
 
-def chance_rsum(n_images: int, cpi: int = 5) -> float:
-    """Expected rsum of a random ranking (i2t: one of ``cpi`` captions in the top K)."""
-    n_txt = n_images * cpi
-    i2t = sum(1 - math.comb(n_txt - cpi, k) / math.comb(n_txt, k) for k in (1, 5, 10))
-    return 100 * (i2t + sum(k / n_images for k in (1, 5, 10)))
+def assert_learns(metrics: dict[str, float], n_images: int, *, factor: float, cpi: int = 5) -> None:
+    """``metrics["rsum"] > factor x chance_rsum(n_images)`` (``n_images`` per fold), with a message that says so."""
+    bar = factor * chance_rsum(n_images, cpi)
+    assert metrics["rsum"] > bar, f"rsum {metrics['rsum']:.1f} is not above {factor:g} x chance ({bar:.1f})"
 
 
 def train_and_check_reload(cfg, prepared, tmp_path: Path, *, min_ratio: float = 2.5, rtol: float = 0.0, atol: float = 1e-6):
@@ -98,14 +98,14 @@ def train_and_check_reload(cfg, prepared, tmp_path: Path, *, min_ratio: float = 
     cpu = torch.device("cpu")
     out = train_and_evaluate(cfg, 0, prepared, device=cpu, work_dir=tmp_path)
     test = prepared.split("test")
-    assert out.metrics["test"]["rsum"] > min_ratio * chance_rsum(test.n_images)
+    assert_learns(out.metrics["test"], test.n_images, factor=min_ratio)
 
     def rebuilt(state):
         model = MODELS[cfg.model.name](cfg.model.params, prepared.dims)
         model.load_state_dict(state)
         return model.eval()
 
-    stored = torch.load(tmp_path / "checkpoint.pt", weights_only=False)["best_state"]
+    stored = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["best_state"]
     sims = []
     size, blocks = cfg.eval.batch_size, cfg.eval.block_images  # the engine's own evaluation settings
     for state, block in ((out.state_dict, blocks), (stored, blocks), (stored, 7)):

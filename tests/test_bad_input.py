@@ -117,11 +117,12 @@ def _poke(value: float, row: int) -> Callable:
     return fn
 
 
-def _check(*extra: str, tolerances: str | None = None, reference: str | None = None, target: str | None = None):
+def _check(*extra: str, goldens: str | None = None, reference: str | None = None, target: str | None = None):
     def setup(tmp: Path, recipe: Path, store: Path) -> list[str]:
         ref = tmp / "reference"
         ref.mkdir()
-        (ref / "tolerances.yaml").write_text(tolerances or "same_environment: {'*': 0}\nother_environment: {'*': 1}\n")
+        committed = Path(__file__).resolve().parents[1] / "results" / "reference" / "goldens.json"
+        (ref / "goldens.json").write_text(goldens if goldens is not None else committed.read_text())
         if reference is not None:
             (ref / "tiny-bad.json").write_text(reference)
         return ["check", target or str(recipe), "--reference", str(ref), "--results", str(store), *extra]
@@ -181,10 +182,9 @@ CASES: dict[str, Case] = {
                                        ("tiny-bad/a/seed0", "nan", "epoch 1, batch")),
     # -- the regression gate -------------------------------------------------------
     "check unknown recipe": Case(_check(target="no-such-recipe"), ("unknown recipe", "no-such-recipe")),
-    "check negative tolerance": Case(_check(tolerances="same_environment: {'*': -1}\nother_environment: {'*': 1}\n"),
-                                     ("tolerances.yaml", "same_environment.*", "-1")),
-    "check unknown tolerance section": Case(_check(tolerances="same_env: {'*': 0}\n"), ("tolerances.yaml", "same_env", "unknown key")),
-    "check corrupted reference": Case(_check(reference='{"kind": "xmrbench.reference", "runs": ['),
+    "check corrupted goldens": Case(_check(goldens='{"kind": "xmrbench.goldens", '), ("goldens.json", "corrupt")),
+    "check unknown layer": Case(_check("--layers", "kernels,speed"), ("--layers", "unknown layer 'speed'")),
+    "check corrupted reference": Case(_check(reference='{"kind": "xmrbench.reference", "cells": ['),
                                       ("tiny-bad.json", "corrupted reference")),
     "check reference dir is a file": Case(lambda tmp, r, s: ["check", str(r), "--reference", str(_write(tmp / "f", "x"))],
                                           ("--reference", "not a directory")),

@@ -1,39 +1,208 @@
-"""``xmrbench check``: tolerances, the comparison against references (by hand-built cases),
-and the gate end to end on a tiny recipe: --update, pass, a regression (exit 1 and a diff
-table), a missing or stale reference, skipped recipes; and the committed references."""
+"""The regression gate (``xmrbench check``): chance levels against an exhaustive count, the
+tolerance rule, reference bands, the CI set, the gate end to end on a tiny recipe (record,
+pass, replay, a regression, a refused reference, a stale one), the committed references,
+and mutants that the learning layer must catch."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from scipy import stats as st
 
-from xmrbench.errors import ConfigError
-from xmrbench.runner.check import (
-    ENV_KEYS,
-    MetricDiff,
-    Tolerances,
-    compare_runs,
-    load_tolerances,
-    read_reference,
-    run_key,
+from xmrbench.gate import chance as C
+from xmrbench.gate.check import PROFILE, gate_cells
+from xmrbench.gate.learning import (
+    ALPHA,
+    BAR,
+    FLOOR_QUERIES,
+    GATE_SEEDS,
+    NEAR,
+    REFERENCE_SEEDS,
+    LearningCheck,
+    band_problem,
+    tolerance,
 )
+from xmrbench.gate.references import read_reference
+from xmrbench.recipe.resolve import resolve
 
 from support import cli, tiny_recipe
 
 REPO = Path(__file__).resolve().parents[1]
+REFERENCE = REPO / "results" / "reference"
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+# ---------------------------------------------------------------------------------
+# chance levels
+
+
+def _exhaustive_chance_rsum(n_images: int, cpi: int) -> float:
+    """Expected rsum over every ordering of the gallery (the definition, counted)."""
+    n_txt = n_images * cpi
+    mine = set(range(cpi))  # the captions of image 0; every image is alike by symmetry
+    i2t = {k: 0 for k in (1, 5, 10)}
+    orders = list(itertools.permutations(range(n_txt)))
+    for order in orders:
+        best = min(order.index(c) for c in mine)
+        for k in i2t:
+            i2t[k] += best < k
+    t2i = {k: sum(pos < k for pos in range(n_images)) / n_images for k in (1, 5, 10)}
+    return 100 * sum(i2t[k] / len(orders) + t2i[k] for k in (1, 5, 10))
+
+
+@pytest.mark.parametrize(("n_images", "cpi"), [(2, 3), (3, 2), (7, 1)])
+def test_chance_rsum_equals_an_exhaustive_count(n_images, cpi):
+    assert C.chance_rsum(n_images, cpi) == pytest.approx(_exhaustive_chance_rsum(n_images, cpi), abs=1e-9)
+
+
+def test_chance_rsum_is_what_random_similarities_score():
+    from xmrbench.core.engine.evaluate import metrics_from_similarities
+
+    gen = torch.Generator().manual_seed(0)
+    n, draws = 20, 400
+    values = [metrics_from_similarities([torch.rand(n, 5 * n, generator=gen)], captions_per_image=5)[0]["rsum"]
+              for _ in range(draws)]
+    se = np.std(values, ddof=1) / math.sqrt(draws)
+    assert abs(np.mean(values) - C.chance_rsum(n)) < 4 * se
+    assert C.chance_rsum(100) == pytest.approx(31.6, abs=0.05) and C.chance_rsum(500) == pytest.approx(6.4, abs=0.05)
+
+
+def test_chance_of_folds_is_one_folds_and_unknown_metrics_are_refused():
+    assert C.chance_level("rsum", images=500, captions_per_image=5, folds=5) == C.chance_rsum(100)
+    with pytest.raises(ValueError):
+        C.chance_level("rsum", images=501, captions_per_image=5, folds=5)
+    with pytest.raises(Exception, match="no chance level"):
+        C.headline_metric({"i2t_map": 0.5})
+
+
+# ---------------------------------------------------------------------------------
+# the tolerance rule and the band
+
+
+def test_tolerance_is_the_t_quantile_of_the_reference_spread():
+    values = [100.0, 110.0, 95.0, 105.0, 98.0, 102.0, 107.0, 99.0]
+    sd = np.std(values, ddof=1)
+    want = st.t.ppf(1 - ALPHA / 2, len(values) - 1) * sd * math.sqrt(1 / 3 + 1 / len(values))
+    assert tolerance(values, n_gate=3, floor=1.0) == pytest.approx(want)
+    assert tolerance([50.0] * 8, n_gate=3, floor=7.2) == 7.2  # deterministic: the floor
+    with pytest.raises(ValueError):
+        tolerance([1.0], n_gate=3, floor=0.0)
+
+
+def test_the_tolerance_has_its_false_alarm_rate():
+    # draws from one normal distribution: reference of 8 seeds, gate of 3, repeated
+    rng = np.random.default_rng(0)
+    trials = 200_000
+    ref = rng.normal(size=(trials, 8))
+    now = rng.normal(size=(trials, 3))
+    t = st.t.ppf(1 - 0.01 / 2, 7)  # at alpha = 0.01 the rate is measurable here
+    tol = t * ref.std(axis=1, ddof=1) * math.sqrt(1 / 3 + 1 / 8)
+    rate = np.mean(np.abs(now.mean(axis=1) - ref.mean(axis=1)) > tol)
+    assert rate == pytest.approx(0.01, abs=0.002)
+
+
+def test_band_rules():
+    assert band_problem(expect="learns", mean=100.0, tol=20.0, bar=63.2, chance=31.6) is None
+    assert "not above the learning bar" in band_problem(expect="learns", mean=80.0, tol=20.0, bar=63.2, chance=31.6)
+    # near chance: the mean alone, at most 1.5 x chance (a model at chance spreads too widely for a band)
+    assert band_problem(expect="near_chance", mean=40.0, tol=40.0, bar=63.2, chance=31.6) is None
+    assert "it learns here" in band_problem(expect="near_chance", mean=50.0, tol=1.0, bar=63.2, chance=31.6)
+
+
+def test_a_model_at_chance_passes_the_near_chance_rule_and_fails_the_learning_rule():
+    from xmrbench.core.engine.evaluate import metrics_from_similarities
+
+    gen = torch.Generator().manual_seed(1)
+    draws = [metrics_from_similarities([torch.rand(100, 500, generator=gen)], captions_per_image=5)[0]["rsum"]
+             for _ in range(len(REFERENCE_SEEDS) + len(GATE_SEEDS))]
+    ref, now = draws[: len(REFERENCE_SEEDS)], draws[len(REFERENCE_SEEDS):]
+    chance = C.chance_rsum(100)
+    tol = tolerance(ref, n_gate=len(GATE_SEEDS), floor=FLOOR_QUERIES * C.rsum_resolution(100))
+    assert np.mean(ref) <= NEAR * chance
+    assert band_problem(expect="near_chance", mean=float(np.mean(ref)), tol=tol, bar=BAR * chance, chance=chance) is None
+    assert band_problem(expect="learns", mean=float(np.mean(ref)), tol=tol, bar=BAR * chance, chance=chance)
+    check = LearningCheck("r", "c", "test", "rsum", "near_chance", chance, BAR * chance, float(np.mean(ref)), tol,
+                          tuple(now))
+    assert check.passed
+
+
+def _check(expect: str, current: tuple[float, ...], ref: float = 100.0, tol: float = 10.0) -> LearningCheck:
+    return LearningCheck("r", "c", "test", "rsum", expect, 31.6, 63.2, ref, tol, current)
+
+
+def test_a_learning_check_needs_the_band_and_the_bar():
+    assert _check("learns", (95.0, 100.0, 105.0)).passed
+    failed = _check("learns", (80.0, 85.0, 86.0))
+    assert not failed.within and failed.on_the_right_side and "from the reference" in failed.why()
+    untrained = _check("learns", (30.0, 31.0, 33.0))
+    assert not untrained.passed and "below the learning bar" in untrained.why()
+    assert _check("near_chance", (30.0, 31.0, 33.0), ref=32.0).passed
+    assert _check("near_chance", (50.0, 51.0, 53.0), ref=32.0).passed  # judged by the bar alone
+    learned = _check("near_chance", (70.0, 71.0, 72.0), ref=32.0)
+    assert not learned.on_the_right_side and not learned.passed and "above the learning bar" in learned.why()
+
+
+# ---------------------------------------------------------------------------------
+# the CI set
+
+
+GRID = """id: tiny-grid
+paper: two_branch
+table: T
+title: grid
+columns: [rsum]
+protocols:
+  test: {dataset: synthetic, images: 100}
+config:
+  model: {name: vsepp, embed_dim: 8, word_dim: 8}
+  loss: {name: hardest_negative}
+profiles:
+  smoke: {seeds: [0], config: {data: {size: tiny}}}
+grid:
+  train.lr: [0.001, 0.002, 0.003]
+rows:
+  - {id: a, label: A}
+  - {id: b, label: B, set: {loss.margin: 0.1}}
+"""
+
+
+def test_the_ci_set_keeps_the_corners_of_a_grid(tmp_path):
+    path = tmp_path / "grid.yaml"
+    path.write_text(GRID)
+    resolved = resolve(path, profile="smoke")
+    ci = [c.id for c in gate_cells(resolved, all_cells=False)]
+    assert ci == ["a@lr=0.001", "a@lr=0.003", "b@lr=0.001", "b@lr=0.003"]
+    assert len(gate_cells(resolved, all_cells=True)) == 6
+    # a cell declared not gated is left out, and the row is represented by its first gated point
+    path.write_text(GRID + 'not_gated: {"a@lr=0.001": "spreads too widely"}\n')
+    resolved = resolve(path, profile="smoke")
+    ci = [c.id for c in gate_cells(resolved, all_cells=False)]
+    assert ci == ["a@lr=0.002", "a@lr=0.003", "b@lr=0.001", "b@lr=0.003"]
+    assert "a@lr=0.001" not in [c.id for c in gate_cells(resolved, all_cells=True)]
+
+
+# ---------------------------------------------------------------------------------
+# end to end on a tiny recipe
 
 RECIPE = tiny_recipe(
     "tiny-check",
     """
   - {id: a, label: A}
-  - {id: b, label: B, set: {model.linear: true}}
+  - {id: b, label: B, set: {loss.name: triplet_sum}}
 """,
     title="check test",
+    model="{name: vsepp, embed_dim: 32, word_dim: 16}",
     loss="{name: hardest_negative}",
-    batch_size=250,
+    batch_size=32,
+    epochs=3,
+    train_extra=", lr: 0.005",
 )
 
 PENDING = """id: tiny-pending
@@ -49,128 +218,6 @@ rows:
   - {id: x, label: X, run: false, pending: "not implemented", paper: {test: [1.0]}}
 """
 
-TOL = Tolerances(
-    "tol.yaml",
-    same_environment=(("*", 0.0),),
-    other_environment=(("i2t_r*", 3.0), ("rsum", 12.0), ("*", 1.0)),
-)
-ENV = {k: f"v-{k}" for k in ENV_KEYS}
-
-
-
-
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _runs(**metrics: float) -> dict:
-    return {run_key("a", 0): {"cell": "a", "seed": 0, "hash": "h", "metrics": {"test": dict(metrics)}}}
-
-
-def _reference(runs: dict, env: dict = ENV) -> dict:
-    return {"kind": "xmrbench.reference", "version": 1, "env": env, "runs": list(runs.values())}
-
-
-# ---------------------------------------------------------------------------------
-# tolerances and comparison
-
-
-def test_tolerances_first_matching_pattern_wins():
-    assert TOL.of("i2t_r5", same_env=False) == 3.0 and TOL.of("t2i_r5", same_env=False) == 1.0
-    assert TOL.of("rsum", same_env=False) == 12.0 and TOL.of("rsum", same_env=True) == 0.0
-    strict = Tolerances("t.yaml", (("i2t_*", 0.0),), (("i2t_*", 1.0),))
-    with pytest.raises(ConfigError) as info:
-        strict.of("rsum", same_env=True)
-    assert "t.yaml" in info.value.one_line() and "rsum" in info.value.one_line()
-
-
-def test_identical_metrics_pass_with_zero_tolerance():
-    runs = _runs(i2t_r1=12.0, rsum=100.4)
-    result = compare_runs("r", _reference(runs), runs, ENV, TOL)
-    assert result.same_env and result.passed and result.compared == 2 and not result.diffs
-
-
-@pytest.mark.parametrize(
-    ("now", "same_env", "beyond"),
-    [
-        (12.5, True, True),  # same environment: any change is a regression
-        (14.9, False, False),  # other environment: within 3 points
-        (15.5, False, True),
-        (9.2, False, False),  # either direction
-        (8.9, False, True),
-        (math.nan, False, True),  # a metric that became NaN
-    ],
-)
-def test_a_change_beyond_its_tolerance_is_a_regression(now, same_env, beyond):
-    ref = _runs(i2t_r1=12.0)
-    env = ENV if same_env else {**ENV, "cpu": "another cpu"}
-    result = compare_runs("r", _reference(ref), _runs(i2t_r1=now), env, TOL)
-    assert result.same_env is same_env
-    assert len(result.diffs) == 1 and result.diffs[0].beyond is beyond and result.passed is not beyond
-    want_delta = now - 12.0
-    assert result.diffs[0].delta == pytest.approx(want_delta, nan_ok=True)
-
-
-def test_nan_equals_nan():
-    diff = MetricDiff("r", "a seed0", "test", "i2t_meanr", math.nan, math.nan, 0.0)
-    assert diff.delta == 0.0 and not diff.beyond
-
-
-def test_missing_runs_protocols_and_metrics_are_problems():
-    ref = {
-        run_key("a", 0): {"cell": "a", "seed": 0, "metrics": {"test": {"rsum": 1.0, "i2t_r1": 2.0}, "dev": {"rsum": 1.0}}},
-        run_key("gone", 0): {"cell": "gone", "seed": 0, "metrics": {"test": {"rsum": 1.0}}},
-    }
-    now = {
-        run_key("a", 0): {"cell": "a", "seed": 0, "metrics": {"test": {"rsum": 1.0, "t2i_r1": 3.0}}},
-        run_key("new", 1): {"cell": "new", "seed": 1, "metrics": {"test": {"rsum": 1.0}}},
-    }
-    result = compare_runs("r", _reference(ref), now, ENV, TOL)
-    problems = "\n".join(result.problems)
-    assert not result.passed and len(result.problems) == 5
-    assert "new seed1: no reference" in problems and "gone seed0: in the reference but not run" in problems
-    assert "protocol 'dev' is missing from this run" in problems
-    assert "test.i2t_r1 is missing from this run" in problems and "test.t2i_r1 is missing from the reference" in problems
-
-
-def test_tolerance_files_are_validated(tmp_path):
-    path = tmp_path / "tol.yaml"
-    for text, fragment in [
-        ("[1, 2]\n", "expected a mapping"),
-        ("same_environment: {'*': 0}\n", "other_environment"),
-        ("same_environment: {'*': 0}\nother_environment: {rsum: many}\n", "other_environment.rsum"),
-        ("same_environment: {'*': 0}\nother_environment: {rsum: .inf}\n", "other_environment.rsum"),
-        ("same_environment: {'*': 0\n", "YAML syntax error"),
-    ]:
-        path.write_text(text)
-        with pytest.raises(ConfigError) as info:
-            load_tolerances(path)
-        assert str(path) in info.value.one_line() and fragment in info.value.one_line(), info.value.one_line()
-    with pytest.raises(ConfigError, match="not found"):
-        load_tolerances(tmp_path / "none.yaml")
-
-
-def test_the_committed_tolerances_and_references_are_valid():
-    from xmrbench.core.metrics.keys import METRICS
-    from xmrbench.recipe.load import recipe_index
-
-    reference = REPO / "results" / "reference"
-    tol = load_tolerances(reference / "tolerances.yaml")
-    for key in METRICS:  # every metric has a tolerance in both environments
-        assert tol.of(key, same_env=True) == 0.0
-        assert 0.0 < tol.of(key, same_env=False)
-    known = set(recipe_index())
-    files = sorted(reference.glob("*.json"))
-    assert files
-    for path in files:
-        doc = read_reference(path)
-        assert doc["recipe"] in known and doc["profile"] == "smoke" and set(doc["env"]) == set(ENV_KEYS)
-        assert all(set(m) <= set(METRICS) for run in doc["runs"] for m in run["metrics"].values())
-        assert path.stat().st_size < 64 * 1024  # small: metrics only, no ranks
-
-
-# ---------------------------------------------------------------------------------
-# end to end
-
 
 @pytest.fixture
 def recipes(tmp_path, monkeypatch):
@@ -181,44 +228,194 @@ def recipes(tmp_path, monkeypatch):
     monkeypatch.setenv("XMRBENCH_RECIPES", str(folder))
     ref = tmp_path / "reference"
     ref.mkdir()
-    (ref / "tolerances.yaml").write_text((REPO / "results" / "reference" / "tolerances.yaml").read_text())
-    return ref
+    return folder, ref
 
 
+LEARNING = ["--layers", "learning,replay", "--executor", "local"]
+
+
+@pytest.mark.slow
 def test_check_end_to_end(recipes, tmp_path, capsys):
-    ref, store = recipes, tmp_path / "store"
-    base = ["check", "--reference", str(ref), "--results", str(store)]
+    folder, ref = recipes
+    store = tmp_path / "store"
+    base = ["check", "--reference", str(ref), "--results", str(store), *LEARNING]
     # no reference yet: a failure that says how to record one
     code, out, err = cli(base, capsys)
     assert code == 1 and "no reference for tiny-check" in out and "check --update tiny-check" in out
     assert "tiny-pending | skipped" in out and "all run: false" in out
-    assert err.strip().splitlines() == ["error: check failed: 0 metric(s) beyond tolerance, 1 other problem(s) in 1 recipe(s)"]
-    # record, then the same code passes bit for bit (same machine, same environment)
-    code, out, _ = cli([*base, "--update"], capsys)
+    assert len(err.strip().splitlines()) == 1 and "1 other problem(s) in 1 recipe(s)" in err
+    # record over the reference seeds, then the gate seeds replay bit for bit here
+    code, out, _ = cli(["check", "--reference", str(ref), "--update", *LEARNING], capsys)
     assert code == 0 and "check updated: 1 recipe(s), 1 skipped" in out
     doc = json.loads((ref / "tiny-check.json").read_text())
-    assert [r["cell"] for r in doc["runs"]] == ["a", "b"] and "ranks" not in json.dumps(doc)
+    assert doc["seeds"] == list(REFERENCE_SEEDS) and [c["cell"] for c in doc["cells"]] == ["a", "b"]
+    assert "ranks" not in json.dumps(doc)
+    for cell in doc["cells"]:
+        check = cell["checks"]["test"]
+        assert check["mean"] - check["tolerance"] >= check["bar"] == pytest.approx(BAR * C.chance_rsum(100))
     code, out, _ = cli(base, capsys)
-    assert code == 0 and "check passed" in out and "| same " in out
-    # a regression: the reference says otherwise for one metric
-    doc["runs"][1]["metrics"]["test"]["t2i_r5"] += 0.4
+    assert code == 0 and "check passed" in out and "| 2/2 " in out and " identical" in out
+    # another machine: replay does not apply, the learning checks do
+    other = json.loads((ref / "tiny-check.json").read_text())
+    other["env"]["cpu_flags"] = "another-cpu"
+    (ref / "tiny-check.json").write_text(json.dumps(other))
+    code, out, _ = cli(base, capsys)
+    assert code == 0 and "other environment" in out
+    # a learning regression: the reference says the model was much better
+    other["cells"][1]["checks"]["test"]["mean"] += 3 * other["cells"][1]["checks"]["test"]["tolerance"]
+    (ref / "tiny-check.json").write_text(json.dumps(other))
+    code, out, err = cli(base, capsys)
+    assert code == 1 and "1 learning check(s) failed" in err and len(err.strip().splitlines()) == 1
+    row = next(line for line in out.splitlines() if line.startswith("| tiny-check ") and "| b " in line)
+    assert "test.rsum" in row and "from the reference" in row
+    # the same environment: one metric of one seed that differs in the last place is caught
+    (ref / "tiny-check.json").write_text(json.dumps(doc))
+    doc["cells"][0]["runs"]["1"]["test"]["t2i_meanr"] += 1e-9
     (ref / "tiny-check.json").write_text(json.dumps(doc))
     code, out, err = cli(base, capsys)
-    assert code == 1 and "1 metric(s) beyond tolerance" in err and len(err.strip().splitlines()) == 1
-    row = next(line for line in out.splitlines() if "test.t2i_r5" in line)
-    assert "b seed0" in row and "-0.4" in row and "REGRESSION" in row
-    # a temporary store is removed afterwards; the reference of a removed recipe is stale
+    assert code == 1 and "1 metric(s) not replayed bit for bit" in err
+    assert "not replayed: tiny-check: a seed1: test.t2i_meanr" in out
+    # a reference of a recipe that no longer exists is stale; --update removes it
     (ref / "old-recipe.json").write_text(json.dumps({**doc, "recipe": "old-recipe"}))
-    code, out, _ = cli(["check", "--reference", str(ref), "--update"], capsys)
-    assert code == 0 and "removed" in out and not (ref / "old-recipe.json").exists()
-    code, out, _ = cli(base, capsys)  # --update recorded the computed value again
-    assert code == 0 and "check passed" in out
+    code, out, _ = cli(base, capsys)
+    assert code == 1 and "old-recipe.json" in out
+    # a changed config makes the reference stale
+    (folder / "t" / "check.yaml").write_text(RECIPE.replace("lr: 0.005", "lr: 0.004"))
+    code, out, _ = cli(base, capsys)
+    assert code == 1 and "its config changed since the reference was recorded" in out
 
 
-def test_check_of_a_named_recipe_only(recipes, tmp_path, capsys):
-    ref = recipes
-    (ref / "stray.json").write_text("{}")  # not looked at when recipes are named
-    code, out, _ = cli(["check", "tiny-check", "--reference", str(ref), "--update"], capsys)
-    assert code == 0 and "tiny-check" in out and "tiny-pending" not in out
-    code, out, _ = cli(["check", "tiny-check", "--reference", str(ref)], capsys)
-    assert code == 0 and "check passed: 1 recipe(s)" in out
+@pytest.mark.slow
+def test_update_refuses_a_cell_at_chance_and_a_false_near_chance_declaration(recipes, tmp_path, capsys):
+    folder, ref = recipes
+    untrained = RECIPE.replace("epochs: 3", "epochs: 0")
+    (folder / "t" / "check.yaml").write_text(untrained)
+    code, out, err = cli(["check", "tiny-check", "--reference", str(ref), "--update", *LEARNING], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "row 'a'" in err and "not above the learning bar" in err and "tiny-check" in err
+    assert "refused: tiny-check: row 'b'" in out and not (ref / "tiny-check.json").exists()
+    # declared near chance, the untrained model is recorded and checked
+    (folder / "t" / "check.yaml").write_text(untrained + "near_chance: {a: \"fails in the paper\", b: \"too\"}\n")
+    code, out, err = cli(["check", "tiny-check", "--reference", str(ref), "--update", *LEARNING], capsys)
+    assert code == 0, out + err
+    assert {c["expect"] for c in json.loads((ref / "tiny-check.json").read_text())["cells"]} == {"near_chance"}
+    code, out, err = cli(["check", "tiny-check", "--reference", str(ref), *LEARNING], capsys)
+    assert code == 0 and "| 2/2 " in out, out + err
+    # a model that learns, declared near chance: refused
+    (folder / "t" / "check.yaml").write_text(RECIPE + "near_chance: {a: \"the paper says it fails\"}\n")
+    code, out, err = cli(["check", "tiny-check", "--reference", str(ref), "--update", *LEARNING], capsys)
+    assert code == 2 and "row 'a'" in err and "declared near chance" in err and "it learns here" in err
+
+
+def test_unknown_layers_and_bad_references_are_one_line_errors(recipes, capsys):
+    _folder, ref = recipes
+    code, _, err = cli(["check", "--reference", str(ref), "--layers", "learning,vibes"], capsys)
+    assert code == 2 and "unknown layer 'vibes'" in err and len(err.strip().splitlines()) == 1
+    code, _, err = cli(["check", "tiny-check", "--reference", str(ref), *LEARNING, "--rows", "zz"], capsys)
+    assert code == 2 and "no row(s) zz" in err
+    (ref / "tiny-check.json").write_text("{ not json")
+    code, _, err = cli(["check", "tiny-check", "--reference", str(ref), *LEARNING, "--rows", "b"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "tiny-check.json" in err and "corrupted reference file" in err
+
+
+# ---------------------------------------------------------------------------------
+# the committed references
+
+
+def _committed() -> list[Path]:
+    return sorted(p for p in REFERENCE.glob("*.json") if p.name != "goldens.json")
+
+
+def test_every_committed_reference_is_clearly_above_chance_and_current():
+    from xmrbench.recipe.load import recipe_index
+
+    files = _committed()
+    assert files
+    index = recipe_index()
+    for path in files:
+        doc = read_reference(path)
+        assert doc["recipe"] in index and doc["profile"] == PROFILE, path
+        assert doc["seeds"] == list(REFERENCE_SEEDS), path
+        resolved = resolve(index[doc["recipe"]], profile=PROFILE)
+        cells = {c.id: c for c in resolved.runnable_cells() if not resolved.not_gated(c)}
+        assert {c["cell"] for c in doc["cells"]} == set(cells), f"{path}: stale, re-record with --update"
+        for entry in doc["cells"]:
+            cell = cells[entry["cell"]]
+            assert entry["hash"] == cell.hash, f"{path}: {cell.id}: stale"
+            assert entry["expect"] == ("near_chance" if resolved.near_chance(cell) else "learns")
+            for proto, check in entry["checks"].items():
+                chance = C.chance_level(check["metric"], images=check["images"],
+                                        captions_per_image=check["captions_per_image"], folds=check["folds"])
+                floor = FLOOR_QUERIES * C.resolution(check["metric"], images=check["images"],
+                                                     captions_per_image=check["captions_per_image"],
+                                                     folds=check["folds"])
+                values = check["values"]
+                assert len(values) == len(REFERENCE_SEEDS)
+                assert check["chance"] == pytest.approx(chance) and check["bar"] == pytest.approx(BAR * chance)
+                assert check["mean"] == pytest.approx(np.mean(values))
+                assert check["tolerance"] == pytest.approx(tolerance(values, n_gate=len(GATE_SEEDS), floor=floor))
+                where = f"{path.name}: {cell.id}: {proto}"
+                if entry["expect"] == "learns":
+                    assert check["mean"] - check["tolerance"] >= BAR * chance, where
+                else:
+                    assert check["mean"] <= NEAR * chance, where
+            assert sorted(int(s) for s in entry["runs"]) == list(REFERENCE_SEEDS)
+        assert path.stat().st_size < 512 * 1024  # metrics only, no ranks
+
+
+# ---------------------------------------------------------------------------------
+# mutants: the learning layer alone must catch them
+
+
+def _zero_loss(monkeypatch, name):
+    from xmrbench.core.losses.registry import LOSSES
+
+    def zero(self, img_emb, txt_emb, **kw):
+        return 0.0 * (img_emb.sum() + txt_emb.sum())
+
+    monkeypatch.setattr(LOSSES[name], "forward", zero)
+
+
+def _noise_similarity(monkeypatch, name):
+    from xmrbench.core.models.registry import MODELS
+
+    cls = MODELS[name]
+    real_sim, real_pairs = cls.similarity, cls.pair_scores
+
+    def noisy(self, img_emb, txt_emb):
+        sims = real_sim(self, img_emb, txt_emb)
+        gen = torch.Generator().manual_seed(int(sims.numel()))
+        return torch.rand(sims.shape, generator=gen).to(sims) + 0.0 * sims
+
+    def noisy_pairs(self, img_emb, txt_emb):
+        scores = real_pairs(self, img_emb, txt_emb)
+        gen = torch.Generator().manual_seed(int(scores.numel()))
+        return torch.rand(scores.shape, generator=gen).to(scores) + 0.0 * scores
+
+    monkeypatch.setattr(cls, "similarity", noisy)
+    monkeypatch.setattr(cls, "pair_scores", noisy_pairs)
+
+
+MUTANTS = [
+    ("zero loss hardest_negative", _zero_loss, "hardest_negative", "vsepp-flickr30k", "vsepp-mh"),
+    ("zero loss triplet_sum", _zero_loss, "triplet_sum", "vsepp-flickr30k", "vse0-sh"),
+    ("zero loss bidirectional_ranking", _zero_loss, "bidirectional_ranking", "two-branch-table5", "image-sentence"),
+    ("zero loss logistic", _zero_loss, "logistic", "two-branch-table2", "similarity-net"),
+    ("noise similarity vsepp", _noise_similarity, "vsepp", "vsepp-flickr30k", "vsepp-mh"),
+    ("noise similarity two_branch_similarity", _noise_similarity, "two_branch_similarity", "two-branch-table2",
+     "similarity-net"),
+    ("noise similarity scan", _noise_similarity, "scan", "aoq-table2", "scan-t2i"),
+    ("noise similarity cca", _noise_similarity, "cca", "two-branch-table2", "cca-fv-hglmm-12"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("mutate", "name", "recipe", "row"), [m[1:] for m in MUTANTS], ids=[m[0] for m in MUTANTS])
+def test_the_learning_layer_catches_a_broken_model(mutate, name, recipe, row, monkeypatch, capsys):
+    mutate(monkeypatch, name)
+    code, out, err = cli(["check", recipe, "--rows", row, "--layers", "learning", "--executor", "local"], capsys)
+    assert code == 1, out + err
+    failed = out.split("learning checks that failed:")[1]
+    assert f"| {recipe} " in failed and f"| {row} " in failed
+    assert "other problem(s)" in err and " 0 other problem(s)" in err  # the learning check, not a missing run

@@ -47,7 +47,8 @@ def test_reproduce_writes_complete_result_documents(smoke_store):
     assert doc["dataset"]["name"] == "synthetic-tiny" and len(doc["dataset"]["fingerprint"]) >= 10
     assert doc["protocols"]["test"]["dataset"] == "synthetic-tiny"
     assert doc["env"]["torch"] and doc["env"]["python"]
-    assert doc["config"]["data"]["size"] == "tiny" and doc["curves"]["epoch"] == [1, 2]
+    epochs = doc["config"]["train"]["epochs"]  # the smoke profile's budget (recipes/_base/two_branch.yaml)
+    assert doc["config"]["data"]["size"] == "tiny" and doc["curves"]["epoch"] == list(range(1, epochs + 1))
     assert {"train_s", "eval_s"} <= set(doc["timing"])
     assert not list(smoke_store.rglob("*.tmp"))
     assert not list((smoke_store / "two-branch-table2" / ".work").glob("*"))  # checkpoints removed
@@ -255,7 +256,7 @@ def test_data_synth_writes_precomp_layout(tmp_path, capsys):
 @pytest.mark.slow
 def test_sweep_runs_a_grid(tmp_path, capsys):
     code, out, err = cli(["sweep", "two_branch", "--margin", "0.05,0.2", "--rows", "nonlinear-bi", "--profile", "smoke",
-                          "--results", str(tmp_path)], capsys)
+                          "--seeds", "0", "--results", str(tmp_path)], capsys)
     assert code == 0, err
     files = sorted(p.name for p in (tmp_path / "two-branch-table2.sweep-margin").glob("*.json"))
     assert len(files) == 2 and files[0].startswith("nonlinear-bi_margin_0.05")
@@ -273,7 +274,7 @@ def _start(tmp_path: Path, store: Path) -> subprocess.Popen:
     env = {**os.environ, "XMRBENCH_CACHE": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
         [sys.executable, "-m", "xmrbench.cli.app", "reproduce", "two-branch-table2", "--profile", "smoke",
-         "--results", str(store), "--no-report", "--quiet", "--set", "train.epochs=4"],
+         "--seeds", "0", "--results", str(store), "--no-report", "--quiet", "--set", "train.epochs=4"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
 

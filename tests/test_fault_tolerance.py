@@ -172,7 +172,7 @@ def test_ctrl_c_with_a_process_pool_checkpoints_and_a_rerun_resumes(recipe, tmp_
     done_before = _identities(folder)
     assert 1 <= len(done_before) < 6
     checkpoints = {p.parent.name: p for p in (folder / ".work").glob("*/checkpoint.pt")}
-    epochs = {name: torch.load(p, weights_only=False)["epoch"] for name, p in checkpoints.items()}
+    epochs = {name: torch.load(p, weights_only=True)["epoch"] for name, p in checkpoints.items()}
     proc = _cli(tmp_path, *args)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err

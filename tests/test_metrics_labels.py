@@ -27,33 +27,54 @@ HYPOTHESIS = settings(max_examples=40, deadline=None)
 
 
 def naive_order(scores: list[float]) -> list[int]:
-    """Gallery indices by decreasing score; equal scores keep gallery order."""
+    """Gallery indices by decreasing score, equal scores in gallery order (valid without ties)."""
     return sorted(range(len(scores)), key=lambda j: (-scores[j], j))
 
 
-def naive_ap(sims: np.ndarray, rel: np.ndarray, at: int | None, normalize: str) -> np.ndarray:
+def pessimistic_positions(scores: list[float], rel: list[bool]) -> list[int]:
+    """1-based position of every relevant item under the tie rule, counted explicitly.
+
+    A relevant item with score s sits after every item scoring more than s, after
+    every irrelevant item scoring exactly s, and after the relevant items scoring
+    exactly s that come before it (their order does not change AP or precision).
+    """
+    out = []
+    for j in range(len(scores)):
+        if not rel[j]:
+            continue
+        above = sum(1 for i in range(len(scores)) if scores[i] > scores[j])
+        tied_irrelevant = sum(1 for i in range(len(scores)) if scores[i] == scores[j] and not rel[i])
+        tied_relevant_before = sum(1 for i in range(j) if scores[i] == scores[j] and rel[i])
+        out.append(above + tied_irrelevant + tied_relevant_before + 1)
+    return sorted(out)
+
+
+def relevant_positions(scores: list[float], rel: list[bool], ties: str) -> list[int]:
+    if ties == "pessimistic":
+        return pessimistic_positions(scores, rel)
+    order = naive_order(scores)
+    return [position for position, j in enumerate(order, start=1) if rel[j]]
+
+
+def naive_ap(sims: np.ndarray, rel: np.ndarray, at: int | None, normalize: str, ties: str = "pessimistic") -> np.ndarray:
     out = []
     for q in range(sims.shape[0]):
-        order = naive_order(list(sims[q]))
+        positions = relevant_positions(list(sims[q]), list(rel[q]), ties)
         if at is not None:
-            order = order[:at]
-        hits, total = 0, 0.0
-        for position, j in enumerate(order, start=1):
-            if rel[q, j]:
-                hits += 1
-                total += hits / position
-        z = hits if normalize == "hits" else int(rel[q].sum())
+            positions = [p for p in positions if p <= at]
+        total = sum(hits / position for hits, position in enumerate(positions, start=1))
+        z = len(positions) if normalize == "hits" else int(rel[q].sum())
         out.append(total / z if z else 0.0)
     return np.array(out)
 
 
-def naive_precision(sims: np.ndarray, rel: np.ndarray, ks: list[int]) -> np.ndarray:
+def naive_precision(sims: np.ndarray, rel: np.ndarray, ks: list[int], ties: str = "pessimistic") -> np.ndarray:
     out = np.zeros((sims.shape[0], len(ks)))
     for q in range(sims.shape[0]):
-        order = naive_order(list(sims[q]))
+        positions = relevant_positions(list(sims[q]), list(rel[q]), ties)
         for m, k in enumerate(ks):
-            top = order[:k]
-            out[q, m] = sum(bool(rel[q, j]) for j in top) / len(top)
+            depth = min(k, sims.shape[1])
+            out[q, m] = sum(p <= depth for p in positions) / depth
     return out
 
 
@@ -100,13 +121,31 @@ def test_hand_checked_average_precision():
     assert mean_average_precision(sims, rel) == pytest.approx(5 / 6)
 
 
-def test_ties_keep_gallery_order():
+def test_ties_count_against_relevant_items():
     sims = torch.tensor([[0.5, 0.5, 0.5], [0.5, 0.5, 0.5]])
     rel = torch.tensor([[False, False, True], [True, False, False]])
-    # All tied: order is 0, 1, 2. Row 0 finds its item at position 3 -> AP 1/3;
-    # row 1 at position 1 -> AP 1.
-    assert average_precision(sims, rel).tolist() == pytest.approx([1 / 3, 1.0])
-    assert precision_at_k(sims, rel, [1]).tolist() == [[0.0], [1.0]]
+    # All tied: both irrelevant items rank first, wherever the relevant one sits -> AP 1/3.
+    assert average_precision(sims, rel).tolist() == pytest.approx([1 / 3, 1 / 3])
+    assert precision_at_k(sims, rel, [1, 2, 3]).flatten().tolist() == pytest.approx([0.0, 0.0, 1 / 3] * 2)
+    # A tie group inside a ranking: 0.9 (irrelevant) first, then the tied 0.5s with
+    # the irrelevant item 2 before the relevant items 1 and 3 -> hits at 3 and 4.
+    sims = torch.tensor([[0.9, 0.5, 0.5, 0.5, 0.1]])
+    rel = torch.tensor([[False, True, False, True, False]])
+    assert average_precision(sims, rel).tolist() == pytest.approx([(1 / 3 + 2 / 4) / 2])
+    assert average_precision(sims, rel, at=3, normalize="hits").tolist() == pytest.approx([1 / 3])
+    assert precision_at_k(sims, rel, [2, 3, 4])[0].tolist() == pytest.approx([0.0, 1 / 3, 2 / 4])
+
+
+def test_constant_scores_give_the_pessimistic_map_in_any_gallery_order():
+    rel = torch.tensor([[True, True, False, False, False], [False, True, False, False, True]])
+    sims = torch.full((2, 5), 0.25)
+    # 2 relevant of 5, all tied: positions 4 and 5 -> AP = (1/4 + 2/5) / 2 = 0.325.
+    want = (1 / 4 + 2 / 5) / 2
+    assert mean_average_precision(sims, rel) == pytest.approx(want)
+    for perm in ([4, 3, 2, 1, 0], [2, 0, 4, 1, 3]):
+        assert mean_average_precision(sims[:, perm], rel[:, perm]) == pytest.approx(want)
+        assert torch.equal(precision_at_k(sims[:, perm], rel[:, perm], [1, 4]), precision_at_k(sims, rel, [1, 4]))
+    assert precision_at_k(sims, rel, [1, 3, 4, 5]).flatten().tolist() == pytest.approx([0.0, 0.0, 0.25, 0.4] * 2)
 
 
 def test_queries_without_relevant_items_get_zero():
@@ -143,9 +182,12 @@ def test_relevance_from_multi_hot_labels():
 @pytest.mark.parametrize("at,normalize", SETTINGS)
 def test_average_precision_matches_naive_loop(n_q, n_g, levels, at, normalize):
     sims, rel = random_problem(n_q, n_g, seed=n_q + n_g, levels=levels)
-    want = naive_ap(sims.numpy(), rel.numpy(), at, normalize)
     got = average_precision(sims, rel, at=at, normalize=normalize)
-    np.testing.assert_allclose(got.numpy(), want, atol=1e-6)
+    np.testing.assert_allclose(got.numpy(), naive_ap(sims.numpy(), rel.numpy(), at, normalize), atol=1e-6)
+    if levels is None:  # no ties: the tie rule plays no part, a plain sorted loop agrees
+        assert len(np.unique(sims.numpy())) == sims.numel()
+        want = naive_ap(sims.numpy(), rel.numpy(), at, normalize, ties="gallery")
+        np.testing.assert_allclose(got.numpy(), want, atol=1e-6)
 
 
 @pytest.mark.parametrize("n_q,n_g,levels", [(7, 13, None), (40, 90, None), (25, 60, 4)])
@@ -155,6 +197,27 @@ def test_precision_at_k_matches_naive_loop(n_q, n_g, levels):
     got = precision_at_k(sims, rel, ks)
     assert got.shape == (n_q, len(ks))
     np.testing.assert_allclose(got.numpy(), naive_precision(sims.numpy(), rel.numpy(), ks), atol=1e-6)
+    if levels is None:
+        want = naive_precision(sims.numpy(), rel.numpy(), ks, ties="gallery")
+        np.testing.assert_allclose(got.numpy(), want, atol=1e-6)
+
+
+@pytest.mark.parametrize("levels", [1, 2, 3, 8])
+@pytest.mark.parametrize("at,normalize", SETTINGS)
+def test_many_ties_match_the_explicit_rule(levels, at, normalize):
+    sims, rel = random_problem(30, 70, seed=levels, levels=levels)
+    want = naive_ap(sims.numpy(), rel.numpy(), at, normalize)
+    for block in (None, 4):
+        got = average_precision(sims, rel, at=at, normalize=normalize, block_size=block)
+        np.testing.assert_allclose(got.numpy(), want, atol=1e-6)
+    # the gallery-order loop disagrees somewhere: the rule is doing something
+    if levels <= 3 and at is None:
+        gallery = naive_ap(sims.numpy(), rel.numpy(), at, normalize, ties="gallery")
+        assert (gallery > want + 1e-9).any() and (gallery >= want - 1e-9).all()
+    ks = [1, 2, 5, 30, 70]
+    np.testing.assert_allclose(
+        precision_at_k(sims, rel, ks, block_size=7).numpy(), naive_precision(sims.numpy(), rel.numpy(), ks), atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("n_classes", [1, 3, 10])
@@ -273,6 +336,21 @@ def test_permuting_the_gallery_changes_nothing(n_q, n_g, seed, at):
             atol=1e-12,
         )
     assert torch.allclose(precision_at_k(sims[:, perm], rel[:, perm], [1, 3, 7]), precision_at_k(sims, rel, [1, 3, 7]))
+
+
+@HYPOTHESIS
+@given(**problem_args, at=st.one_of(st.none(), st.integers(min_value=1, max_value=30)),
+       levels=st.integers(min_value=1, max_value=4))
+def test_permuting_the_gallery_changes_nothing_with_ties(n_q, n_g, seed, at, levels):
+    # Tied scores: the pessimistic rule makes the ranking independent of gallery order too.
+    sims, rel = random_problem(n_q, n_g, seed=seed, levels=levels)
+    perm = torch.randperm(n_g, generator=torch.Generator().manual_seed(seed + 1))
+    for normalize in ("relevant", "hits"):
+        assert torch.equal(
+            average_precision(sims[:, perm], rel[:, perm], at=at, normalize=normalize),
+            average_precision(sims, rel, at=at, normalize=normalize),
+        )
+    assert torch.equal(precision_at_k(sims[:, perm], rel[:, perm], [1, 3, 7]), precision_at_k(sims, rel, [1, 3, 7]))
 
 
 @HYPOTHESIS

@@ -277,3 +277,42 @@ rows:
     stale = text.replace("0.546", "0.554").replace("INCONSISTENT", 'inconsistent: {avg_map: "printed so"}')
     base.write_text(stale)
     assert "consistent" in resolve(base, profile="smoke").warnings[0]
+
+
+def _grid(tmp_path: Path, extra: str) -> Path:
+    body = RECIPE + "grid:\n  loss.margin: [0.1, 0.2]\n" + textwrap.dedent(extra)
+    return write(tmp_path, body.replace("claims:\n  - {id: a-beats-b, text: A beats B, pairs: [[a, b]]}\n", ""))
+
+
+def test_a_grid_point_can_have_its_own_budget(tmp_path):
+    path = _grid(tmp_path, """
+        cell_profiles:
+          "a@margin=0.1": {smoke: {train.epochs: 7, loss.margin: 0.9}, quick: {train.epochs: 9}}
+        """)
+    smoke = resolve(path, profile="smoke")
+    own, other = smoke.cell("a@margin=0.1").config, smoke.cell("a@margin=0.2").config
+    assert own.train.epochs == 7 and other.train.epochs == 1 and smoke.cell("b@margin=0.1").config.train.epochs == 1
+    assert own.loss.params.margin == 0.1  # the grid point always wins
+    assert resolve(path, profile="quick").cell("a@margin=0.1").config.train.epochs == 9
+    with pytest.raises(RecipeError, match="cell_profiles: no cell 'a@margin=0.3'"):
+        resolve(_grid(tmp_path, 'cell_profiles: {"a@margin=0.3": {smoke: {train.epochs: 2}}}\n'), profile="smoke")
+
+
+@pytest.mark.parametrize(("extra", "fragment"), [
+    ('near_chance: {zz: "why"}\n', "near_chance: no row or cell 'zz'"),
+    ('not_gated: {"a@margin=0.5": "why"}\n', "not_gated: no row or cell 'a@margin=0.5'"),
+    ('near_chance: {a: "  "}\n', "near_chance.a: give the paper's reason"),
+    ('not_gated: {b: ""}\n', "not_gated.b: give the measured reason"),
+    ('near_chance: {a: "fails"}\nnot_gated: {"a@margin=0.2": "spread"}\n', "declared both near_chance and not_gated"),
+])
+def test_gate_declarations_are_validated(tmp_path, extra, fragment):
+    with pytest.raises(RecipeError) as info:
+        resolve(_grid(tmp_path, extra), profile="smoke")
+    assert fragment in info.value.one_line()
+
+
+def test_gate_declarations_apply_to_a_row_or_one_cell(tmp_path):
+    resolved = resolve(_grid(tmp_path, 'near_chance: {b: "fails"}\nnot_gated: {"a@margin=0.1": "spreads"}\n'),
+                       profile="smoke")
+    assert [resolved.near_chance(c) for c in resolved.runnable_cells()] == [None, None, "fails", "fails"]
+    assert [resolved.not_gated(c) for c in resolved.runnable_cells()] == ["spreads", None, None, None]

@@ -1,30 +1,28 @@
 """Every paper number in a recipe is copied exactly from the paper's text.
 
 For each row, the printed numbers (in column order, '-' cells skipped) must appear as
-a contiguous run of numbers on one line of one of the paper texts in
-``../shared/papers`` (or ``$XMRBENCH_PAPERS``). The test is skipped where the texts
-are not available.
+a contiguous run of numbers on one line of one of the paper texts (``$XMRBENCH_PAPERS``
+or the default directory, see ``papers.py``). Where the texts are missing the test is
+skipped, or fails when ``XMRBENCH_REQUIRE_PAPERS=1``.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
-
-import pytest
 
 from xmrbench.recipe.lint import normalized_values
 from xmrbench.recipe.load import load_recipe, recipe_index
 
-PAPERS = Path(os.environ.get("XMRBENCH_PAPERS", Path(__file__).resolve().parents[2] / "shared" / "papers"))
+from papers import require_papers
+
 NUMBER = re.compile(r"(?<![\w.])\d+(?:,\d{3})*(?:\.\d+)?(?![\w.])")
 DIFFERENCE = re.compile(r"\(\s*[+-]\d+(?:\.\d+)?\s*\)")  # AOQ Table 3: "98.2 (-0.3)"
 
 
-def _paper_lines() -> list[list[str]]:
+def _paper_lines(papers: Path) -> list[list[float]]:
     lines = []
-    for path in sorted(PAPERS.glob("*.md")):
+    for path in sorted(papers.glob("*.md")):
         for line in path.read_text(encoding="utf-8").splitlines():
             clean = DIFFERENCE.sub(" ", re.sub(r"<[^>]+>", " ", line).replace("\\", " "))
             tokens = [float(t.replace(",", "")) for t in NUMBER.findall(clean)]
@@ -43,9 +41,8 @@ def _contains_run(tokens: list[str], run: list[str]) -> bool:
     return any(tokens[i : i + n] == run for i in range(len(tokens) - n + 1))
 
 
-@pytest.mark.skipif(not PAPERS.is_dir(), reason="paper texts not available")
 def test_every_paper_number_is_in_the_paper_text():
-    lines = _paper_lines()
+    lines = _paper_lines(require_papers())
     missing = []
     checked = 0
     for rid, path in recipe_index().items():

@@ -71,7 +71,7 @@ def test_two_processes_give_identical_numbers(recipe, tmp_path):
         assert one["curves"]["dev_score"] == two["curves"]["dev_score"]
     for name in docs[0]:  # and the stored weights are the same tensors
         pt = Path("models") / name.replace(".json", ".pt")
-        a, b = (torch.load(s / "tiny-repro" / pt, weights_only=False)["state_dict"] for s in stores)
+        a, b = (torch.load(s / "tiny-repro" / pt, weights_only=True)["state_dict"] for s in stores)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 

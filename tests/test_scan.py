@@ -164,7 +164,9 @@ def test_base_recipe_resolves_with_the_presets(tmp_path):
         cells = {c.id: c for c in resolved.cells}
         t2i, i2t = cells["scan-t2i"].config.model.params, cells["scan-i2t"].config.model.params
         assert (t2i.lambda_softmax, t2i.lambda_lse, i2t.lambda_softmax, i2t.lambda_lse) == (9.0, 6.0, 4.0, 5.0)
-        assert cells["scan-ens"].members and cells["scan-t2i"].config.loss.name == "hardest_negative"
+        # max violation in the paper's profiles; the smoke profile trains with the sum of hinges (recipes/_base/scan.yaml notes)
+        loss = "triplet_sum" if profile == "smoke" else "hardest_negative"
+        assert cells["scan-ens"].members and cells["scan-t2i"].config.loss.name == loss
     full = {c.id: c for c in resolve(recipe, profile="full", require_data=False).cells}["scan-t2i"].config
     assert (full.model.params.embed_dim, full.model.params.word_dim, full.train.epochs, full.train.lr) == (1024, 300, 30, 2e-4)
 

@@ -69,7 +69,7 @@ def write_bench_files(root: Path, n_images: int, *, seed: int = 0) -> tuple[Path
         arr[lo:hi] = rng.random((hi - lo, REGIONS, DIM), dtype=np.float32)
     arr.flush()
     del arr
-    src = np.load(npy_path, mmap_mode="r")
+    src = np.load(npy_path, mmap_mode="r", allow_pickle=False)
     write_h5_features(h5_dir / "train_ims.h5", src)
     del src
     return h5_dir, npy_dir

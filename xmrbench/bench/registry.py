@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 
 from xmrbench.bench.attention import attention
+from xmrbench.bench.contention import contention
 from xmrbench.bench.data import data
 from xmrbench.bench.harness import BenchResult
 from xmrbench.bench.kernels import machine, ranking, similarity
@@ -20,6 +21,7 @@ BENCHMARKS: Registry[Callable[..., BenchResult]] = Registry(
         "ranking": ranking,
         "attention": attention,
         "data": data,
+        "contention": contention,
     },
 )
 

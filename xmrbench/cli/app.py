@@ -41,6 +41,7 @@ ExecutorOpt = Annotated[str, typer.Option("--executor", help="local (in this pro
 JobsOpt = Annotated[int | None, typer.Option("--jobs", help="process: worker processes (default: CPU count); ray: runs at a time (default: the cluster's CPUs).")]
 RetriesOpt = Annotated[int | None, typer.Option("--retries", help="process/ray: re-attempts of a run whose worker crashed or died (default 2).")]
 AddressOpt = Annotated[str | None, typer.Option("--address", help="ray: the cluster's address, e.g. 10.0.0.1:6379 or auto (default: start Ray on this machine).")]
+ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="Torch threads per run (default: the CPUs this process may use; process: divided among the jobs; ray: 1).")]
 KeepGoingOpt = Annotated[bool, typer.Option("--keep-going/--no-keep-going", help="After a failed run, compute the others anyway (default: stop them at their next epoch end).")]
 
 
@@ -67,6 +68,11 @@ def _overrides(items: list[str] | None, data_root: Path | None) -> dict:
     return out
 
 
+def _rows(text: str | None) -> list[str] | None:
+    """``--rows a,b`` as a list (None when not given)."""
+    return [r.strip() for r in text.split(",") if r.strip()] if text else None
+
+
 RowsOpt = Annotated[
     str | None, typer.Option("--rows", help="Comma-separated row ids to run (default: every runnable row).")
 ]
@@ -80,7 +86,7 @@ def _resolve(
 
     resolved = resolve(recipe, profile=profile, seeds=_seeds(seeds), overrides=_overrides(sets, data_root))
     if rows:
-        resolved = resolved.restricted_to_rows([r.strip() for r in rows.split(",") if r.strip()])
+        resolved = resolved.restricted_to_rows(_rows(rows))
     for warning in resolved.warnings:
         err_console.print(f"[yellow]lint:[/] {warning}", highlight=False)
     return resolved
@@ -176,12 +182,13 @@ def plan(
     console.print(f"{todo} of {len(rows)} runs to do; estimated time left: {eta} ({basis})")
 
 
-def _executor(name: str, jobs: int | None, retries: int | None, address: str | None, device: str):
+def _executor(name: str, jobs: int | None, retries: int | None, address: str | None, device: str,
+              threads: int | None = None):
     """The executor and the device name its runs use (Ray resolves ``auto`` on the nodes)."""
     from xmrbench.core.engine.train import resolve_device
     from xmrbench.runner.executors import make_executor
 
-    executor = make_executor(name, jobs=jobs, retries=retries, address=address)
+    executor = make_executor(name, jobs=jobs, retries=retries, address=address, threads=threads)
     if name == "ray":
         if device not in ("auto", "cpu", "cuda"):
             raise UsageError(f"--device {device!r}: expected auto, cpu or cuda")
@@ -235,6 +242,7 @@ def reproduce(
     jobs: JobsOpt = None,
     retries: RetriesOpt = None,
     address: AddressOpt = None,
+    threads: ThreadsOpt = None,
     keep_going: KeepGoingOpt = False,
 ) -> None:
     """Train and evaluate every cell of a recipe (skipping finished runs), then report."""
@@ -242,7 +250,7 @@ def reproduce(
     from xmrbench.store.store import ResultStore
 
     resolved = _resolve(recipe, profile, seeds, sets, data_root, rows)
-    runner, dev = _executor(executor, jobs, retries, address, device)
+    runner, dev = _executor(executor, jobs, retries, address, device, threads)
     store = ResultStore(results)
     runs = plan_runs(resolved, store)
     todo = sum(1 for *_, s in runs if s != "done" or force)
@@ -275,6 +283,7 @@ def sweep(
     jobs: JobsOpt = None,
     retries: RetriesOpt = None,
     address: AddressOpt = None,
+    threads: ThreadsOpt = None,
     keep_going: KeepGoingOpt = False,
 ) -> None:
     """A grid over any config parameter: xmrbench sweep two_branch --margin 0.05,0.1,0.2"""
@@ -284,14 +293,14 @@ def sweep(
 
     resolved = build_sweep(
         target, ctx.args, profile=profile, seeds=_seeds(seeds), overrides=_overrides(sets, data_root),
-        rows=[r for r in rows.split(",") if r] if rows else None,
+        rows=_rows(rows),
     )
     console.print(f"[bold]{resolved.id}[/]: {len(resolved.cells)} cells x {len(resolved.seeds)} seeds")
     for cell in resolved.cells:
         console.print(f"  {cell.id}  [{cell.hash}]")
     if dry_run:
         return
-    runner, dev = _executor(executor, jobs, retries, address, device)
+    runner, dev = _executor(executor, jobs, retries, address, device, threads)
     store = ResultStore(results)
     todo = sum(1 for *_, s in plan_runs(resolved, store) if s != "done")
     try:
@@ -424,28 +433,31 @@ def check(
     recipes: Annotated[list[str] | None, typer.Argument(help="Recipe ids or paths (default: every recipe).")] = None,
     results: Annotated[Path | None, typer.Option("--results", help="Run into this store and keep it (default: a temporary one).")] = None,
     reference: Annotated[Path, typer.Option("--reference", help="Directory of the reference results.")] = Path("results/reference"),
-    tolerances: Annotated[Path | None, typer.Option("--tolerances", help="Tolerances file (default: REFERENCE/tolerances.yaml).")] = None,
-    update: Annotated[bool, typer.Option("--update/--no-update", help="Rewrite the references from this run instead of comparing.")] = False,
+    update: Annotated[bool, typer.Option("--update/--no-update", help="Record the references (every runnable cell, the reference seeds) instead of comparing.")] = False,
+    all_cells: Annotated[bool, typer.Option("--all/--ci-set", help="Check every runnable cell (default: the CI set, see the README).")] = False,
+    rows: RowsOpt = None,
+    layers: Annotated[str, typer.Option("--layers", help="Comma-separated layers: kernels, learning, replay (default: all).")] = "kernels,learning,replay",
     device: DeviceOpt = "cpu",
-    executor: ExecutorOpt = "local",
+    executor: Annotated[str, typer.Option("--executor", help="process (default: one worker per CPU), local or ray.")] = "process",
     jobs: JobsOpt = None,
     retries: RetriesOpt = None,
     address: AddressOpt = None,
+    threads: Annotated[int, typer.Option("--threads", help="Torch threads per run (default 1: runs go in parallel instead; part of the replay fingerprint).")] = 1,
     quiet: Annotated[bool, typer.Option("--quiet/--no-quiet", help="No progress bars.")] = True,
 ) -> None:
-    """Regression gate: run the smoke profile of every (or the named) recipe and compare with the references."""
+    """Regression gate: kernel goldens, learning checks of the smoke profile, bit-exact replay where it applies."""
     import shutil
     import tempfile
 
     from xmrbench.errors import CheckFailed
-    from xmrbench.runner.check import TOLERANCES_FILE, load_tolerances, run_check
+    from xmrbench.gate.check import ReferenceRefused, run_check
     from xmrbench.runner.execute import plan_runs
     from xmrbench.store.store import ResultStore
 
     if reference.exists() and not reference.is_dir():
         raise UsageError(f"--reference {reference}: not a directory")
-    tol = load_tolerances(tolerances or reference / TOLERANCES_FILE)
-    runner, dev = _executor(executor, jobs, retries, address, device)
+    chosen_layers = [x.strip() for x in layers.split(",") if x.strip()]
+    runner, dev = _executor(executor, jobs, retries, address, device, threads)
     root = results if results is not None else Path(tempfile.mkdtemp(prefix="xmrbench-check-"))
     store = ResultStore(root)
 
@@ -462,42 +474,72 @@ def check(
         return summary
 
     try:
-        checks = run_check(recipes, store=store, reference_dir=reference, tolerances=tol, update=update, execute=execute)
+        gate = run_check(recipes, store=store, reference_dir=reference, update=update, execute=execute,
+                         layers=chosen_layers, all_cells=all_cells, rows=_rows(rows))
     finally:
         runner.close()
         if results is None:
             shutil.rmtree(root, ignore_errors=True)
-    from tabulate import tabulate
-
-    rows = []
-    for c in checks:
-        env_label = "" if c.same_env is None else ("same" if c.same_env else "other")
-        worst = f"{max((abs(d.delta) for d in c.diffs), default=0.0):.4g}" if c.state == "checked" else ""
-        rows.append([c.recipe, c.state, c.runs, c.compared or "", env_label, worst,
-                     len(c.regressions) if c.state == "checked" else "", c.note])
-    headers = ["recipe", "state", "runs", "metrics", "environment", "max |Δ|", "beyond tolerance", "note"]
-    print(tabulate(rows, headers=headers, tablefmt="github"))
-    diffs = sorted((d for c in checks for d in c.diffs), key=lambda d: (not d.beyond, -abs(d.delta)))
-    if diffs:
-        shown = [[d.recipe, d.run, f"{d.protocol}.{d.metric}", f"{d.reference:.6g}", f"{d.current:.6g}",
-                  f"{d.delta:+.4g}", f"{d.tolerance:g}", "REGRESSION" if d.beyond else "ok"] for d in diffs[:60]]
-        print("\nmetrics that changed:")
-        print(tabulate(shown, headers=["recipe", "run", "metric", "reference", "now", "Δ", "tolerance", ""],
-                       tablefmt="github", disable_numparse=True))
-        if len(diffs) > 60:
-            print(f"... and {len(diffs) - 60} more changed metric(s)")
-    problems = [p for c in checks for p in c.problems]
-    for problem in problems:
-        print(f"problem: {problem}")
-    regressions = sum(len(c.regressions) for c in checks)
-    if problems or regressions:
+    _print_gate(gate)
+    if gate.refused:
+        for line in gate.refused:
+            print(f"refused: {line}")
+        raise ReferenceRefused(f"{len(gate.refused)} cell(s) not recorded: {gate.refused[0]}")
+    if not gate.passed:
+        failing = sum(1 for r in gate.recipes if not r.passed)
         raise CheckFailed(
-            f"check failed: {regressions} metric(s) beyond tolerance, {len(problems)} other problem(s) "
-            f"in {sum(1 for c in checks if not c.passed)} recipe(s)"
+            f"check failed: {len(gate.kernel_failures)} golden(s) beyond tolerance, "
+            f"{sum(len(r.learning_failures) for r in gate.recipes)} learning check(s) failed, "
+            f"{sum(len(r.replay_mismatches) for r in gate.recipes)} metric(s) not replayed bit for bit, "
+            f"{sum(len(r.problems) for r in gate.recipes)} other problem(s) in {failing} recipe(s)"
         )
     verb = "updated" if update else "passed"
-    console.print(f"check {verb}: {sum(1 for c in checks if c.state in ('checked', 'updated'))} recipe(s), "
-                  f"{sum(1 for c in checks if c.state == 'skipped')} skipped")
+    done = sum(1 for r in gate.recipes if r.state in ("checked", "updated"))
+    console.print(f"check {verb}: {done} recipe(s), {sum(1 for r in gate.recipes if r.state == 'skipped')} skipped")
+
+
+def _print_gate(gate) -> None:
+    """The gate's findings: goldens, one line per recipe, then every failure."""
+    from tabulate import tabulate
+
+    if gate.kernels is not None:
+        bad = gate.kernel_failures
+        print(f"kernels: {gate.kernels_note}; {len(bad)} beyond tolerance")
+        if bad:
+            print(tabulate([[d.name, f"{d.max_abs:.3g}", f"{d.max_rel:.3g}", f"{d.atol:g}", f"{d.rtol:g}", d.problem or ""]
+                            for d in bad], headers=["golden", "max |Δ|", "max rel", "atol", "rtol", "problem"],
+                           tablefmt="github", disable_numparse=True))
+    if not gate.recipes:
+        return
+    rows = []
+    for r in gate.recipes:
+        learning = f"{len(r.learning) - len(r.learning_failures)}/{len(r.learning)}" if r.learning else ""
+        if r.replay is None or r.state != "checked":
+            replay = ""
+        elif r.replay:
+            replay = f"{r.replay_compared - len(r.replay_mismatches)}/{r.replay_compared} identical"
+        else:
+            replay = "other environment"
+        rows.append([r.recipe, r.state, r.runs or "", learning, replay, r.note])
+    print(tabulate(rows, headers=["recipe", "state", "runs", "learning", "bit-exact replay", "note"], tablefmt="github"))
+    failed = [c for r in gate.recipes for c in r.learning_failures]
+    if failed:
+        print("\nlearning checks that failed:")
+        print(tabulate([[c.recipe, c.cell, f"{c.protocol}.{c.metric}", f"{c.reference_mean:.2f} ± {c.tolerance:.2f}",
+                         f"{c.current_mean:.2f}", f"{c.bar:.2f}", c.why()] for c in failed],
+                       headers=["recipe", "cell", "metric", "reference ± tol", "now", "bar", "why"],
+                       tablefmt="github", disable_numparse=True))
+    mismatches = [m for r in gate.recipes for m in r.replay_mismatches]
+    for line in mismatches[:40]:
+        print(f"not replayed: {line}")
+    if len(mismatches) > 40:
+        print(f"... and {len(mismatches) - 40} more metric(s) not replayed bit for bit")
+    for r in gate.recipes:
+        for line in r.not_gated:
+            print(f"not gated: {line}")
+    for r in gate.recipes:
+        for problem in r.problems:
+            print(f"problem: {problem}")
 
 
 @app.command()
@@ -570,6 +612,9 @@ def main() -> None:
     except ImportError:  # pragma: no cover
         from click import exceptions as click_exc
 
+    from xmrbench.runner.threads import prepare_environment
+
+    prepare_environment()  # before anything loads torch's OpenMP runtime
     try:
         code = app(standalone_mode=False, prog_name="xmrbench")
     except XmrbenchError as exc:

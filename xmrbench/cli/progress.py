@@ -31,6 +31,9 @@ class _EpochEvents:
             description=f"  {self.prefix}epoch {epoch + 1}: loss {stats['loss']:.3f}, dev rsum {stats['dev_rsum']:.1f}",
         )
 
+    def warn(self, message: str) -> None:
+        self.progress.console.print(f"warning: {message}", style="yellow", soft_wrap=True, highlight=False, markup=False)
+
 
 class RichReporter:
     """Implements the runner's Reporter protocol with rich progress bars."""

@@ -2,11 +2,13 @@
 
 The config of a cell is merged in this order (later wins):
 ``recipe.config`` (after ``extends``) <- ``profiles.<profile>.config`` <- ``row.set``
-<- ``row.profiles.<profile>`` <- grid/zip point <- ``--set`` overrides.
+<- ``row.profiles.<profile>`` <- ``cell_profiles.<cell>.<profile>`` <- grid/zip point
+<- ``--set`` overrides.
 
 Rows come after the profile so that a row's defining switch can never be undone by
-a budget (a row may scale its own parameters per profile); a sweep point comes
-after the row so that the swept value is the one that runs; ``--set`` always wins.
+a budget (a row may scale its own parameters per profile, and one grid point of it
+may have its own budget); a sweep point comes after the row so that the swept value
+is the one that runs; ``--set`` always wins.
 
 Everything is validated here, before any work: an unknown key, a wrong type or an
 unknown component fails with the file and the dotted key.
@@ -64,6 +66,11 @@ class Cell:
         return self.config is not None
 
 
+def _declared(declarations: Mapping[str, str], cell: Cell) -> str | None:
+    """A declaration of ``cell`` by its own id or its row's id, or None."""
+    return declarations.get(cell.id) or declarations.get(cell.row.id)
+
+
 @dataclass
 class ResolvedRecipe:
     recipe: Recipe
@@ -108,6 +115,14 @@ class ResolvedRecipe:
             raise UsageError(f"{self.id}: row(s) {', '.join(dict.fromkeys(not_run))} are not run by xmrbench (run: false)")
         only = {c.id for c in chosen} | {m.id for c in chosen for m in c.members}
         return replace(self, only=frozenset(only))
+
+    def near_chance(self, cell: Cell) -> str | None:
+        """The paper's reason why ``cell`` is expected to stay near chance, or None."""
+        return _declared(self.recipe.near_chance, cell)
+
+    def not_gated(self, cell: Cell) -> str | None:
+        """Why the regression gate does not judge ``cell``, or None."""
+        return _declared(self.recipe.not_gated, cell)
 
     def cell(self, cell_id: str) -> Cell:
         for cell in self.cells:
@@ -266,6 +281,7 @@ def resolve(
                         spec.config,
                         expand_dotted(row.set),
                         expand_dotted(row.profiles.get(profile, {})),  # type: ignore[call-overload]
+                        expand_dotted(recipe.cell_profiles.get(cell_id, {}).get(profile, {})),  # type: ignore[call-overload]
                         expand_dotted(point),
                         expand_dotted(overrides),
                     ]
@@ -277,9 +293,22 @@ def resolve(
             cells.append(Cell(id=cell_id, row=row, point=point, config=config, paper=paper))
     cells = resolved_order(recipe, cells)
     known_cells = {c.id for c in cells}
-    for cell_id in recipe.paper_values:
-        if cell_id not in known_cells:
-            raise RecipeError(f"paper_values: no cell {cell_id!r}", where=where)
+    for section, ids in (("paper_values", recipe.paper_values), ("cell_profiles", recipe.cell_profiles)):
+        for cell_id in ids:
+            if cell_id not in known_cells:
+                raise RecipeError(f"{section}: no cell {cell_id!r}", where=where)
+    known_rows = {c.row.id for c in cells}
+    for section, declared, what in (("near_chance", recipe.near_chance, "the paper's reason"),
+                                    ("not_gated", recipe.not_gated, "the measured reason")):
+        for cid, why in declared.items():
+            if cid not in known_cells and cid not in known_rows:
+                raise RecipeError(f"{section}: no row or cell {cid!r}", where=where)
+            if not why.strip():
+                raise RecipeError(f"{section}.{cid}: give {what}", where=where)
+    for cell in cells:
+        if _declared(recipe.near_chance, cell) and _declared(recipe.not_gated, cell):
+            raise RecipeError(f"{cell.id}: declared both near_chance and not_gated; the gate checks one or the other",
+                              where=where)
     for claim in recipe.claims:
         proto = claim.protocol or recipe.default_protocol
         if proto not in recipe.protocols:

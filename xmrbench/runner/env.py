@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import platform
 import subprocess
@@ -36,6 +37,39 @@ def git_commit() -> str | None:
     return f"{head}+dirty" if dirty else head
 
 
+def _cpu_flags() -> str | None:
+    """A short hash of the CPU's instruction-set flags (/proc/cpuinfo), or None where unknown.
+
+    Two machines with the same CPU model name can expose different instruction sets
+    (a hypervisor may hide AVX-512), and BLAS kernels dispatch on them.
+    """
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                flags = " ".join(sorted(line.split(":", 1)[1].split()))
+                return hashlib.sha256(flags.encode()).hexdigest()[:12]
+    except OSError:
+        pass
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def _numeric_libraries() -> dict[str, Any]:
+    """The numeric builds the numbers depend on: torch's build (its BLAS, oneDNN and
+    compiler; a hash of ``torch.__config__.show()``), the CPU kernels torch dispatches
+    to, and numpy's BLAS. Read from the builds, not from what happens to be loaded."""
+    try:
+        blas = np.__config__.CONFIG["Build Dependencies"]["blas"]
+        numpy_blas = f"{blas.get('name')} {blas.get('version')}"
+    except (AttributeError, KeyError, TypeError):
+        numpy_blas = None
+    return {
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch_build": hashlib.sha256(torch.__config__.show().encode()).hexdigest()[:12],
+        "numpy_blas": numpy_blas,
+    }
+
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -58,6 +92,8 @@ def environment(device: torch.device | str | None = None) -> dict[str, Any]:
         "platform": platform.platform(),
         "machine": platform.machine(),
         "cpu": _cpu_model(),
+        "cpu_flags": _cpu_flags(),
+        **_numeric_libraries(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cuda_available": torch.cuda.is_available(),

@@ -211,7 +211,14 @@ def run_one(
 
 
 def _save_model(payload: dict[str, Any], path: Path) -> None:
-    """Write the selected model's weights atomically (through a file object, so a full disk is an OSError)."""
+    """Write the selected model's weights atomically (through a file object, so a full disk is an OSError).
+
+    The payload must be plain (``check_plain``) so that ``load_member`` reads it
+    with ``weights_only=True``.
+    """
+    from xmrbench.core.engine.train import check_plain
+
+    check_plain(payload, path.name)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -276,20 +283,30 @@ def _result_doc(resolved, cell, seed, out: RunOutput, config: dict, data, prepar
 
 
 def load_member(store: ResultStore, resolved: ResolvedRecipe, cell: Cell, seed: int, cache: DataCache, device: torch.device):
-    """A finished run's selected model, rebuilt from its stored weights, in eval mode."""
+    """A finished run's selected model, rebuilt from its stored weights, in eval mode.
+
+    The file is read with ``weights_only=True`` (``load_plain``): a file holding
+    anything but tensors, numbers, strings and plain containers is refused with a
+    one-line ``StoreError`` naming it, never unpickled.
+    """
+    from xmrbench.core.engine.train import load_plain
     from xmrbench.core.models.registry import MODELS
 
     path = store.model_path(resolved.id, cell.id, cell.hash, seed)  # type: ignore[arg-type]
     if not path.is_file():
         raise StoreError(f"no stored model for {cell.id!r} seed {seed}; run reproduce for it first", where=str(path))
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # a torn or foreign file
-        raise StoreError(f"cannot read stored model ({exc.__class__.__name__})", where=str(path)) from None
+    payload = load_plain(path, what="stored model", map_location="cpu")
+    state = payload.get("state_dict")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise StoreError("cannot read stored model: no state_dict of tensors", where=str(path))
     cfg = cell.config
     prepared = cache.prepared(cfg.data, *_inputs(cfg))  # type: ignore[union-attr]
     model = MODELS[cfg.model.name](cfg.model.params, prepared.dims)  # type: ignore[union-attr]
-    model.load_state_dict(payload["state_dict"])
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:  # other shapes or keys: another model's weights
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise StoreError(f"stored weights do not fit {cell.id!r} ({first})", where=str(path)) from None
     return model.to(device).eval(), prepared
 
 

@@ -1,10 +1,10 @@
 """Executors: where the runs of a recipe are computed.
 
 - ``local`` (default): one after another in this process.
-- ``process``: a pool of ``jobs`` worker processes on this machine (each with
-  ``cpu_count // jobs`` torch threads unless told otherwise).
+- ``process``: a pool of ``jobs`` worker processes on this machine (each with the
+  available CPUs divided among the jobs as torch threads, unless ``--threads``).
 - ``ray``: tasks on a Ray cluster (``--address``; without one, a Ray instance on
-  this machine), one CPU and one torch thread each, at most ``jobs`` at a time
+  this machine), one CPU and one torch thread each (``--threads`` more), at most ``jobs`` at a time
   (default: as many as the cluster has CPUs). Needs the optional extra: ``pip install 'xmrbench[cluster]'``. The
   store must be a directory every node sees at the same path (a shared filesystem
   with working ``flock``).
@@ -33,6 +33,7 @@ import torch
 
 from xmrbench.errors import UsageError
 from xmrbench.registry import Registry
+from xmrbench.runner.threads import available_cpus
 from xmrbench.runner.worker import RunOutcome, RunTask, attempt_run
 
 DEFAULT_RETRIES = 2
@@ -72,10 +73,12 @@ class LocalExecutor:
 
     name = "local"
 
-    def __init__(self, *, cache: Any = None):
+    def __init__(self, *, cache: Any = None, threads: int | None = None):
         from xmrbench.runner.execute import DataCache
+        from xmrbench.runner.threads import setup_threads
 
         self.cache = cache if cache is not None else DataCache()
+        self.threads = setup_threads(threads) if threads is not None else torch.get_num_threads()
 
     def run(self, tasks: list[RunTask], *, device: str, hooks: Hooks, stop: StopState) -> None:
         dev = torch.device(device)
@@ -123,7 +126,7 @@ class ProcessExecutor:
             raise UsageError(f"--retries {retries}: expected a non-negative number")
         self.jobs = jobs
         self.retries = retries
-        self.threads = threads or max(1, (os.cpu_count() or 1) // jobs)
+        self.threads = threads or max(1, available_cpus() // jobs)
         self._ctx = mp.get_context("forkserver")
         # imported once by the fork server; torch._dynamo is what the first optimiser would import
         self._ctx.set_forkserver_preload(["xmrbench.runner.worker", "torch._dynamo"])
@@ -222,6 +225,8 @@ class ProcessExecutor:
                 w.events.epoch_start(*payload)
             elif kind == "epoch_end" and w.events is not None:
                 w.events.epoch_end(*payload)
+            elif kind == "warn" and w.events is not None:
+                w.events.warn(*payload)
             elif kind == "outcome":
                 task, w.task = w.task, None
                 self._settle(task, payload, hooks, pending, stop)
@@ -275,7 +280,8 @@ class RayExecutor:
 
     name = "ray"
 
-    def __init__(self, *, address: str | None = None, retries: int = DEFAULT_RETRIES, jobs: int | None = None):
+    def __init__(self, *, address: str | None = None, retries: int = DEFAULT_RETRIES, jobs: int | None = None,
+                 threads: int | None = None):
         if retries < 0:
             raise UsageError(f"--retries {retries}: expected a non-negative number")
         if jobs is not None and jobs < 1:
@@ -283,14 +289,18 @@ class RayExecutor:
         self.address = address
         self.retries = retries
         self.jobs = jobs
-        self.cpus_per_run = 1  # one torch thread per run; the cluster's CPUs bound the runs in flight
+        # torch threads per run (default one), each a CPU the run reserves; the cluster's CPUs bound the runs in flight
+        self.cpus_per_run = threads or 1
         self._owned = False
 
     def _connect(self, ray: Any) -> bool:
         """Connect (or start a local instance); True if this call did, so it also disconnects."""
         if ray.is_initialized():
             return False
+        from xmrbench.runner.threads import OMP_DEFAULTS
+
         env_vars = {k: os.environ[k] for k in ("XMRBENCH_CACHE", "XMRBENCH_RECIPES") if os.environ.get(k)}
+        env_vars.update({k: os.environ.get(k, v) for k, v in OMP_DEFAULTS.items()})  # before the workers load torch
         kwargs: dict[str, Any] = {"log_to_driver": False, "runtime_env": {"env_vars": env_vars}}
         if self.address:
             kwargs["address"] = self.address
@@ -381,8 +391,13 @@ EXECUTORS: Registry[ExecutorFactory] = Registry(
 
 def make_executor(
     name: str, *, jobs: int | None = None, retries: int | None = None, address: str | None = None, cache: Any = None,
+    threads: int | None = None,
 ) -> Executor:
-    """The executor named on the command line, with its options checked against it."""
+    """The executor named on the command line, with its options checked against it.
+
+    ``threads``: torch threads per run (local: this process; process: each worker,
+    default the available CPUs divided among the jobs; ray: each task, default 1).
+    """
     if name not in EXECUTORS:
         known = ", ".join(EXECUTORS.names())
         raise UsageError(f"--executor {name!r}: unknown executor; known: {known}")
@@ -390,6 +405,8 @@ def make_executor(
         raise UsageError(f"--jobs {jobs}: expected a positive number of worker processes")
     if retries is not None and retries < 0:
         raise UsageError(f"--retries {retries}: expected a non-negative number")
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads {threads}: expected a positive number of threads")
     if address is not None and name != "ray":
         raise UsageError(f"--address {address}: only --executor ray connects to a cluster")
     if name == "local":
@@ -398,7 +415,9 @@ def make_executor(
         if retries is not None:
             raise UsageError("--retries: --executor local does not retry (a crash in this process is a bug); "
                              "use --executor process or ray")
-        return LocalExecutor(cache=cache)
+        return LocalExecutor(cache=cache, threads=threads)
     if name == "process":
-        return ProcessExecutor(jobs or (os.cpu_count() or 1), retries=DEFAULT_RETRIES if retries is None else retries)
-    return RayExecutor(address=address, retries=DEFAULT_RETRIES if retries is None else retries, jobs=jobs)
+        return ProcessExecutor(jobs or available_cpus(), retries=DEFAULT_RETRIES if retries is None else retries,
+                               threads=threads)
+    return RayExecutor(address=address, retries=DEFAULT_RETRIES if retries is None else retries, jobs=jobs,
+                       threads=threads)

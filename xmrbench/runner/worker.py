@@ -189,6 +189,9 @@ class _PipeEvents:
     def epoch_end(self, epoch: int, stats: dict[str, float]) -> None:
         self.conn.send(("epoch_end", self.key, (epoch, dict(stats))))
 
+    def warn(self, message: str) -> None:
+        self.conn.send(("warn", self.key, (message,)))
+
 
 class _WorkerStop:
     """A worker's stop state: its own SIGINT (from the terminal's process group) or the parent's event."""

@@ -1,13 +1,25 @@
 """Verdicts on a paper's claims from paired results.
 
 A claim ("non-linear beats linear") is a set of (better cell, worse cell) pairs on
-one metric and protocol. Each pair is tested over seeds (paired by seed) and, where
-per-query ranks are stored, over queries. The seed p-values of all pairs of a table
-are Holm-corrected together. A pair *holds* when the better cell is ahead and the
-corrected p is below alpha; it is *contradicted* when the better cell is behind with
-corrected p below alpha; otherwise *not significant*. A claim holds when every pair
-holds, is contradicted when any pair is, and is *untested* when any pair lacks
-comparable results from at least two common seeds.
+one metric and protocol. Each pair is judged over seeds (paired by seed, see
+``paired.seed_test``) and, where per-query ranks are stored, tested over queries
+(shown beside, never deciding). A pair is
+
+- *untested* when a side has no results, the two sides were measured under
+  different protocols, or they share fewer than two seeds;
+- *deterministic* when both sides are equal across seeds: no p-value exists, and
+  the exact difference d decides against a minimum effect m (``min_effect``):
+  *holds* when d > m, *contradicted* when d < -m, *not significant* when
+  |d| <= m (a gap within the metric's resolution is no evidence either way);
+- otherwise tested: the seed p-values (t-test, or the exact sign-flip test when
+  the difference has zero variance) of all tested pairs of a table are
+  Holm-corrected together; *holds* when the better cell is ahead with corrected
+  p below alpha, *contradicted* when it is behind with corrected p below alpha,
+  else *not significant*.
+
+A claim takes the first of its pairs' verdicts in the order contradicted >
+untested > not significant > holds: one contradicted pair contradicts it even if
+another could not be tested, and it holds only when every pair holds.
 """
 
 from __future__ import annotations
@@ -18,9 +30,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from xmrbench.core.metrics import keys as K
-from xmrbench.stats.paired import TestResult, holm, seed_ttest, signflip_test
+from xmrbench.stats.paired import SIGNTEST, TestResult, holm, seed_test, signflip_test
 
 ALPHA = 0.05
+#: Verdicts from strongest to weakest; a claim takes the first one any of its pairs has.
+PRECEDENCE = ("contradicted", "untested", "not significant", "holds")
+#: Minimum effect when the number of queries is unknown: the precision the papers
+#: print (0.1 points for recalls, 0.1 for mean ranks, three decimals for mAP).
+FALLBACK_MIN_EFFECT = {"percent": 0.1, "rank": 0.1, "fraction": 0.001}
+_MIN_EFFECT_RTOL = 1e-6  # a gap must beat the minimum effect by more than float noise
 
 
 @dataclass
@@ -39,8 +57,31 @@ class PairVerdict:
     seeds: list[int]
     seed_test: TestResult | None = None
     query_test: TestResult | None = None
-    p_adjusted: float | None = None
+    p_adjusted: float | None = None  # None: untested or deterministic (no p-value)
     reason: str | None = None
+    min_effect: float | None = None  # deterministic pairs: the gap the difference must exceed
+
+    @property
+    def deterministic(self) -> bool:
+        return self.seed_test is not None and self.seed_test.deterministic
+
+    @property
+    def evidence(self) -> str:
+        """One line for a report: the difference, the rule that judged it, the verdict."""
+        head = f"{self.better} vs {self.worse}"
+        st = self.seed_test
+        if st is None:
+            return f"{head}: {self.reason}"
+        text = f"{head}: Δ={st.mean_diff:+.4g}, n={st.n} seeds, "
+        if st.deterministic:
+            text += f"{self.reason}"
+        else:
+            kind = "sign test" if st.test == SIGNTEST else "t-test"
+            text += f"{kind}, p_holm={self.p_adjusted:.3g}"
+        if self.query_test is not None:
+            qt = self.query_test
+            text += f", query p={min(1.0, 2 * min(qt.p_greater, qt.p_less)):.3g}"  # type: ignore[type-var]
+        return f"{text} → {self.verdict}"
 
 
 @dataclass
@@ -69,6 +110,31 @@ def per_query_scores(metric: str, ranks: Mapping[str, Sequence[int]]) -> tuple[l
     return None
 
 
+def default_min_effect(metric: str, ranks: Mapping[str, Sequence[int]] | None = None) -> tuple[float, str]:
+    """The minimum effect of ``metric`` for deterministic pairs (a gap must exceed it), and why.
+
+    One query's worth where the query count is known from stored ranks (0-based,
+    ``{"i2t": (n_images,), "t2i": (n_captions,)}``): R@K of a direction 100 / n
+    of that direction; rsum 100 / n_images (one image query crossing one
+    cut-off); mean rank 1 / n (one query moving one place). Median rank: 1 (one
+    rank). Otherwise ``FALLBACK_MIN_EFFECT`` by the metric's scale.
+    """
+    counts = {d: len(ranks.get(d, ())) for d in ("i2t", "t2i")} if ranks else {}
+    direction, _, rest = metric.partition("_")
+    n = counts.get(direction, 0)
+    if rest in ("medr",):
+        return 1.0, "one rank"
+    if metric == K.RSUM and counts.get("i2t"):
+        return 100.0 / counts["i2t"], f"one image query of {counts['i2t']}"
+    if rest in ("r1", "r5", "r10") and n:
+        return 100.0 / n, f"one query of {n}"
+    if rest == "meanr" and n:
+        return 1.0 / n, f"one query of {n} moving one rank"
+    spec = K.METRICS.get(metric)
+    scale = spec.scale if spec is not None else "percent"
+    return FALLBACK_MIN_EFFECT[scale], "the papers' printed precision"
+
+
 def _query_test(metric: str, better: Side, worse: Side, seeds: list[int]) -> TestResult | None:
     groups: list[list[np.ndarray]] = []
     weights: list[float] | None = None
@@ -89,18 +155,35 @@ def _query_test(metric: str, better: Side, worse: Side, seeds: list[int]) -> Tes
     return signflip_test(pooled, weights=[w / len(seeds) for w in weights])
 
 
+def _judge_deterministic(pv: PairVerdict, metric: str, a: Side, b: Side, min_effect: float | None) -> None:
+    st = pv.seed_test
+    assert st is not None
+    ranks = next((s.ranks[x] for x in pv.seeds for s in (a, b) if x in s.ranks), None)
+    if min_effect is None:
+        m, why = default_min_effect(metric, ranks)
+    else:
+        m, why = float(min_effect), "set for this metric"
+    pv.min_effect = m
+    d, margin = st.mean_diff, m + _MIN_EFFECT_RTOL * max(m, 1e-12)
+    pv.verdict = "holds" if d > margin else "contradicted" if d < -margin else "not significant"
+    op = ">" if abs(d) > margin else "<="
+    pv.reason = f"{st.test}: |Δ| {op} minimum effect {m:.4g} ({why})"
+
+
 def judge(
     claims: Sequence[tuple[str, str, str, str, Sequence[tuple[str, str]]]],
     sides: Mapping[tuple[str, str, str], Side],
     *,
     comparable: Mapping[tuple[str, str, str], bool] | None = None,
     alpha: float = ALPHA,
+    min_effect: Mapping[str, float] | None = None,
 ) -> list[ClaimVerdict]:
     """Judge claims.
 
     ``claims``: (id, text, metric, protocol, pairs). ``sides[(cell, metric, protocol)]``
     holds that cell's results. ``comparable[(cell_a, cell_b, protocol)]`` may mark
     pairs whose results were measured on different protocols (never compared).
+    ``min_effect[metric]`` replaces ``default_min_effect`` for deterministic pairs.
     """
     lower_is_better = {k for k, spec in K.METRICS.items() if not spec.higher_is_better}
     pair_verdicts: list[tuple[int, PairVerdict]] = []
@@ -119,15 +202,17 @@ def judge(
                 sign = -1.0 if metric in lower_is_better else 1.0
                 va = [sign * a.values[s] for s in seeds]
                 vb = [sign * b.values[s] for s in seeds]
-                pv.seed_test = seed_ttest(va, vb)
+                pv.seed_test = seed_test(va, vb)
                 pv.query_test = _query_test(metric, a, b, seeds) if seeds else None
                 if pv.seed_test is None:
                     pv.reason = f"{len(seeds)} common seed(s); at least 2 are needed"
+                elif pv.seed_test.deterministic:
+                    _judge_deterministic(pv, metric, a, b, (min_effect or {}).get(metric))
             pair_verdicts.append((ci, pv))
-    tested = [pv for _, pv in pair_verdicts if pv.seed_test is not None]
+    tested = [pv for _, pv in pair_verdicts if pv.seed_test is not None and not pv.seed_test.deterministic]
     if tested:
         # two-sided use of one-sided tests: correct the smaller of the two directions
-        raw = [min(1.0, 2 * min(pv.seed_test.p_greater, pv.seed_test.p_less)) for pv in tested]  # type: ignore[union-attr]
+        raw = [min(1.0, 2 * min(pv.seed_test.p_greater, pv.seed_test.p_less)) for pv in tested]  # type: ignore[union-attr,type-var]
         for pv, p_adj in zip(tested, holm(raw)):
             pv.p_adjusted = p_adj
             diff = pv.seed_test.mean_diff  # type: ignore[union-attr]
@@ -141,13 +226,6 @@ def judge(
     for ci, (cid, text, metric, protocol, _pairs) in enumerate(claims):
         pvs = [pv for i, pv in pair_verdicts if i == ci]
         states = {pv.verdict for pv in pvs}
-        if "untested" in states:
-            verdict = "untested"
-        elif "contradicted" in states:
-            verdict = "contradicted"
-        elif states == {"holds"}:
-            verdict = "holds"
-        else:
-            verdict = "not significant"
+        verdict = next((v for v in PRECEDENCE if v in states), "untested")  # no pairs: untested
         out.append(ClaimVerdict(cid, text, metric, protocol, verdict, pvs))
     return out

@@ -1,8 +1,19 @@
 """Paired significance tests for "method A beats method B" claims.
 
-- over seeds: a one-sided paired t-test on the per-seed metric difference
-  (``scipy.stats.ttest_rel``); this is the test behind a verdict, because seed
-  variance (training randomness) is the variance a reproduction must beat;
+- over seeds: the test behind a verdict, because seed variance (training
+  randomness) is the variance a reproduction must beat. ``seed_test`` picks one
+  of three rules from the per-seed values (n seeds, d_s = better_s - worse_s):
+
+  * both sides equal across seeds (deterministic methods such as CCA or the s_g
+    baseline): no test at all, the result says "deterministic, equal across
+    seeds" and carries no p-value; the caller judges the exact difference
+    against a minimum effect (``claims.min_effect``);
+  * d_s equal across seeds but the sides are not: the t statistic is undefined
+    (zero variance), so an exact sign-flip test over seeds is used: of the 2^n
+    equally likely sign patterns only one reaches the observed mean, so
+    p = 2^-n one-sided (never below it; 1/4 with two seeds, 1/8 with three);
+  * otherwise a one-sided paired t-test, t = mean(d) / (sd(d) / sqrt(n)) with
+    n - 1 degrees of freedom (``scipy.stats.ttest_rel``);
 - over queries: a paired sign-flip randomization test on per-query contributions
   to the metric, pooled over seeds; it measures test-set sampling noise only,
   conditional on the trained models, and is reported beside the seed test;
@@ -17,33 +28,90 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as _st
 
+TTEST = "paired t-test over seeds (one-sided)"
+SIGNTEST = "exact sign-flip test over seeds (one-sided; zero-variance difference)"
+DETERMINISTIC = "deterministic, equal across seeds"
+
+#: Values closer than this (relative to their magnitude, at least 1) count as equal:
+#: float summation noise, never a real difference of a metric.
+EQUAL_RTOL = 1e-9
+
 
 @dataclass(frozen=True)
 class TestResult:
     test: str
     n: int  # paired units (seeds, or seed x query pairs)
     mean_diff: float  # mean of better - worse
-    p_greater: float  # one-sided p for "better > worse"
-    p_less: float  # one-sided p for "better < worse"
+    p_greater: float | None  # one-sided p for "better > worse"; None: no test (deterministic)
+    p_less: float | None  # one-sided p for "better < worse"; None: no test (deterministic)
+
+    @property
+    def deterministic(self) -> bool:
+        return self.test == DETERMINISTIC
 
 
-def seed_ttest(better: Sequence[float], worse: Sequence[float]) -> TestResult | None:
-    """One-sided paired t-test over seeds; None with fewer than 2 pairs."""
+def _constant(x: np.ndarray) -> bool:
+    """Whether every entry of ``x`` equals the first, up to float noise."""
+    return bool(np.ptp(x) <= EQUAL_RTOL * max(1.0, float(np.abs(x).max())))
+
+
+def _paired(better: Sequence[float], worse: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     a, b = np.asarray(better, dtype=float), np.asarray(worse, dtype=float)
     if a.shape != b.shape or a.ndim != 1:
         raise ValueError("better and worse must be 1-D and paired")
-    n = len(a)
-    if n < 2:
+    return a, b
+
+
+def seed_ttest(better: Sequence[float], worse: Sequence[float]) -> TestResult | None:
+    """One-sided paired t-test over seeds; None with fewer than 2 pairs.
+
+    Raises ValueError when the differences have zero variance (t is undefined
+    there; ``seed_test`` uses the exact sign-flip test instead).
+    """
+    a, b = _paired(better, worse)
+    if len(a) < 2:
         return None
     diff = a - b
-    mean = float(diff.mean())
-    if np.allclose(diff, diff[0], rtol=0, atol=1e-12):  # zero variance: the sign decides
-        pg = 0.0 if mean > 0 else 1.0
-        pl = 0.0 if mean < 0 else 1.0
-    else:
-        pg = float(_st.ttest_rel(a, b, alternative="greater").pvalue)
-        pl = float(_st.ttest_rel(a, b, alternative="less").pvalue)
-    return TestResult("paired t-test over seeds (one-sided)", n, mean, pg, pl)
+    if _constant(diff):
+        raise ValueError("zero-variance difference: the paired t-test is undefined")
+    pg = float(_st.ttest_rel(a, b, alternative="greater").pvalue)
+    pl = float(_st.ttest_rel(a, b, alternative="less").pvalue)
+    return TestResult(TTEST, len(a), float(diff.mean()), pg, pl)
+
+
+def seed_signtest(diff: Sequence[float]) -> TestResult:
+    """Exact sign-flip test over seeds of a difference that is equal across seeds.
+
+    ``diff``: (n,) per-seed differences better - worse, all equal to d. Under the
+    null each d_s is symmetric around 0, so each of the 2^n sign patterns has
+    probability 2^-n; T = mean(+-d) >= d only for the all-plus pattern, so
+    P(T >= d) = 2^-n when d > 0 (and 1 when d <= 0), symmetrically for P(T <= d).
+    """
+    d = np.asarray(diff, dtype=float)
+    if d.ndim != 1 or len(d) == 0 or not _constant(d):
+        raise ValueError("seed_signtest takes a non-empty difference that is equal across seeds")
+    n, mean = len(d), float(d.mean())
+    tol = EQUAL_RTOL * max(1.0, abs(mean))
+    floor = 0.5**n
+    pg = floor if mean > tol else 1.0
+    pl = floor if mean < -tol else 1.0
+    return TestResult(SIGNTEST, n, mean, pg, pl)
+
+
+def seed_test(better: Sequence[float], worse: Sequence[float]) -> TestResult | None:
+    """The seed-level evidence for one pair; None with fewer than 2 paired seeds.
+
+    Deterministic (both sides equal across seeds): no p-value (``DETERMINISTIC``);
+    zero-variance difference otherwise: ``seed_signtest``; else ``seed_ttest``.
+    """
+    a, b = _paired(better, worse)
+    if len(a) < 2:
+        return None
+    if _constant(a) and _constant(b):
+        return TestResult(DETERMINISTIC, len(a), float((a - b).mean()), None, None)
+    if _constant(a - b):
+        return seed_signtest(a - b)
+    return seed_ttest(a, b)
 
 
 def signflip_test(

@@ -13,7 +13,9 @@ from __future__ import annotations
 import copy
 import os
 import random
+import re
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +29,7 @@ from xmrbench.core.engine.inputs import PreparedData
 from xmrbench.core.engine.samplers import SAMPLERS
 from xmrbench.core.losses.registry import LOSSES
 from xmrbench.core.models.registry import MODELS
-from xmrbench.errors import TrainingError
+from xmrbench.errors import StoreError, TrainingError
 from xmrbench.recipe.config import CellConfig
 
 CHECKPOINT_VERSION = 1
@@ -39,6 +41,7 @@ class Events(Protocol):
     def epoch_start(self, epoch: int, n_epochs: int, n_batches: int) -> None: ...
     def batch_end(self, batch: int, loss: float) -> None: ...
     def epoch_end(self, epoch: int, stats: dict[str, float]) -> None: ...
+    def warn(self, message: str) -> None: ...
 
 
 class NullEvents:
@@ -50,6 +53,12 @@ class NullEvents:
 
     def epoch_end(self, epoch: int, stats: dict[str, float]) -> None:
         pass
+
+    def warn(self, message: str) -> None:
+        """Without a listener, a Python warning (visible to library callers and tests)."""
+        import warnings
+
+        warnings.warn(message, CheckpointWarning, stacklevel=3)
 
 
 @dataclass
@@ -91,7 +100,69 @@ def seed_everything(seed: int, device: torch.device) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
+#: What a file in a results store may hold: exactly what ``torch.load(weights_only=True)``
+#: rebuilds without running code from the file (tensors, numbers, strings, plain containers).
+#: Exact types: a numpy float64 is a float subclass, yet a weights-only load refuses it.
+_PLAIN_LEAVES = (bool, int, float, str, bytes, type(None), torch.Size, torch.dtype, torch.device)
+
+
+#: How a weights-only load says that the file asks for an object it will not build
+#: (anything else it raises means a torn or foreign file).
+_REFUSED = re.compile(r"not an allowed global|is blocked|TorchScript|must be \S+ to load")
+
+
+class CheckpointWarning(RuntimeWarning):
+    """A checkpoint could not be used; the run starts over."""
+
+
+def check_plain(obj: Any, where: str = "") -> None:
+    """Raise TypeError unless ``obj`` holds only tensors, numbers, strings and plain containers.
+
+    Every file xmrbench writes into a store passes this before ``torch.save``, so that
+    ``load_plain`` (``weights_only=True``) can read it back; a numpy scalar or any
+    other object is a bug here, never something to pickle.
+    """
+    if isinstance(obj, torch.Tensor) or type(obj) in _PLAIN_LEAVES:
+        return
+    if type(obj) in (dict, OrderedDict):  # OrderedDict: state dicts
+        for key, value in obj.items():
+            if not isinstance(key, (str, int)):
+                raise TypeError(f"{where or 'object'}: key {key!r} is a {type(key).__name__}, not a string or int")
+            check_plain(value, f"{where}.{key}" if where else str(key))
+        return
+    if isinstance(obj, (list, tuple)) and type(obj) in (list, tuple):
+        for i, value in enumerate(obj):
+            check_plain(value, f"{where}[{i}]")
+        return
+    raise TypeError(f"{where or 'object'}: a {type(obj).__module__}.{type(obj).__name__} cannot be stored "
+                    "(only tensors, numbers, strings and plain containers load without unpickling)")
+
+
+def load_plain(path: Path, *, what: str = "file", map_location: Any = "cpu") -> dict[str, Any]:
+    """Read a dict written by ``torch.save`` without ever running code from the file.
+
+    ``torch.load(weights_only=True)`` rebuilds tensors, numbers, strings and plain
+    containers and refuses every other object. A refused, torn or foreign file is a
+    one-line ``StoreError`` naming it (``what`` says what it should have been).
+    """
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise StoreError(f"cannot read {what}: file not found", where=str(path)) from None
+    except Exception as exc:  # noqa: BLE001 - any failure means the file is unusable
+        if _REFUSED.search(str(exc)):
+            raise StoreError(f"cannot read {what}: refused, it holds objects other than tensors, numbers, strings "
+                             "and plain containers, and unpickling those can run code from the file (not loaded)",
+                             where=str(path)) from None
+        raise StoreError(f"cannot read {what} ({exc.__class__.__name__}); torn, or not written by xmrbench",
+                         where=str(path)) from None
+    if not isinstance(obj, dict):
+        raise StoreError(f"cannot read {what}: a {type(obj).__name__}, not the dict xmrbench writes", where=str(path))
+    return obj
+
+
 def _atomic_torch_save(obj: Any, path: Path) -> None:
+    check_plain(obj, path.name)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
@@ -170,20 +241,25 @@ def train_and_evaluate(
 
     ckpt_path = work_dir / "checkpoint.pt" if work_dir else None
     if ckpt_path is not None and ckpt_path.is_file():
-        try:
-            ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
-        except Exception:  # a torn checkpoint: start over rather than fail
+        try:  # never unpickled: a checkpoint is read with weights_only=True or not at all
+            ckpt = load_plain(ckpt_path, what="checkpoint", map_location=device)
+        except StoreError as exc:  # refused, torn or foreign: start over rather than fail
+            events.warn(f"{exc.one_line()}; starting {label} over from epoch 1")
             ckpt = None
         if ckpt and ckpt.get("version") == CHECKPOINT_VERSION and ckpt.get("cell_hash") == cfg.hash() and ckpt.get("seed") == seed:
-            model.load_state_dict(ckpt["model"])
-            loss_fn.load_state_dict(ckpt["loss"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            if scheduler is not None and ckpt.get("scheduler"):
-                scheduler.load_state_dict(ckpt["scheduler"])
-            best_state, best_score, best_epoch = ckpt["best_state"], ckpt["best_score"], ckpt["best_epoch"]
-            best_dev, curves = ckpt["best_dev"], ckpt["curves"]
-            torch.set_rng_state(ckpt["torch_rng"])
-            start_epoch = resumed = ckpt["epoch"] + 1
+            try:
+                model.load_state_dict(ckpt["model"])
+                loss_fn.load_state_dict(ckpt["loss"])
+                optimizer.load_state_dict(ckpt["optimizer"])
+                if scheduler is not None and ckpt.get("scheduler"):
+                    scheduler.load_state_dict(ckpt["scheduler"])
+                best_state, best_score, best_epoch = ckpt["best_state"], ckpt["best_score"], ckpt["best_epoch"]
+                best_dev, curves = ckpt["best_dev"], ckpt["curves"]
+                torch.set_rng_state(ckpt["torch_rng"].cpu())
+                start_epoch = resumed = ckpt["epoch"] + 1
+            except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:  # half-applied: no way back
+                raise StoreError(f"checkpoint names this run but does not fit it ({exc.__class__.__name__}); "
+                                 "delete it to start the run over", where=str(ckpt_path)) from None
 
     for epoch in range(start_epoch, cfg.train.epochs):
         t0 = time.perf_counter()

@@ -10,11 +10,15 @@ Scores are similarities, higher = better, ``sims (N_q, N_g)`` with one row per
 query. Where a paper ranks by a distance (ACMR ranks by Euclidean distance), pass
 the negated distance.
 
-Ties are broken by a stable order: among items with equal scores, the one with
-the lower gallery index is ranked first. This keeps the metrics deterministic but
-means that, on tied scores, AP can depend on the gallery order. (The image-caption
-ranks in :mod:`retrieval` count ties pessimistically instead; AP depends on the
-positions of every relevant item, so it needs an actual order.)
+Ties are broken pessimistically, as in :mod:`retrieval`: within a group of equal
+scores every irrelevant item is ranked before every relevant one. AP and
+precision@k then depend only on the scores and the relevance, never on the
+gallery order (items of equal score and equal relevance are interchangeable), and
+a constant similarity matrix gets the worst value a ranking can have instead of
+whatever the gallery order happens to give (a degenerate model whose scores are
+all tied cannot look good by accident). Implemented as a lexicographic sort: a
+stable sort of each row by relevance (irrelevant first), then a stable sort by
+decreasing score, a block of query rows at a time.
 """
 
 from __future__ import annotations
@@ -35,8 +39,9 @@ __all__ = [
 
 Normalize = Literal["relevant", "hits"]
 
-#: Scores per block for the sorting metrics: a sort keeps values, int64 indices and
-#: a few float64 temporaries per score, so the budget is smaller than for ranks.
+#: Scores per block for the sorting metrics: the two sorts keep values, two int64
+#: index matrices and a few float64 temporaries per score, so the budget is smaller
+#: than for ranks.
 _SORT_BLOCK_ELEMENTS = 1 << 20
 
 
@@ -115,9 +120,16 @@ def relevance_from_labels(query_labels: torch.Tensor, gallery_labels: torch.Tens
 
 
 def _sorted_relevance(sims_block: torch.Tensor, rel_block: torch.Tensor, depth: int, acc: torch.dtype) -> torch.Tensor:
-    """Relevance of the top ``depth`` items of each row, by decreasing score, stable."""
-    order = torch.sort(sims_block, dim=1, descending=True, stable=True).indices[:, :depth]
-    return rel_block.gather(1, order).to(acc)
+    """Relevance of the top ``depth`` items of each row, by decreasing score, ties pessimistic.
+
+    ``sims_block, rel_block (b, N_g)``; returns ``(b, depth)`` in ``acc``. Sorting
+    by relevance first (irrelevant first, stable) and then stably by score orders
+    every tie group irrelevant-first, whatever the gallery order.
+    """
+    by_relevance = torch.sort(rel_block.to(torch.uint8), dim=1, stable=True).indices
+    scores = sims_block.gather(1, by_relevance)
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :depth]
+    return rel_block.gather(1, by_relevance.gather(1, order)).to(acc)
 
 
 def average_precision(
@@ -150,8 +162,9 @@ def average_precision(
       two agree.
 
     A query with ``Z = 0`` (no relevant item, or no hit in the top k) gets AP 0.
-    Ties keep gallery order (see the module docstring). ``block_size`` is the
-    number of query rows sorted at once.
+    Ties count against the query: within equal scores irrelevant items rank
+    first (see the module docstring). ``block_size`` is the number of query rows
+    sorted at once.
     """
     _check_scores(sims, "sims", block_size=block_size)
     _check_relevance(sims, relevance)
@@ -206,7 +219,7 @@ def precision_at_k(
     positive ints. Returns ``(N_q, len(ks))`` in float32 (float64 if ``sims`` is
     float64) on ``sims.device``; column ``m`` is the fraction of relevant items in
     the top ``ks[m]``. A ``k`` larger than the gallery uses the whole gallery
-    (precision over all ``N_g`` items). Ties keep gallery order.
+    (precision over all ``N_g`` items). Ties rank irrelevant items first.
     """
     _check_scores(sims, "sims", block_size=block_size)
     _check_relevance(sims, relevance)

@@ -1,0 +1,1 @@
+"""The regression gate: kernel goldens, learning checks, bit-exact replay."""

@@ -16,6 +16,7 @@ from xmrbench.core.models.cca import CCA, solve_cca
 from xmrbench.errors import ConfigError, TrainingError
 from xmrbench.recipe.config import validate_cell_config
 
+from support import assert_learns
 from toy import toy_data
 
 
@@ -186,8 +187,7 @@ def test_engine_fits_cca_in_closed_form_on_tfidf():
     again = train_and_evaluate(cfg, 1, prepared, device=torch.device("cpu"))
     assert out.metrics == again.metrics  # closed form: no seed dependence
     assert out.best_epoch == 0 and out.curves["fit_s"][0] >= 0
-    chance = 100 * (1 + 5 + 10) / 20 * 3  # i2t recalls with 5 of 100 captions correct, roughly
-    assert out.metrics["test"]["rsum"] > chance
+    assert_learns(out.metrics["test"], 20, factor=3)  # chance on 20 images is 149.7; measured 555
     assert set(out.state_dict) >= {"proj_img", "proj_txt", "correlations", "mean_img", "mean_txt"}
 
 

@@ -87,13 +87,13 @@ def train_and_check_reload(cfg, prepared, tmp_path: Path, *, min_ratio: float = 
     """Train ``cfg`` on ``prepared``, check it beats a random ranking by ``min_ratio`` x,
     and that the returned and the checkpointed weights give identical similarity matrices
     (and the stored metrics), whatever the evaluation block size. Returns the outputs."""
-    from xmrbench.core.engine.evaluate import (
+    from xmrbench.core.models.registry import MODELS
+    from xmrbench.engine.evaluate import (
         encode,
         metrics_from_similarities,
         similarity_matrix,
     )
-    from xmrbench.core.engine.train import train_and_evaluate
-    from xmrbench.core.models.registry import MODELS
+    from xmrbench.engine.train import train_and_evaluate
 
     cpu = torch.device("cpu")
     out = train_and_evaluate(cfg, 0, prepared, device=cpu, work_dir=tmp_path)

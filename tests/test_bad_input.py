@@ -47,7 +47,7 @@ def good(tmp_path_factory):
     torch.set_num_threads(1)
     try:
         from xmrbench.recipe.resolve import resolve
-        from xmrbench.runner.execute import reproduce
+        from xmrbench.runner.driver import reproduce
         from xmrbench.store.store import ResultStore
 
         summary = reproduce(resolve(recipe, profile="smoke"), ResultStore(store), device="cpu")
@@ -359,7 +359,7 @@ def test_a_full_disk_while_storing_a_result_loses_nothing(good, tmp_path, capsys
 
 
 def test_a_full_disk_while_checkpointing_loses_nothing(good, tmp_path, capsys, monkeypatch):
-    import xmrbench.core.engine.train as train_module
+    import xmrbench.engine.train as train_module
 
     recipe, good_store = good
     store = tmp_path / "store"

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from xmrbench.core.engine.inputs import PreparedData
 from xmrbench.core.models.base import InputDims, concat
 from xmrbench.core.models.bfan import BFAN
 from xmrbench.core.sim.focal_attention import bfan_sims_reference
 from xmrbench.data.synthetic.load import load_synthetic
+from xmrbench.engine.inputs import PreparedData
 from xmrbench.errors import ConfigError
 from xmrbench.recipe.config import validate_cell_config
 from xmrbench.recipe.resolve import resolve

@@ -9,10 +9,10 @@ import pytest
 import scipy.linalg
 import torch
 
-from xmrbench.core.engine.inputs import PreparedData
-from xmrbench.core.engine.train import train_and_evaluate
 from xmrbench.core.models.base import InputDims, TextBatch
 from xmrbench.core.models.cca import CCA, solve_cca
+from xmrbench.engine.inputs import PreparedData
+from xmrbench.engine.train import train_and_evaluate
 from xmrbench.errors import ConfigError, TrainingError
 from xmrbench.recipe.config import validate_cell_config
 

@@ -63,7 +63,7 @@ def test_chance_rsum_equals_an_exhaustive_count(n_images, cpi):
 
 
 def test_chance_rsum_is_what_random_similarities_score():
-    from xmrbench.core.engine.evaluate import metrics_from_similarities
+    from xmrbench.engine.evaluate import metrics_from_similarities
 
     gen = torch.Generator().manual_seed(0)
     n, draws = 20, 400
@@ -117,7 +117,7 @@ def test_band_rules():
 
 
 def test_a_model_at_chance_passes_the_near_chance_rule_and_fails_the_learning_rule():
-    from xmrbench.core.engine.evaluate import metrics_from_similarities
+    from xmrbench.engine.evaluate import metrics_from_similarities
 
     gen = torch.Generator().manual_seed(1)
     draws = [metrics_from_similarities([torch.rand(100, 500, generator=gen)], captions_per_image=5)[0]["rsum"]

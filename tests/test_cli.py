@@ -337,10 +337,11 @@ ENSEMBLE_RECIPE = tiny_recipe(
 def test_ensemble_averages_member_similarities(tmp_path, capsys):
     import torch
 
-    from xmrbench.core.engine.evaluate import encode, similarity_matrix
     from xmrbench.core.metrics.retrieval import retrieval_metrics
+    from xmrbench.engine.evaluate import encode, similarity_matrix
     from xmrbench.recipe.resolve import resolve
-    from xmrbench.runner.execute import DataCache, load_member
+    from xmrbench.runner.run import DataCache
+    from xmrbench.runner.stored import load_member
     from xmrbench.store.store import ResultStore
 
     path = tmp_path / "ens.yaml"

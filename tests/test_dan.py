@@ -9,12 +9,12 @@ import math
 import pytest
 import torch
 
-from xmrbench.core.engine.inputs import PreparedData
 from xmrbench.core.losses.triplet_sum import TripletSumLoss
 from xmrbench.core.models.base import InputDims, TextBatch
 from xmrbench.core.models.dan import DAN
 from xmrbench.core.models.registry import MODELS
 from xmrbench.data.registry import DATASETS
+from xmrbench.engine.inputs import PreparedData
 from xmrbench.recipe.resolve import resolve
 
 from support import base_recipe, train_and_check_reload

@@ -66,10 +66,10 @@ def test_full_profile_reproduces_vsepp_on_a_precomp_directory(tmp_path, capsys, 
 
 
 def test_the_full_profile_data_config_reads_hdf5_features(tmp_path, world):
-    from xmrbench.core.engine.inputs import PreparedData
+    from xmrbench.config import DataConfig
     from xmrbench.data.hdf5 import H5Array
     from xmrbench.data.registry import DATASETS
-    from xmrbench.recipe.config import DataConfig
+    from xmrbench.engine.inputs import PreparedData
 
     data_root = _write_precomp_dir(tmp_path / "h5_precomp", world, "h5")
     cfg = DataConfig(name="precomp", root=str(data_root), dataset="flickr30k", vocab_min_count=4)

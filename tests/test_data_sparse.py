@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xmrbench.core.engine.inputs import PreparedData
+from xmrbench.config import DataConfig
 from xmrbench.data.dataset import Split
 from xmrbench.data.hdf5 import H5Array, write_h5_features
 from xmrbench.data.registry import DATASETS, apply_sparse
@@ -17,8 +17,8 @@ from xmrbench.data.sparse import (
     sparse_selection,
     sparse_splits,
 )
+from xmrbench.engine.inputs import PreparedData
 from xmrbench.errors import ConfigError
-from xmrbench.recipe.config import DataConfig
 
 FLICKR30K_TRAIN = 29_000
 COCO_TRAIN = 113_287

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from xmrbench.core.engine.inputs import PreparedData
+from xmrbench.config import DataConfig
 from xmrbench.core.text.vocab import SPECIALS, Vocabulary
 from xmrbench.data.registry import DATASETS
 from xmrbench.data.vocab_file import (
@@ -18,8 +18,8 @@ from xmrbench.data.vocab_file import (
     vocab_from_words,
     write_vocab_file,
 )
+from xmrbench.engine.inputs import PreparedData
 from xmrbench.errors import DataError
-from xmrbench.recipe.config import DataConfig
 
 WORDS = ["a", "dog", "runs", "on", "the", "beach"]
 

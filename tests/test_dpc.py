@@ -11,18 +11,27 @@ import pytest
 import torch
 
 from xmrbench.core.encoders.text_cnn import PairConv, ResidualTextCNN, masked_batch_norm
-from xmrbench.core.engine.inputs import PreparedData
-from xmrbench.core.engine.train import train_and_evaluate
 from xmrbench.core.losses.hardest_negative import HardestNegativeLoss
 from xmrbench.core.models.base import InputDims, TextBatch
 from xmrbench.core.models.dpc import DPC
 from xmrbench.core.models.registry import MODELS
 from xmrbench.data.registry import DATASETS
+from xmrbench.engine.inputs import PreparedData
+from xmrbench.engine.train import train_and_evaluate
 from xmrbench.recipe.resolve import resolve
 
 from support import base_recipe, train_and_check_reload
 
 DIMS = InputDims(image_dim=9, vocab_size=25)
+
+
+def aux_loss(model, *, images, text, img_emb, txt_emb, labels, image_ids=None):
+    """``model.auxiliary_loss`` of a batch given by its parts."""
+    from xmrbench.core.models.base import TrainBatch
+
+    ids = image_ids if image_ids is not None else torch.arange(len(images))
+    return model.auxiliary_loss(TrainBatch(images=images, text=text, labels=labels, image_ids=ids, caption_ids=None),
+                                img_emb, txt_emb)
 
 
 def small_dpc(**kw) -> DPC:
@@ -134,7 +143,7 @@ def test_instance_term_by_hand():
     assert model.instance.n_classes == 12
     images, text, labels, image_ids = batch(gen)
     img_emb, txt_emb = model.encode_images(images), model.encode_texts(text)
-    aux = model.auxiliary_loss(images=images, text=text, img_emb=img_emb, txt_emb=txt_emb, labels=labels, image_ids=image_ids)
+    aux = aux_loss(model, images=images, text=text, img_emb=img_emb, txt_emb=txt_emb, labels=labels, image_ids=image_ids)
     weight = model.instance.fc.weight.detach().double()
 
     def nll(emb, cls):
@@ -156,9 +165,9 @@ def test_instance_weight_zero_and_missing_preparation():
     assert off.instance is None
     img_emb, txt_emb = off.encode_images(images), off.encode_texts(text)
     kw = dict(images=images, text=text, img_emb=img_emb, txt_emb=txt_emb, labels=labels, image_ids=image_ids)
-    assert off.auxiliary_loss(**kw).item() == 0.0
+    assert aux_loss(off, **kw).item() == 0.0
     with pytest.raises(RuntimeError, match="prepare_training"):
-        small_dpc().auxiliary_loss(**kw)
+        aux_loss(small_dpc(), **kw)
 
 
 def test_loading_a_trained_state_builds_w_share():
@@ -181,7 +190,7 @@ def test_gradients_are_finite_and_w_share_couples_the_paths():
     images, text, labels, image_ids = batch(gen)
     img_emb, txt_emb = model.encode_images(images), model.encode_texts(text)
     rank = HardestNegativeLoss(HardestNegativeLoss.Params(margin=1.0))(img_emb, txt_emb, sims=model.similarity(img_emb, txt_emb), labels=labels)
-    inst = model.auxiliary_loss(images=images, text=text, img_emb=img_emb, txt_emb=txt_emb, labels=labels, image_ids=image_ids)
+    inst = aux_loss(model, images=images, text=text, img_emb=img_emb, txt_emb=txt_emb, labels=labels, image_ids=image_ids)
     (rank + inst).backward()
     for name, param in model.named_parameters():
         assert param.grad is not None and torch.isfinite(param.grad).all(), name
@@ -207,9 +216,9 @@ def test_engine_passes_each_batch_images_training_index(monkeypatch, one_thread)
     seen = []
     original = DPC.auxiliary_loss
 
-    def spy(self, **kw):
-        seen.append((kw["images"], kw["image_ids"].cpu().numpy(), kw["labels"]))
-        return original(self, **kw)
+    def spy(self, batch, img_emb, txt_emb):
+        seen.append((batch.images, batch.image_ids.cpu().numpy(), batch.labels))
+        return original(self, batch, img_emb, txt_emb)
 
     monkeypatch.setattr(DPC, "auxiliary_loss", spy)
     train_and_evaluate(cfg, 0, prepared, device=torch.device("cpu"))

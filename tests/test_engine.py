@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from xmrbench.core.engine.inputs import PreparedData
-from xmrbench.core.engine.train import train_and_evaluate
 from xmrbench.core.losses.registry import LOSSES
+from xmrbench.engine.inputs import PreparedData
+from xmrbench.engine.train import train_and_evaluate
 from xmrbench.errors import DataError, TrainingError
 from xmrbench.recipe.config import validate_cell_config
 

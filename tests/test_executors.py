@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from xmrbench.core.engine.train import NullEvents
+from xmrbench.engine.train import NullEvents
 from xmrbench.errors import UsageError
 from xmrbench.recipe.resolve import resolve
-from xmrbench.runner.execute import reproduce
+from xmrbench.runner.driver import reproduce
 from xmrbench.runner.executors import (
     EXECUTORS,
     LocalExecutor,

@@ -18,8 +18,9 @@ import pytest
 import torch
 
 from xmrbench.recipe.resolve import resolve
-from xmrbench.runner.execute import DataCache, reproduce
+from xmrbench.runner.driver import reproduce
 from xmrbench.runner.locks import RunLock
+from xmrbench.runner.run import DataCache
 from xmrbench.runner.worker import RunTask, attempt_run
 from xmrbench.store.store import ResultStore
 
@@ -277,7 +278,7 @@ class Warnings:
         self.lines = []
 
     def run_start(self, cell, seed, index, total):
-        from xmrbench.core.engine.train import NullEvents
+        from xmrbench.engine.train import NullEvents
 
         return NullEvents()
 

@@ -196,7 +196,7 @@ def test_runnable_baselines_resolve_in_every_profile(profile):
 @pytest.mark.slow
 @pytest.mark.parametrize("rid,cell_id", [("two-branch-table2", "cca-fv-hglmm-12"), ("a3vse-table2", "sg-baseline")])
 def test_closed_form_baselines_run_on_the_tiny_world(rid, cell_id):
-    from xmrbench.runner.execute import DataCache, run_one
+    from xmrbench.runner.run import DataCache, run_one
     from xmrbench.store.store import ResultStore
 
     resolved = _resolve(rid, "smoke")

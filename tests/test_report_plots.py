@@ -7,7 +7,7 @@ import torch
 from xmrbench.recipe.resolve import resolve, with_axes
 from xmrbench.report.collect import collect
 from xmrbench.report.plots import all_figures
-from xmrbench.runner.execute import reproduce
+from xmrbench.runner.driver import reproduce
 from xmrbench.store.store import ResultStore
 
 RECIPE = """

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from xmrbench.core.engine.train import NullEvents
+from xmrbench.engine.train import NullEvents
+from xmrbench.provenance.env import environment
 from xmrbench.recipe.resolve import resolve
-from xmrbench.runner.env import environment
-from xmrbench.runner.execute import DataCache, run_one
+from xmrbench.runner.run import DataCache, run_one
 from xmrbench.store.store import ResultStore
 
 from support import tiny_recipe
@@ -134,9 +134,9 @@ def test_two_threads_give_identical_numbers_with_repeated_index_gathers(tmp_path
     """VSRN's caption loss gathers each image's regions once per caption (repeated
     indices): with two threads the backward of that gather must still add in a fixed
     order. Two trainings in one process (other allocations, other thread timing) agree."""
-    from xmrbench.core.engine.inputs import PreparedData
-    from xmrbench.core.engine.train import seed_everything, train_and_evaluate
     from xmrbench.data.registry import DATASETS
+    from xmrbench.engine.inputs import PreparedData
+    from xmrbench.engine.train import seed_everything, train_and_evaluate
 
     from support import base_recipe
 

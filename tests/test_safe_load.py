@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from xmrbench.core.engine.train import CHECKPOINT_VERSION, check_plain, load_plain
+from xmrbench.engine.train import CHECKPOINT_VERSION, check_plain, load_plain
 from xmrbench.errors import StoreError
 from xmrbench.recipe.resolve import resolve
 from xmrbench.store.store import ResultStore

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from xmrbench.core.engine.samplers import (
+from xmrbench.engine.samplers import (
     SAMPLERS,
     neighbourhood_batches,
     random_batches,

@@ -7,16 +7,17 @@ import numpy as np
 import pytest
 import torch
 
-from xmrbench.core.engine.evaluate import encode, similarity_matrix
-from xmrbench.core.engine.inputs import PreparedData
-from xmrbench.core.engine.train import train_and_evaluate
+from xmrbench.config import DataConfig
 from xmrbench.core.metrics.retrieval import retrieval_metrics
 from xmrbench.core.models.base import InputDims
 from xmrbench.core.models.sg_baseline import SGBaseline
 from xmrbench.core.text.vocab import tokenize
 from xmrbench.data.dataset import RetrievalData, Split
+from xmrbench.engine.evaluate import encode, similarity_matrix
+from xmrbench.engine.inputs import PreparedData
+from xmrbench.engine.train import train_and_evaluate
 from xmrbench.errors import ConfigError, DataError
-from xmrbench.recipe.config import DataConfig, validate_cell_config
+from xmrbench.recipe.config import validate_cell_config
 
 from toy import toy_split
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from xmrbench.core.engine.inputs import PreparedData
-from xmrbench.core.engine.train import RunOutput, train_and_evaluate
 from xmrbench.core.losses.registry import LOSSES
 from xmrbench.data.synthetic.load import load_synthetic
+from xmrbench.engine.inputs import PreparedData
+from xmrbench.engine.train import RunOutput, train_and_evaluate
 from xmrbench.recipe.config import validate_cell_config
 
 from support import assert_learns

@@ -11,17 +11,26 @@ import torch
 
 from xmrbench.core.encoders.caption_decoder import AttentionCaptionDecoder
 from xmrbench.core.encoders.gcn import RegionGCN, RegionReasoning
-from xmrbench.core.engine.inputs import PreparedData
 from xmrbench.core.losses.hardest_negative import HardestNegativeLoss
 from xmrbench.core.models.base import InputDims, TextBatch
 from xmrbench.core.models.registry import MODELS
 from xmrbench.core.models.vsrn import VSRN, caption_image_index
 from xmrbench.data.registry import DATASETS
+from xmrbench.engine.inputs import PreparedData
 from xmrbench.recipe.resolve import resolve
 
 from support import base_recipe, train_and_check_reload
 
 DIMS = InputDims(image_dim=10, vocab_size=20, n_regions=5)
+
+
+def aux_loss(model, *, images, text, img_emb, txt_emb, labels, image_ids=None):
+    """``model.auxiliary_loss`` of a batch given by its parts."""
+    from xmrbench.core.models.base import TrainBatch
+
+    ids = image_ids if image_ids is not None else torch.arange(len(images))
+    return model.auxiliary_loss(TrainBatch(images=images, text=text, labels=labels, image_ids=ids, caption_ids=None),
+                                img_emb, txt_emb)
 
 
 def small_vsrn(**kw) -> VSRN:
@@ -229,7 +238,7 @@ def test_auxiliary_loss_generates_each_caption_from_its_image():
     model.train()
     img_emb = model.encode_images(images)
     txt_emb = model.encode_texts(text)
-    aux = model.auxiliary_loss(images=images, text=text, img_emb=img_emb, txt_emb=txt_emb, labels=labels)
+    aux = aux_loss(model, images=images, text=text, img_emb=img_emb, txt_emb=txt_emb, labels=labels)
     # one forward pass serves both losses: the batch-norm statistics moved once per layer
     assert all(int(layer.bn.num_batches_tracked) == 1 for layer in model.reasoning.layers)
     assert model._pending is None
@@ -239,13 +248,13 @@ def test_auxiliary_loss_generates_each_caption_from_its_image():
     assert torch.allclose(aux, manual_train, atol=1e-6)
     model.eval()
     img_emb = model.encode_images(images)
-    aux_eval = model.auxiliary_loss(images=images, text=text, img_emb=img_emb, txt_emb=txt_emb, labels=labels)
+    aux_eval = aux_loss(model, images=images, text=text, img_emb=img_emb, txt_emb=txt_emb, labels=labels)
     manual = 0.7 * model.decoder.loss(model.reason(images)[rows], text.tokens, text.lengths)
     assert torch.allclose(aux_eval, manual)
     # a permuted batch (images listed in another order) gives the same loss
     perm = torch.tensor([2, 0, 1])
     relabelled = (labels[0][perm], labels[1])
-    aux_perm = model.auxiliary_loss(images=images[perm], text=text, img_emb=img_emb, txt_emb=txt_emb, labels=relabelled)
+    aux_perm = aux_loss(model, images=images[perm], text=text, img_emb=img_emb, txt_emb=txt_emb, labels=relabelled)
     assert torch.allclose(aux_perm, aux_eval, atol=1e-6)
 
 
@@ -259,16 +268,16 @@ def test_cached_regions_equal_recomputed_ones_in_training():
     img_emb = model.encode_images(images)
     cached = model._pending[1]
     torch.manual_seed(0)
-    with_cache = model.auxiliary_loss(images=images, text=text, img_emb=img_emb, txt_emb=None, labels=labels)
+    with_cache = aux_loss(model, images=images, text=text, img_emb=img_emb, txt_emb=None, labels=labels)
     # without the cache the regions are recomputed (same batch statistics in train mode)
     torch.manual_seed(0)
-    recomputed = model.auxiliary_loss(images=images, text=text, img_emb=img_emb, txt_emb=None, labels=labels)
+    recomputed = aux_loss(model, images=images, text=text, img_emb=img_emb, txt_emb=None, labels=labels)
     assert torch.allclose(with_cache, recomputed, atol=1e-6)
     assert torch.allclose(model.reason(images), cached, atol=1e-6)
     # another batch's features are never taken from the cache
     model.encode_images(images)
     other = images + 1.0
-    fresh = model.auxiliary_loss(images=other, text=text, img_emb=img_emb, txt_emb=None, labels=labels)
+    fresh = aux_loss(model, images=other, text=text, img_emb=img_emb, txt_emb=None, labels=labels)
     model.eval()
     assert not torch.allclose(fresh, with_cache)
 
@@ -279,7 +288,7 @@ def test_caption_weight_zero_drops_the_decoder():
     gen = torch.Generator().manual_seed(7)
     images, text, labels = batch(gen)
     img_emb = model.encode_images(images)
-    aux = model.auxiliary_loss(images=images, text=text, img_emb=img_emb, txt_emb=None, labels=labels)
+    aux = aux_loss(model, images=images, text=text, img_emb=img_emb, txt_emb=None, labels=labels)
     assert aux.item() == 0.0 and model._pending is None
     assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in small_vsrn().parameters())
 
@@ -292,7 +301,7 @@ def test_gradients_are_finite_and_reach_every_part():
     model.train()
     img_emb, txt_emb = model.encode_images(images), model.encode_texts(text)
     matching = HardestNegativeLoss(HardestNegativeLoss.Params())(img_emb, txt_emb, sims=model.similarity(img_emb, txt_emb), labels=labels)
-    caption = model.auxiliary_loss(images=images, text=text, img_emb=img_emb, txt_emb=txt_emb, labels=labels)
+    caption = aux_loss(model, images=images, text=text, img_emb=img_emb, txt_emb=txt_emb, labels=labels)
     (matching + caption).backward()
     for name, param in model.named_parameters():
         assert param.grad is not None and torch.isfinite(param.grad).all(), name
@@ -300,7 +309,7 @@ def test_gradients_are_finite_and_reach_every_part():
     # first parameter of each layer with a gradient) and the decoder
     model.zero_grad()
     img_emb = model.encode_images(images)
-    model.auxiliary_loss(images=images, text=text, img_emb=img_emb, txt_emb=None, labels=labels).backward()
+    aux_loss(model, images=images, text=text, img_emb=img_emb, txt_emb=None, labels=labels).backward()
     assert model.reasoning.layers[0].bn.weight.grad.abs().sum() > 0
     assert model.decoder.out.weight.grad.abs().sum() > 0
     assert model.txt_enc.embed.weight.grad is None or model.txt_enc.embed.weight.grad.abs().sum() == 0

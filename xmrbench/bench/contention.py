@@ -45,9 +45,9 @@ def workload(epochs: int, repeats: int) -> float:
 
     import torch
 
-    from xmrbench.core.engine.inputs import PreparedData
-    from xmrbench.core.engine.train import train_and_evaluate
     from xmrbench.data.registry import DATASETS
+    from xmrbench.engine.inputs import PreparedData
+    from xmrbench.engine.train import train_and_evaluate
     from xmrbench.recipe.config import validate_cell_config
 
     raw = {

@@ -98,7 +98,7 @@ def list_cmd(results: ResultsOpt = Path("results"), profile: ProfileOpt = "quick
     """Recipes with paper, table, number of cells, and how many runs are done."""
     from xmrbench.recipe.load import recipe_index
     from xmrbench.recipe.resolve import resolve
-    from xmrbench.runner.execute import plan_runs
+    from xmrbench.runner.driver import plan_runs
     from xmrbench.store.store import ResultStore
 
     store = ResultStore(results)
@@ -168,24 +168,41 @@ def plan(
     results: ResultsOpt = Path("results"),
 ) -> None:
     """What reproduce would run: the runs, which are done, and an estimate of the time left."""
-    from xmrbench.runner.plan import estimate
+    from xmrbench.runner.plan import artifact_plan, estimate
     from xmrbench.store.store import ResultStore
 
     resolved = _resolve(recipe, profile, seeds, sets, data_root, rows)
-    rows, total, basis = estimate(resolved, ResultStore(results))
-    table = Table("cell", "seed", "state", "estimate")
+    store = ResultStore(results)
+    rows, total, basis = estimate(resolved, store)
+    staged = any(resolved.cell(r[0]).stage for r in rows)
+    table = Table("cell", *(["stage"] if staged else []), "seed", "state", "estimate")
+    needs_lines: dict[str, str] = {}
     for cell_id, seed, state, est in rows:
-        table.add_row(cell_id, str(seed), state, "" if state == "done" else (f"{est:.0f}s" if est is not None else "?"))
+        cell = resolved.cell(cell_id)
+        table.add_row(cell_id, *([str(cell.stage)] if staged else []), str(seed), state,
+                      "" if state == "done" else (f"{est:.0f}s" if est is not None else "?"))
+        needs = [f"init {cell.needs.init.id}"] if cell.needs is not None and cell.needs.init is not None else []
+        needs += [f"{a.name} ({a.miner} of {a.source.id})" for a in (cell.needs.artifacts if cell.needs else ())]
+        if needs:
+            needs_lines[cell_id] = f"{cell_id} needs: {'; '.join(needs)}"
     console.print(table)
+    for line in needs_lines.values():
+        console.print(line, highlight=False, soft_wrap=True)
+    artifacts = artifact_plan(resolved, store)
+    for item in artifacts:
+        console.print(f"artifact {item.key} ({item.miner} of {item.source}, seed {item.seed}): {item.state}; "
+                      f"used by {', '.join(item.used_by)}", highlight=False, soft_wrap=True)
     todo = sum(1 for r in rows if r[2] != "done")
     eta = "unknown (no timings stored yet)" if total is None else f"~{total / 60:.1f} min"
-    console.print(f"{todo} of {len(rows)} runs to do; estimated time left: {eta} ({basis})")
+    missing = sum(1 for a in artifacts if a.state != "done")
+    also = f" and {missing} artifact(s) to compute" if missing else ""
+    console.print(f"{todo} of {len(rows)} runs to do{also}; estimated time left: {eta} ({basis})")
 
 
 def _executor(name: str, jobs: int | None, retries: int | None, address: str | None, device: str,
               threads: int | None = None):
     """The executor and the device name its runs use (Ray resolves ``auto`` on the nodes)."""
-    from xmrbench.core.engine.train import resolve_device
+    from xmrbench.engine.train import resolve_device
     from xmrbench.runner.executors import make_executor
 
     executor = make_executor(name, jobs=jobs, retries=retries, address=address, threads=threads)
@@ -199,7 +216,7 @@ def _executor(name: str, jobs: int | None, retries: int | None, address: str | N
 def _execute(resolved, store, *, executor, device: str, force: bool, keep_going: bool, quiet: bool, total: int):
     """Run a resolved recipe with progress; end the command (exit 130, 2 or 1) if it did not finish."""
     from xmrbench.cli.progress import RichReporter
-    from xmrbench.runner.execute import reproduce as run_recipe
+    from xmrbench.runner.driver import reproduce as run_recipe
 
     with RichReporter(console, total, quiet=quiet) as reporter:
         summary = run_recipe(resolved, store, device=device, force=force, reporter=reporter, executor=executor,
@@ -246,7 +263,7 @@ def reproduce(
     keep_going: KeepGoingOpt = False,
 ) -> None:
     """Train and evaluate every cell of a recipe (skipping finished runs), then report."""
-    from xmrbench.runner.execute import plan_runs
+    from xmrbench.runner.driver import plan_runs
     from xmrbench.store.store import ResultStore
 
     resolved = _resolve(recipe, profile, seeds, sets, data_root, rows)
@@ -287,7 +304,7 @@ def sweep(
     keep_going: KeepGoingOpt = False,
 ) -> None:
     """A grid over any config parameter: xmrbench sweep two_branch --margin 0.05,0.1,0.2"""
-    from xmrbench.runner.execute import plan_runs
+    from xmrbench.runner.driver import plan_runs
     from xmrbench.runner.sweep import build_sweep
     from xmrbench.store.store import ResultStore
 
@@ -408,8 +425,8 @@ def bench(
 ) -> None:
     """Time the similarity and ranking kernels against references and this machine's limits."""
     from xmrbench.bench.registry import run_benchmarks
-    from xmrbench.core.engine.train import resolve_device
-    from xmrbench.runner.env import environment
+    from xmrbench.engine.train import resolve_device
+    from xmrbench.provenance.env import environment
 
     dev = resolve_device(device)
     results = run_benchmarks(names, dev, quick=quick)
@@ -451,7 +468,7 @@ def check(
 
     from xmrbench.errors import CheckFailed
     from xmrbench.gate.check import ReferenceRefused, run_check
-    from xmrbench.runner.execute import plan_runs
+    from xmrbench.runner.driver import plan_runs
     from xmrbench.store.store import ResultStore
 
     if reference.exists() and not reference.is_dir():
@@ -465,7 +482,7 @@ def check(
         todo = sum(1 for *_, s in plan_runs(resolved, store) if s != "done")
         console.print(f"[bold]{resolved.id}[/]: {todo} smoke run(s) to do", highlight=False)
         from xmrbench.cli.progress import RichReporter
-        from xmrbench.runner.execute import reproduce as run_recipe
+        from xmrbench.runner.driver import reproduce as run_recipe
 
         with RichReporter(console, todo, quiet=quiet) as reporter:
             summary = run_recipe(resolved, store, device=dev, reporter=reporter, executor=runner, keep_going=True)
@@ -545,8 +562,8 @@ def _print_gate(gate) -> None:
 @app.command()
 def env(device: DeviceOpt = "auto") -> None:
     """Versions and hardware (also recorded in every result)."""
-    from xmrbench.core.engine.train import resolve_device
-    from xmrbench.runner.env import environment
+    from xmrbench.engine.train import resolve_device
+    from xmrbench.provenance.env import environment
 
     print(json.dumps(environment(resolve_device(device)), indent=1))
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from xmrbench.core.engine.train import Events
+from xmrbench.engine.train import Events
 from xmrbench.recipe.resolve import Cell
 from xmrbench.store.schema import ResultDoc
 

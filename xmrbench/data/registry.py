@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import partial
 
+from xmrbench.config import DataConfig
 from xmrbench.data.dataset import RetrievalData, Split
 from xmrbench.errors import DataError
-from xmrbench.recipe.config import DataConfig
 from xmrbench.registry import Registry
 
 

@@ -364,7 +364,7 @@ def run_check(
     """Run the gate's layers on the target recipes (see the module docstring).
 
     ``execute(resolved)`` computes the missing runs of ``resolved`` into ``store`` and
-    returns a summary with ``failed`` (:func:`xmrbench.runner.execute.reproduce`).
+    returns a summary with ``failed`` (:func:`xmrbench.runner.driver.reproduce`).
     With ``update``, a recipe with a cell that is not clearly above (or, declared, below)
     chance is not recorded: its lines are in ``GateResult.refused`` (the command line
     exits 2 on them, :class:`ReferenceRefused`); every other recipe is recorded.

@@ -384,17 +384,16 @@ class _ModelCase:
 
 
 def _build(name: str, params: dict[str, Any], dims: Any, draw: _Draw, *, split: Any = None) -> Any:
-    """Model ``name`` in float64 with every parameter from ``draw``, fitted on ``split`` if it
-    has ``fit``, sized by ``split`` if it has ``prepare_training``, in eval mode."""
+    """Model ``name`` in float64 with every parameter from ``draw``, sized by ``split``
+    (``prepare_training``), fitted on it if the model is closed-form, in eval mode."""
     from xmrbench.core.models import registry as model_registry
 
     cls = model_registry.MODELS[name]
     model = cls(cls.Params(**params), dims)
-    if hasattr(model, "prepare_training"):
-        model.prepare_training(split)
+    model.prepare_training(split)
     model = model.double()
     _set_parameters(model, draw)
-    if hasattr(model, "fit"):
+    if cls.closed_form:
         model.fit(split)
     return model.eval()
 
@@ -487,20 +486,26 @@ def _model_goldens(out: _Entries, jitter: float) -> None:
             out.add(f"{prefix}/pair_scores", pairs, SMOOTH, f"{what}: scores of 4 aligned pairs")
             if name == "cca":
                 out.add(f"{prefix}/correlations", model.correlations, SMOOTH, f"{what}: canonical correlations")
-            if hasattr(model, "auxiliary_loss") and variant == "":
+            if variant == "":
                 _auxiliary_goldens(out, name, model, case, what)
 
 
 def _auxiliary_goldens(out: _Entries, name: str, model: Any, case: _ModelCase, what: str) -> None:
-    """A model's auxiliary training loss in eval mode (no dropout draw, running statistics)."""
+    """A model's auxiliary training loss in eval mode (no dropout draw, running statistics),
+    for the models that have one."""
+    from xmrbench.core.models.base import TrainBatch
+
+    if type(model).closed_form:
+        return
     labels = (torch.arange(N_IMAGES), torch.tensor(_CAPTION_IMAGE))
     images = _leaf(case.images)
     img_emb = model.encode_images(images)
     txt_emb = model.encode_texts(case.text)
-    kw: dict[str, Any] = dict(images=images, text=case.text, img_emb=img_emb, txt_emb=txt_emb, labels=labels)
-    if getattr(model, "auxiliary_uses_image_ids", False):
-        kw["image_ids"] = torch.tensor([0, 3, 1, 4])
-    value = model.auxiliary_loss(**kw)
+    batch = TrainBatch(images=images, text=case.text, labels=labels, image_ids=torch.tensor([0, 3, 1, 4]),
+                       caption_ids=torch.arange(len(_CAPTION_IMAGE)))
+    value = model.auxiliary_loss(batch, img_emb, txt_emb)
+    if value is None:
+        return
     (grad_images,) = _grad_of(value, images)
     out.add(f"model/{name}/auxiliary_loss", value, SMOOTH, f"{what}: auxiliary loss (eval mode)")
     out.add(f"model/{name}/auxiliary_loss/grad_images", grad_images, SMOOTH,

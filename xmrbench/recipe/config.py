@@ -1,192 +1,20 @@
-"""The configuration of one cell: everything needed to build, train and evaluate a run.
+"""Validation of a raw cell config against the registries.
 
-A cell config is pure data. Defaults live here and nowhere else. Model, loss and
-sampler parameters are validated by the ``Params`` class of the registered
-component they name (``model.name``, ``loss.name``), so a new model brings its own
-parameter schema without an edit to this file.
-
-Dotted keys (``train.lr``, ``model.hidden``) address values everywhere: in recipe
-``set:`` blocks, ``--set key=value`` overrides and sweeps.
+The types live in ``xmrbench/config.py``; this module checks a merged mapping
+(recipe ``config`` <- profile <- row <- grid point) against them and against the
+registries of models, losses, samplers, datasets and protocols, and turns pydantic
+errors into one-line ``ConfigError`` messages naming the dotted key.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import ValidationError
 
+from xmrbench.config import CellConfig, ComponentConfig
 from xmrbench.errors import ConfigError, RegistryError
-from xmrbench.params import StrictModel
-
-#: Bump when the meaning of a config key changes; it is part of every cell hash.
-CONFIG_VERSION = 1
-
-
-Strict = StrictModel
-
-
-class DataConfig(Strict):
-    """Which dataset a cell trains and evaluates on."""
-
-    name: str = "synthetic"  # dataset registry name: synthetic | precomp
-    # synthetic world
-    size: Literal["tiny", "small", "medium"] = "small"
-    world_seed: int = Field(0, ge=0)
-    region_dim: int = Field(128, ge=1)
-    global_dim: int = Field(256, ge=1)
-    # precomputed features on disk
-    root: str | None = None
-    dataset: str | None = None  # what the directory holds (flickr30k, mscoco, ...), for the fingerprint
-    captions_per_image: int = Field(5, ge=1)
-    # text processing (vocabulary built from the training captions only)
-    vocab_min_count: int = Field(1, ge=1)
-    max_caption_len: int = Field(50, ge=1)
-    # use only the first n training images (fast profiles); None = all
-    train_images: int | None = Field(None, ge=1)
-    # a vocabulary json (SCAN or ADAPT order) instead of one built from the training
-    # captions; a relative path is looked up under data.root first, then the working directory
-    vocab_file: str | None = None
-    # sparse corpora (A3VSE Sec. 4.1): keep a fraction of the training images with
-    # sparse_sentences captions each; the other training images form the "unannotated" split
-    sparse_images: float | None = Field(None, gt=0, le=1)
-    sparse_sentences: int | None = Field(None, ge=1)
-    sparse_seed: int = Field(0, ge=0)
-
-    @model_validator(mode="after")
-    def _sparse_sentences_fit(self) -> DataConfig:
-        if self.sparse_sentences is not None and self.sparse_sentences > self.captions_per_image:
-            raise ValueError(
-                f"data.sparse_sentences={self.sparse_sentences} exceeds "
-                f"data.captions_per_image={self.captions_per_image}"
-            )
-        return self
-
-
-class TrainConfig(Strict):
-    """Optimisation and model selection."""
-
-    epochs: int = Field(10, ge=0)
-    batch_size: int = Field(128, ge=2)
-    sampler: str = "random"  # sampler registry name: random | neighbourhood
-    optimizer: Literal["adam", "adamax", "sgd"] = "adam"
-    lr: float = Field(2e-4, gt=0)
-    momentum: float = Field(0.9, ge=0)
-    weight_decay: float = Field(0.0, ge=0)
-    lr_decay: float = Field(0.1, gt=0, le=1)
-    lr_decay_every: int | None = Field(None, ge=1)  # epochs; None = constant learning rate
-    grad_clip: float | None = Field(2.0, gt=0)  # max gradient norm; None = no clipping
-    select_by: Literal["rsum", "r1_r5"] = "rsum"  # dev metric for model selection
-
-
-class EvalConfig(Strict):
-    """Which evaluation protocols a cell reports and how they are computed."""
-
-    protocols: tuple[str, ...] = ("test",)  # protocol registry names
-    dev_images: int | None = Field(None, ge=1)  # evaluate dev on the first n images; None = all
-    batch_size: int = Field(256, ge=1)  # encoding batch size
-    block_images: int = Field(1000, ge=1)  # similarity computed in blocks of this many images
-    sentence_retrieval: bool = False  # also report s2s_r1/5/10 (two-branch Table 4)
-    store_ranks: bool = True  # keep per-query ranks in the result, for paired tests over queries
-
-
-class ComponentConfig(Strict):
-    """A registered component and its validated parameters."""
-
-    name: str
-    params: Any  # the component's own Params instance
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, **self.params.model_dump(mode="json")}
-
-
-class CellConfig(Strict):
-    """Everything one run needs except the seed."""
-
-    data: DataConfig = DataConfig()
-    model: ComponentConfig
-    loss: ComponentConfig | None  # None: a closed-form model fitted without a loss (CCA)
-    train: TrainConfig = TrainConfig()
-    eval: EvalConfig = EvalConfig()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "data": self.data.model_dump(mode="json"),
-            "model": self.model.to_dict(),
-            "loss": self.loss.to_dict() if self.loss is not None else None,
-            "train": self.train.model_dump(mode="json"),
-            "eval": self.eval.model_dump(mode="json"),
-        }
-
-    def hash(self) -> str:
-        """Content hash of the resolved config (defaults included)."""
-        return content_hash({"config_version": CONFIG_VERSION, **self.to_dict()})
-
-    def get(self, dotted: str) -> Any:
-        return get_dotted(self.to_dict(), dotted)
-
-
-def content_hash(obj: Any, length: int = 12) -> str:
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:length]
-
-
-# ---------------------------------------------------------------------------
-# dotted-key helpers
-
-
-def get_dotted(tree: Mapping[str, Any], dotted: str) -> Any:
-    node: Any = tree
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            raise KeyError(dotted)
-        node = node[part]
-    return node
-
-
-def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    node = tree
-    for part in parts[:-1]:
-        child = node.get(part)
-        if not isinstance(child, dict):
-            child = {}
-            node[part] = child
-        node = child
-    node[parts[-1]] = value
-
-
-def expand_dotted(flat: Mapping[str, Any]) -> dict[str, Any]:
-    """``{"a.b": 1}`` -> ``{"a": {"b": 1}}``."""
-    out: dict[str, Any] = {}
-    for key, value in flat.items():
-        set_dotted(out, key, value)
-    return out
-
-
-def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    """Recursively merge ``override`` into a copy of ``base``; non-dict values replace."""
-    out = dict(base)
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            out.update(flatten(value, dotted + "."))
-        else:
-            out[dotted] = value
-    return out
-
 
 # ---------------------------------------------------------------------------
 # validation
@@ -235,22 +63,23 @@ def _component(raw: Any, section: str, registry: Mapping[str, Any], where: str) 
 
 def validate_cell_config(raw: Mapping[str, Any], *, where: str) -> CellConfig:
     """Validate a merged raw config dict into a :class:`CellConfig` or raise ConfigError."""
-    from xmrbench.core.engine.samplers import SAMPLERS
     from xmrbench.core.losses.registry import LOSSES
     from xmrbench.core.metrics.protocols import PROTOCOLS
     from xmrbench.core.models.registry import MODELS
     from xmrbench.data.registry import DATASETS
+    from xmrbench.engine.methods import METHODS
+    from xmrbench.engine.samplers import SAMPLERS
 
     if not isinstance(raw, Mapping):
         raise ConfigError("config must be a mapping", where=where)
-    unknown = sorted(set(raw) - {"data", "model", "loss", "train", "eval"})
+    unknown = sorted(set(raw) - {"data", "model", "loss", "train", "eval", "method"})
     if unknown:
         raise ConfigError("unknown key", where=where, key=unknown[0])
     for section in ("model", "loss"):
         if section not in raw:
             raise ConfigError("required key is missing", where=where, key=section)
     model = _component(raw["model"], "model", MODELS, where)
-    closed_form = hasattr(MODELS[model.name], "fit")
+    closed_form = MODELS[model.name].closed_form
     if raw["loss"] is None:
         if not closed_form:
             raise ConfigError(f"model {model.name!r} is trained by gradient descent and needs a loss", where=where, key="loss")
@@ -259,9 +88,14 @@ def validate_cell_config(raw: Mapping[str, Any], *, where: str) -> CellConfig:
         if closed_form:
             raise ConfigError(f"model {model.name!r} is fitted in closed form; set 'loss: null'", where=where, key="loss")
         loss = _component(raw["loss"], "loss", LOSSES, where)
+    method = _component(raw["method"], "method", METHODS, where) if raw.get("method") is not None else None
+    if method is not None and METHODS[method.name].gradient_based == closed_form:
+        how = "fitted in closed form" if closed_form else "trained by gradient descent"
+        raise ConfigError(f"method {method.name!r} does not fit model {model.name!r}, which is {how}", where=where,
+                          key="method.name")
     rest = {k: raw[k] for k in ("data", "train", "eval") if k in raw}
     try:
-        cfg = CellConfig(model=model, loss=loss, **rest)
+        cfg = CellConfig(model=model, loss=loss, method=method, **rest)
     except ValidationError as exc:
         key, msg = format_validation_error(exc)
         raise ConfigError(msg, where=where, key=key) from None

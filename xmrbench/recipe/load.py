@@ -15,8 +15,9 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from xmrbench.config import deep_merge
 from xmrbench.errors import RecipeError
-from xmrbench.recipe.config import deep_merge, format_validation_error
+from xmrbench.recipe.config import format_validation_error
 from xmrbench.recipe.schema import Recipe
 
 

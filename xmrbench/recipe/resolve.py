@@ -23,19 +23,50 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
-from xmrbench.errors import ConfigError, RecipeError, UsageError
-from xmrbench.recipe.config import (
-    CellConfig,
-    content_hash,
-    deep_merge,
-    expand_dotted,
-    flatten,
-    validate_cell_config,
-)
+from xmrbench.config import CellConfig, content_hash, deep_merge, expand_dotted, flatten
+from xmrbench.errors import ConfigError, RecipeError, UsageError, XmrbenchError
+from xmrbench.recipe.config import validate_cell_config
 from xmrbench.recipe.lint import lint_recipe_full, normalized_values
 from xmrbench.recipe.load import _display, load_recipe
 from xmrbench.recipe.schema import PROFILES, Recipe, Row
+
+
+@dataclass(frozen=True)
+class ArtifactRef:
+    """An artifact a cell's training reads: ``miner`` (with ``params``) over ``source``'s model."""
+
+    name: str
+    source: Cell
+    miner: str
+    params: Any  # the miner's validated Params
+
+    def identity(self) -> dict[str, Any]:
+        from xmrbench.engine.miners import MINERS
+
+        return {"source": self.source.hash, "miner": self.miner, "version": MINERS[self.miner].version,
+                "params": self.params.model_dump(mode="json")}
+
+    def key(self, seed: int) -> str:
+        """Content address of the artifact of ``seed``: source run, miner, version and parameters."""
+        return content_hash({**self.identity(), "seed": seed}, length=16)
+
+
+@dataclass(frozen=True)
+class CellNeeds:
+    """A later stage's inputs: the cell whose weights it starts from, and its artifacts."""
+
+    init: Cell | None
+    artifacts: tuple[ArtifactRef, ...]
+
+    def identity(self) -> dict[str, Any]:
+        return {"init": self.init.hash if self.init is not None else None,
+                "artifacts": {a.name: a.identity() for a in self.artifacts}}
+
+    def sources(self) -> list[Cell]:
+        out = [self.init] if self.init is not None else []
+        return out + [a.source for a in self.artifacts]
 
 
 @dataclass(frozen=True)
@@ -48,6 +79,18 @@ class Cell:
     config: CellConfig | None  # an ensemble carries its first member's (for evaluation settings)
     paper: dict[str, dict[str, float | None]]  # protocol -> metric -> printed value
     members: tuple[Cell, ...] = ()  # an ensemble's member cells
+    needs: CellNeeds | None = None  # a later training stage's inputs from other cells (same seed)
+
+    @property
+    def dependencies(self) -> list[Cell]:
+        """Cells whose runs (same seed) must be stored before this one's can run."""
+        return list(self.members) + (self.needs.sources() if self.needs is not None else [])
+
+    @property
+    def stage(self) -> int:
+        """0 for a cell that needs no other; else one more than its deepest dependency."""
+        deps = self.dependencies
+        return 1 + max(d.stage for d in deps) if deps else 0
 
     @property
     def label(self) -> str:
@@ -59,7 +102,11 @@ class Cell:
     def hash(self) -> str | None:
         if self.members:
             return content_hash({"ensemble": [m.hash for m in self.members]})
-        return None if self.config is None else self.config.hash()
+        if self.config is None:
+            return None
+        if self.needs is not None:  # the same config from other weights or artifacts is another run
+            return content_hash({"config": self.config.hash(), "needs": self.needs.identity()})
+        return self.config.hash()
 
     @property
     def runnable(self) -> bool:
@@ -113,7 +160,13 @@ class ResolvedRecipe:
         not_run = [c.row.id for c in chosen if not c.runnable]
         if not_run:
             raise UsageError(f"{self.id}: row(s) {', '.join(dict.fromkeys(not_run))} are not run by xmrbench (run: false)")
-        only = {c.id for c in chosen} | {m.id for c in chosen for m in c.members}
+        only: set[str] = set()
+        todo = list(chosen)
+        while todo:  # the chosen cells and, transitively, the cells they need
+            cell = todo.pop()
+            if cell.id not in only:
+                only.add(cell.id)
+                todo.extend(cell.dependencies)
         return replace(self, only=frozenset(only))
 
     def near_chance(self, cell: Cell) -> str | None:
@@ -142,6 +195,7 @@ class ResolvedRecipe:
             "recipe": self.recipe.model_dump(mode="json"),
             "cells": [
                 {"id": c.id, "label": c.label, "hash": c.hash, "config": c.config.to_dict() if c.config else None}
+                | ({"needs": c.needs.identity()} if c.needs is not None else {})
                 for c in self.cells
             ],
         }
@@ -291,7 +345,7 @@ def resolve(
                     raw["eval"].setdefault("protocols", list(recipe.protocols))
                 config = validate_cell_config(raw, where=f"{where} (row {row.id!r}, profile {profile!r})")
             cells.append(Cell(id=cell_id, row=row, point=point, config=config, paper=paper))
-    cells = resolved_order(recipe, cells)
+    cells = resolved_order(recipe, _attach_needs(recipe, cells, where))
     known_cells = {c.id for c in cells}
     for section, ids in (("paper_values", recipe.paper_values), ("cell_profiles", recipe.cell_profiles)):
         for cell_id in ids:
@@ -328,6 +382,62 @@ def resolve(
         warnings=warnings,
         acknowledged=acknowledged,
     )
+
+
+def _attach_needs(recipe: Recipe, cells: list[Cell], where: str) -> list[Cell]:
+    """Cells with their ``needs`` resolved to cells, in dependency order (a cycle is an error).
+
+    A need names a row; for a grid row it is the row's cell at the same grid point
+    (or its only cell). Ensembles are rebuilt over the resolved members.
+    """
+    from xmrbench.engine.miners import MINERS
+    from xmrbench.recipe.config import format_validation_error
+
+    by_row: dict[str, list[Cell]] = {}
+    for cell in cells:
+        by_row.setdefault(cell.row.id, []).append(cell)
+    if not any(c.row.needs for c in cells):
+        return cells
+
+    def source_of(cell: Cell, row_id: str) -> Cell:
+        candidates = by_row[row_id]
+        same = [c for c in candidates if c.point == cell.point]
+        return same[0] if same else candidates[0]
+
+    done: dict[str, Cell] = {}
+    visiting: set[str] = set()
+
+    def build(cell: Cell) -> Cell:
+        if cell.id in done:
+            return done[cell.id]
+        if cell.id in visiting:
+            raise RecipeError(f"rows.{cell.row.id}.needs: a cycle of stages through {cell.id!r}", where=where)
+        visiting.add(cell.id)
+        needs = cell.row.needs
+        out = cell
+        if cell.members:
+            out = replace(cell, members=tuple(build(m) for m in cell.members))
+        elif needs is not None and cell.config is not None:
+            init = build(source_of(cell, needs.init)) if needs.init else None
+            artifacts = []
+            for name, need in needs.artifacts.items():
+                key = f"rows.{cell.row.id}.needs.artifacts.{name}"
+                try:
+                    miner = MINERS[need.miner]
+                except XmrbenchError as exc:
+                    raise RecipeError(exc.message, where=where, key=f"{key}.miner") from None
+                try:
+                    params = miner.Params(**need.params)
+                except ValidationError as exc:
+                    sub, msg = format_validation_error(exc, prefix=f"{key}.params.")
+                    raise RecipeError(msg, where=where, key=sub) from None
+                artifacts.append(ArtifactRef(name, build(source_of(cell, need.cell)), need.miner, params))
+            out = replace(cell, needs=CellNeeds(init, tuple(artifacts)))
+        visiting.discard(cell.id)
+        done[cell.id] = out
+        return out
+
+    return [build(c) for c in cells]
 
 
 def resolved_order(recipe: Recipe, cells: list[Cell]) -> list[Cell]:

@@ -15,8 +15,8 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from xmrbench.config import Strict
 from xmrbench.core.metrics.keys import METRICS
-from xmrbench.recipe.config import Strict
 
 ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 PROFILES = ("smoke", "quick", "full")
@@ -53,6 +53,29 @@ class ProfileSpec(Strict):
     requires_data_root: bool = False  # the profile needs real features (``--data-root``)
 
 
+class ArtifactNeed(Strict):
+    """A derived artifact a row's training reads: ``miner`` run over the selected model
+    of ``cell`` (same seed), with the miner's own ``params``."""
+
+    cell: str  # a row id of this recipe (for a grid row: its cell at the same grid point)
+    miner: str  # miner registry name (engine/miners.py)
+    params: dict[str, Any] = {}
+
+
+class Needs(Strict):
+    """What a row's runs need from other rows' runs (same seed): a later training stage."""
+
+    init: str | None = None  # start from this row's selected weights instead of the initialisation
+    artifacts: dict[str, ArtifactNeed] = {}  # name -> artifact, handed to the training method by name
+
+    @field_validator("artifacts")
+    @classmethod
+    def _names(cls, value: dict[str, ArtifactNeed]) -> dict[str, ArtifactNeed]:
+        for name in value:
+            _check_id(name, "artifact name")
+        return value
+
+
 class Row(Strict):
     """One row of the paper's table."""
 
@@ -62,6 +85,7 @@ class Row(Strict):
     profiles: dict[Profile, dict[str, Any]] = {}  # dotted overrides for one profile only (a row's own budget)
     run: bool = True  # False: printed by the paper, not run by xmrbench (see ``pending``)
     ensemble: tuple[str, ...] = ()  # row ids whose similarity matrices this row averages (same seed)
+    needs: Needs | None = None  # a later stage: weights or artifacts from other rows' runs (same seed)
     pending: str | None = None  # why the row is not run (yet)
     source: str | None = None  # where the numbers come from, when not this recipe's table
     # protocol -> values aligned with the recipe's ``columns`` (None = printed as "-"),
@@ -85,6 +109,8 @@ class Row(Strict):
             raise ValueError("an ensemble row takes its settings from its members; it has no 'set' or 'profiles'")
         if len(self.ensemble) == 1:
             raise ValueError("an ensemble needs at least two members")
+        if self.needs is not None and self.ensemble:
+            raise ValueError("an ensemble has no training stage; 'needs' belongs to its members")
         return self
 
 
@@ -183,6 +209,15 @@ class Recipe(Strict):
                     raise ValueError(f"rows.{row.id}.ensemble: {member!r} is not a runnable, non-ensemble row")
             if row.ensemble and (self.grid or self.zip):
                 raise ValueError(f"rows.{row.id}: ensembles cannot be combined with grid or zip axes")
+            if row.needs is not None:
+                sources = [("init", row.needs.init)] + [(f"artifacts.{k}.cell", a.cell) for k, a in row.needs.artifacts.items()]
+                for key, source in sources:
+                    if source is None:
+                        continue
+                    target = by_id.get(source)
+                    if target is None or not target.run or target.ensemble or target.id == row.id:
+                        raise ValueError(f"rows.{row.id}.needs.{key}: {source!r} is not another runnable, "
+                                         "non-ensemble row")
         lengths = {len(v) for v in self.zip.values()}
         if len(lengths) > 1:
             raise ValueError("zip: all lists must have the same length")

@@ -17,10 +17,10 @@ import numpy as np
 from xmrbench.core.metrics import keys as K
 from xmrbench.errors import XmrbenchError
 from xmrbench.papers import PAPERS
+from xmrbench.provenance.env import machine_label
+from xmrbench.provenance.fingerprint import compare, paper_fingerprint
 from xmrbench.recipe.resolve import ResolvedRecipe, resolve
 from xmrbench.recipe.schema import PROFILES
-from xmrbench.runner.env import machine_label
-from xmrbench.runner.fingerprint import compare, paper_fingerprint
 from xmrbench.stats.claims import ClaimVerdict, Side, judge
 from xmrbench.store.schema import ResultDoc
 from xmrbench.store.store import ResultStore

@@ -74,7 +74,7 @@ class LocalExecutor:
     name = "local"
 
     def __init__(self, *, cache: Any = None, threads: int | None = None):
-        from xmrbench.runner.execute import DataCache
+        from xmrbench.runner.run import DataCache
         from xmrbench.runner.threads import setup_threads
 
         self.cache = cache if cache is not None else DataCache()

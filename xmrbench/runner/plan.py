@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+from dataclasses import dataclass, field
 
 from xmrbench.recipe.resolve import ResolvedRecipe
 from xmrbench.store.store import ResultStore
@@ -19,7 +20,7 @@ def estimate(resolved: ResolvedRecipe, store: ResultStore) -> tuple[list[tuple[s
     seeds), then runs of this recipe and profile with the same model, then every run
     of this recipe and profile.
     """
-    from xmrbench.runner.execute import plan_runs
+    from xmrbench.runner.driver import plan_runs
 
     by_hash: dict[str, list[float]] = {}
     by_model: dict[str, list[float]] = {}
@@ -47,3 +48,29 @@ def estimate(resolved: ResolvedRecipe, store: ResultStore) -> tuple[list[tuple[s
                 total += est
     basis = f"median of {len(everything)} stored run time(s) of this recipe and profile" if everything else "no stored timings"
     return rows, (None if unknown else total), basis
+
+
+@dataclass
+class PlannedArtifact:
+    key: str
+    miner: str
+    source: str  # the cell whose model it is mined from
+    seed: int
+    state: str  # done | missing
+    used_by: list[str] = field(default_factory=list)
+
+
+def artifact_plan(resolved: ResolvedRecipe, store: ResultStore) -> list[PlannedArtifact]:
+    """Every artifact the runnable cells need, once per (content key, seed), with its state
+    and the cells that share it."""
+    from xmrbench.runner.stages import artifact_state
+
+    out: dict[str, PlannedArtifact] = {}
+    for cell in resolved.runnable_cells():
+        for ref in cell.needs.artifacts if cell.needs is not None else ():
+            for seed in resolved.seeds:
+                key = ref.key(seed)
+                if key not in out:
+                    out[key] = PlannedArtifact(key, ref.miner, ref.source.id, seed, artifact_state(store, ref, seed))
+                out[key].used_by.append(cell.id)
+    return list(out.values())

@@ -2,7 +2,7 @@
 
 :func:`attempt_run` takes the run's lock in the store, re-checks the store under the
 lock (another process may have finished the run meanwhile), trains and evaluates the
-run through :func:`xmrbench.runner.execute.run_one`, which writes the result
+run through :func:`xmrbench.runner.run.run_one`, which writes the result
 atomically, and returns a :class:`RunOutcome` instead of raising: the executors
 carry outcomes between processes and machines.
 
@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import torch
 
-from xmrbench.core.engine.train import Events, NullEvents
+from xmrbench.engine.train import Events, NullEvents
 from xmrbench.errors import StoreError, XmrbenchError
 from xmrbench.recipe.resolve import ResolvedRecipe
 from xmrbench.runner.locks import RunLock
@@ -118,7 +118,7 @@ def attempt_run(
     returned as crashes when ``capture_crashes``, else re-raised (the in-process
     executor keeps their traceback).
     """
-    from xmrbench.runner.execute import run_one
+    from xmrbench.runner.run import run_one
 
     store = ResultStore(task.store_root)
     resolved = task.resolved
@@ -226,8 +226,8 @@ def process_worker_main(conn: Any, stop_event: Any, device_name: str, threads: i
     Messages to the parent: ``("start", key, None)``, ``("epoch_start", key, ...)``,
     ``("epoch_end", key, ...)``, ``("outcome", key, RunOutcome)``.
     """
-    from xmrbench.core.engine.train import resolve_device
-    from xmrbench.runner.execute import DataCache
+    from xmrbench.engine.train import resolve_device
+    from xmrbench.runner.run import DataCache
 
     stop = _WorkerStop(stop_event)
     signal.signal(signal.SIGINT, stop.handle)
@@ -289,8 +289,8 @@ def ray_entry(task: RunTask, stop_box: Any, device_name: str, threads: int) -> R
     """The body of one Ray task: the same attempt, with a per-worker-process data cache."""
     import ray
 
-    from xmrbench.core.engine.train import resolve_device
-    from xmrbench.runner.execute import DataCache
+    from xmrbench.engine.train import resolve_device
+    from xmrbench.runner.run import DataCache
 
     global _RAY_CACHE
     if _RAY_CACHE is None:

@@ -100,6 +100,20 @@ class ResultStore:
         """The run's lock file (beside its work dir, which is removed when the run finishes)."""
         return self.recipe_dir(recipe_id) / ".work" / f"{self.run_name(cell_id, cell_hash, seed)}.lock"
 
+    def artifact_dir(self) -> Path:
+        """Derived artifacts (mined candidate lists, say), shared by every recipe of the store.
+
+        The leading underscore keeps the folder apart from recipe folders (a recipe id
+        starts with a letter or digit).
+        """
+        return self.root / "_artifacts"
+
+    def artifact_path(self, miner: str, key: str) -> Path:
+        return self.artifact_dir() / f"{safe_name(miner)}--{key}.pt"
+
+    def artifact_lock_path(self, miner: str, key: str) -> Path:
+        return self.artifact_dir() / f".{safe_name(miner)}--{key}.lock"
+
     # -- reading ----------------------------------------------------------
     def read(self, path: Path) -> ResultDoc:
         """Parse and validate one document; StoreError (naming the file) if it is unusable."""

@@ -46,6 +46,9 @@ class RetrievalLoss(torch.nn.Module):
     """
 
     Params: ClassVar[type[LossParams]] = LossParams
+    #: True for a loss that scores only the pairs it samples: the caller passes
+    #: ``pair_scores(img_idx, txt_idx) -> (P,)`` instead of the full ``sims``
+    scores_pairs: ClassVar[bool] = False
 
     def __init__(self, params: LossParams):
         super().__init__()

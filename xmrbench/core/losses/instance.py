@@ -15,7 +15,7 @@ which aligns the two modalities before (and while) the ranking loss orders them.
 The classifier belongs to the model (its size is the number of training images);
 this module computes the loss from its scores. It is not a registered retrieval
 loss: it needs each item's *global* class, which the engine gives to models through
-``auxiliary_loss(image_ids=...)``, not to losses.
+``TrainBatch.image_ids`` of ``auxiliary_loss``, not to losses.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Evaluation protocols: which split is scored and how (whole, or averaged over folds).
+"""Evaluation protocols: which split is scored, how (whole, or averaged over folds), and
+which task is measured on it (``task``: image-sentence retrieval, label-based
+retrieval by mAP, sentence-to-sentence retrieval; the evaluators are in
+``xmrbench/engine/tasks.py``).
 
 A protocol name appears in recipes (``eval.protocols`` and the keys of a row's paper
 numbers) and in every stored result, so "MS-COCO 1K" (five folds of testall) can
@@ -18,6 +21,7 @@ class Protocol:
     split: str
     folds: int
     description: str
+    task: str = "image_text"  # image_text | label | sentence
 
 
 PROTOCOLS: Registry[Protocol] = Registry(
@@ -28,6 +32,14 @@ PROTOCOLS: Registry[Protocol] = Registry(
         "testall": Protocol("testall", "testall", 1, "the whole testall split at once (MS-COCO 5K)"),
         "testall_5fold": Protocol(
             "testall_5fold", "testall", 5, "mean over 5 consecutive folds of testall (MS-COCO 1K)"
+        ),
+        "test_labels": Protocol(
+            "test_labels", "test", 1, "label-based retrieval on test: mAP over the whole ranked list, relevant = "
+            "sharing a class with the query (ACMR)", task="label"
+        ),
+        "test_s2s": Protocol(
+            "test_s2s", "test", 1, "sentence-to-sentence retrieval on test: each caption against the others, "
+            "relevant = describing the same image (two-branch Table 4)", task="sentence"
         ),
     },
 )

@@ -10,12 +10,23 @@ The engine knows models only through this interface:
   the loss and for ranking. Embedding models use the dot product of L2-normalised
   vectors; cross-attention and per-pair models override it.
 
-Optional hooks, used when a model defines them:
+Declared training hooks. Every model has them (the base class gives the
+defaults), so the training engine calls them without asking whether they exist:
 
-- ``auxiliary_loss(images, text, img_emb, txt_emb, labels) -> 0-d tensor`` is added to
-  the training loss (VSRN's caption generation, say);
-- ``fit(split)``: a closed-form model (CCA) is fitted on the prepared training split
-  instead of trained by gradient descent; its cells set ``loss: null``.
+- ``prepare_training(split)``: size parameters by the training split before
+  training (DPC: one instance class per training image); default: nothing;
+- ``auxiliary_loss(batch, img_emb, txt_emb) -> 0-d tensor | None``: a term added to
+  the retrieval loss (VSRN's caption generation, DPC's instance loss); ``batch`` is
+  the step's :class:`TrainBatch`; default: ``None`` (no term);
+- ``closed_form`` (class attribute) and ``fit(split)``: a closed-form model (CCA) is
+  fitted on the prepared training split instead of trained by gradient descent; its
+  cells set ``loss: null``;
+- ``batch_extras`` (class attribute): names of per-image or per-caption arrays of the
+  split's ``extras`` the model wants in ``TrainBatch.extras`` (class labels, say).
+
+How the parameters are optimised (one optimiser or several, alternating steps,
+coefficients that change with training progress) is not the model's business but
+the training method's (``xmrbench/engine/methods.py``).
 
 Encoders may return a tensor or a :class:`Padded` (variable-length word or region
 features for cross-attention models).
@@ -23,8 +34,8 @@ features for cross-attention models).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -102,6 +113,28 @@ class Padded:
         return Padded(data, torch.cat([p.lengths for p in parts]))
 
 
+@dataclass
+class TrainBatch:
+    """One training batch as the model's hooks and the training methods see it.
+
+    ``images`` and ``text`` are the encoder inputs, already on the training device;
+    ``labels = (img_labels (B_img,), txt_labels (B_txt,))`` link each caption to its
+    image in the batch; ``image_ids (B_img,)`` and ``caption_ids (B_txt,)`` index the
+    batch's images and captions in their split (a global class id per training image,
+    say); ``extras`` holds the per-item arrays named by ``batch_extras``; ``streams``
+    the batches of the method's other data streams (``TrainingMethod.streams``), by
+    name. An image-only stream has ``text``, ``labels`` and ``caption_ids`` set to None.
+    """
+
+    images: torch.Tensor
+    text: TextBatch | None
+    labels: tuple[torch.Tensor, torch.Tensor] | None
+    image_ids: torch.Tensor
+    caption_ids: torch.Tensor | None
+    extras: dict[str, Any] = field(default_factory=dict)
+    streams: dict[str, TrainBatch] = field(default_factory=dict)
+
+
 def concat(parts: list) -> torch.Tensor | Padded:
     """Concatenate encoder outputs along the batch: tensors or :class:`Padded`."""
     return Padded.cat(parts) if isinstance(parts[0], Padded) else torch.cat(parts)
@@ -111,6 +144,10 @@ class RetrievalModel(nn.Module):
     """Base class: subclasses set ``Params`` and implement the two encoders."""
 
     Params: ClassVar[type[Params]]
+    #: fitted in closed form by ``fit`` (cells set ``loss: null``), not by gradient descent
+    closed_form: ClassVar[bool] = False
+    #: names of ``Split.extras`` arrays to gather into ``TrainBatch.extras``
+    batch_extras: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, params: Params, dims: InputDims):
         super().__init__()
@@ -141,3 +178,16 @@ class RetrievalModel(nn.Module):
         """Scores of aligned pairs ``img_emb[p]``, ``txt_emb[p]`` -> ``(P,)``; equals the
         diagonal of ``similarity`` (used by losses that score sampled pairs only)."""
         return (img_emb * txt_emb).sum(-1)
+
+    # --- declared training hooks (defaults) ---------------------------------------
+
+    def prepare_training(self, split: Any) -> None:
+        """Size parameters by the prepared training ``split`` before training; default: nothing."""
+
+    def auxiliary_loss(self, batch: TrainBatch, img_emb: Any, txt_emb: Any) -> torch.Tensor | None:
+        """A term added to the retrieval loss of ``batch``, or None (the default: no term)."""
+        return None
+
+    def fit(self, split: Any) -> None:
+        """Closed-form fit on the prepared training ``split`` (models with ``closed_form = True``)."""
+        raise NotImplementedError(f"{type(self).__name__} is trained by gradient descent, not fitted in closed form")

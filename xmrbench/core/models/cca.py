@@ -54,6 +54,8 @@ _SINGULAR = 1e-12  # smallest Cholesky pivot, relative to the mean variance, of 
 class CCA(RetrievalModel):
     """Regularised linear CCA with Gong et al.'s eigenvalue-power weighting."""
 
+    closed_form = True
+
     class Params(Params):
         # defaults: best dev rsum over dim {64, 128} x reg {1e-3 .. 1} x power {0, 4} on the small synthetic world
         dim: int = Field(64, ge=1)  # canonical components kept (k)

@@ -45,7 +45,7 @@ from torch import nn
 
 from xmrbench.core.encoders.text_cnn import ResidualTextCNN
 from xmrbench.core.losses.instance import SharedInstanceClassifier
-from xmrbench.core.models.base import InputDims, RetrievalModel, TextBatch
+from xmrbench.core.models.base import InputDims, RetrievalModel, TextBatch, TrainBatch
 from xmrbench.core.models.vsrn import caption_image_index
 from xmrbench.core.sim.cosine import l2norm
 from xmrbench.params import Params
@@ -76,8 +76,6 @@ class DPC(RetrievalModel):
         text_input: Literal["tokens"] = "tokens"
 
     params: Params
-    #: the engine passes ``image_ids`` (global training-image indices) to ``auxiliary_loss``
-    auxiliary_uses_image_ids = True
 
     def __init__(self, params: DPC.Params, dims: InputDims):
         super().__init__(params, dims)
@@ -119,22 +117,13 @@ class DPC(RetrievalModel):
         """Cosine of aligned pairs ``(P, D)``, ``(P, D)`` -> ``(P,)``."""
         return (l2norm(img_emb) * l2norm(txt_emb)).sum(-1)
 
-    def auxiliary_loss(
-        self,
-        *,
-        images: torch.Tensor,
-        text: TextBatch,
-        img_emb: torch.Tensor,
-        txt_emb: torch.Tensor,
-        labels: tuple[torch.Tensor, torch.Tensor],
-        image_ids: torch.Tensor,
-    ) -> torch.Tensor:
-        """``instance_weight * (L_v + L_t)`` (0-d). ``image_ids (B_img,)``: each batch image's index
-        in the training split, its class; a caption's class is its image's."""
+    def auxiliary_loss(self, batch: TrainBatch, img_emb: torch.Tensor, txt_emb: torch.Tensor) -> torch.Tensor:
+        """``instance_weight * (L_v + L_t)`` (0-d). ``batch.image_ids (B_img,)``: each batch image's
+        index in the training split, its class; a caption's class is its image's."""
         if self.params.instance_weight == 0:
             return img_emb.new_zeros(())
         if self.instance is None:
             raise RuntimeError("DPC.prepare_training(train_split) must run before training (it sizes W_share)")
-        img_classes = image_ids.to(img_emb.device)
-        txt_classes = img_classes[caption_image_index(labels).to(img_emb.device)]
+        img_classes = batch.image_ids.to(img_emb.device)
+        txt_classes = img_classes[caption_image_index(batch.labels).to(img_emb.device)]
         return self.params.instance_weight * self.instance(img_emb, txt_emb, img_classes, txt_classes)

@@ -12,7 +12,7 @@ The data contract (``Split.extras``): ``tags`` holds, per image, a list of
 matches. A word that is itself a tag matches that tag too (a lemma belongs to its
 own synset).
 
-The ``tags`` input kind (``xmrbench/core/engine/inputs.py``) turns a split into
+The ``tags`` input kind (``xmrbench/engine/inputs.py``) turns a split into
 ``s_g (N_img, T)`` and ``q (N_txt, T)`` over the tags present in that split's
 images; concepts no image of the split carries add zero to every score, so leaving
 them out changes nothing. This model then scores by the dot product, so
@@ -31,6 +31,8 @@ from xmrbench.params import Params
 
 class SGBaseline(RetrievalModel):
     """``r = s_g^T q``: image-level tag scores against tag-expanded caption words."""
+
+    closed_form = True
 
     class Params(Params):
         image_input: Literal["tags"] = "tags"

@@ -52,7 +52,7 @@ from xmrbench.core.encoders.caption_decoder import AttentionCaptionDecoder
 from xmrbench.core.encoders.gcn import RegionReasoning
 from xmrbench.core.encoders.image import FCImageEncoder
 from xmrbench.core.encoders.text import GRUTextEncoder
-from xmrbench.core.models.base import InputDims, RetrievalModel, TextBatch
+from xmrbench.core.models.base import InputDims, RetrievalModel, TextBatch, TrainBatch
 from xmrbench.core.sim.cosine import l2norm
 from xmrbench.params import Params
 
@@ -139,21 +139,14 @@ class VSRN(RetrievalModel):
         device = self.img_fc.fc.weight.device
         return self.reason(images.to(device))
 
-    def auxiliary_loss(
-        self,
-        *,
-        images: torch.Tensor,
-        text: TextBatch,
-        img_emb: torch.Tensor,
-        txt_emb: torch.Tensor,
-        labels: tuple[torch.Tensor, torch.Tensor],
-    ) -> torch.Tensor:
-        """``caption_weight * L_G`` (0-d): each caption ``text.tokens (B_txt, L)`` generated from
-        ``V*`` of its image among ``images (B_img, R, D_in)``; ``labels`` link captions to images."""
+    def auxiliary_loss(self, batch: TrainBatch, img_emb: torch.Tensor, txt_emb: torch.Tensor) -> torch.Tensor:
+        """``caption_weight * L_G`` (0-d): each caption ``batch.text.tokens (B_txt, L)`` generated
+        from ``V*`` of its image among ``batch.images (B_img, R, D_in)``; ``batch.labels`` link
+        captions to images."""
         if self.decoder is None:
             self._pending = None
             return img_emb.new_zeros(())
-        reasoned = self._reasoned_for(images)
-        rows = caption_image_index(labels).to(reasoned.device)
-        tokens = text.tokens.to(reasoned.device)
-        return self.params.caption_weight * self.decoder.loss(reasoned[rows], tokens, text.lengths)
+        reasoned = self._reasoned_for(batch.images)
+        rows = caption_image_index(batch.labels).to(reasoned.device)
+        tokens = batch.text.tokens.to(reasoned.device)
+        return self.params.caption_weight * self.decoder.loss(reasoned[rows], tokens, batch.text.lengths)

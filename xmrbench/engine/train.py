@@ -24,15 +24,18 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from xmrbench.core.engine.evaluate import evaluate_protocols, evaluate_split, selection_score
-from xmrbench.core.engine.inputs import PreparedData
-from xmrbench.core.engine.samplers import SAMPLERS
+from xmrbench.config import CellConfig
 from xmrbench.core.losses.registry import LOSSES
+from xmrbench.core.models.base import RetrievalModel, TrainBatch
 from xmrbench.core.models.registry import MODELS
+from xmrbench.engine.evaluate import evaluate_split, selection_score
+from xmrbench.engine.inputs import PreparedData
+from xmrbench.engine.methods import DEFAULT_METHOD, METHODS, Progress, StepContext, Stream, TrainingMethod
+from xmrbench.engine.samplers import SAMPLERS
+from xmrbench.engine.tasks import evaluate_protocols
 from xmrbench.errors import StoreError, TrainingError
-from xmrbench.recipe.config import CellConfig
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: optimiser state under 'method' (the training method's own)
 
 
 class Events(Protocol):
@@ -168,15 +171,6 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _optimizer(cfg: CellConfig, params) -> torch.optim.Optimizer:
-    t = cfg.train
-    if t.optimizer == "adam":
-        return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
-    if t.optimizer == "adamax":
-        return torch.optim.Adamax(params, lr=t.lr, weight_decay=t.weight_decay)
-    return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
-
-
 def _batch_inputs(split, caption_index: np.ndarray, caption_image: np.ndarray):
     """Unique images of a caption batch, labels linking captions to them, and the
     images' indices in the training split."""
@@ -190,6 +184,87 @@ def _batch_inputs(split, caption_index: np.ndarray, caption_image: np.ndarray):
     )
 
 
+def _gather_extras(split, names: tuple[str, ...], image_ids: np.ndarray, caption_ids: np.ndarray | None,
+                   device: torch.device) -> dict[str, Any]:
+    """The split's per-image or per-caption ``extras[name]`` rows of a batch."""
+    out: dict[str, Any] = {}
+    extras = split.split.extras
+    for name in names:
+        if name not in extras:
+            raise TrainingError(f"split {split.name!r} has no extras {name!r} (asked for by the model or method)")
+        values = extras[name]
+        if len(values) == split.n_images:
+            index = image_ids
+        elif caption_ids is not None and len(values) == split.n_captions:
+            index = caption_ids
+        else:
+            raise TrainingError(f"extras {name!r} of split {split.name!r} has {len(values)} entries: neither "
+                                f"one per image ({split.n_images}) nor one per caption ({split.n_captions})")
+        rows = np.asarray(values)[index] if not isinstance(values, list) else [values[int(i)] for i in index]
+        out[name] = torch.as_tensor(rows).to(device) if isinstance(rows, np.ndarray) and rows.dtype != object else rows
+    return out
+
+
+def make_batch(split, caption_index: np.ndarray, caption_image: np.ndarray, device: torch.device,
+               extras: tuple[str, ...] = ()) -> TrainBatch:
+    """A :class:`TrainBatch` of the captions ``caption_index`` of ``split`` (with their images)."""
+    images, text, (img_labels, txt_labels), image_ids = _batch_inputs(split, caption_index, caption_image)
+    caption_ids = np.asarray(caption_index, dtype=np.int64)
+    return TrainBatch(
+        images=images.to(device),
+        text=text.to(device),
+        labels=(img_labels.to(device), txt_labels.to(device)),
+        image_ids=torch.from_numpy(image_ids).to(device),
+        caption_ids=torch.from_numpy(caption_ids).to(device),
+        extras=_gather_extras(split, extras, image_ids, caption_ids, device) if extras else {},
+    )
+
+
+def make_image_batch(split, image_index: np.ndarray, device: torch.device, extras: tuple[str, ...] = ()) -> TrainBatch:
+    """A :class:`TrainBatch` of images alone (an image-only stream)."""
+    image_ids = np.asarray(image_index, dtype=np.int64)
+    return TrainBatch(images=split.image_batch(image_ids).to(device), text=None, labels=None,
+                      image_ids=torch.from_numpy(image_ids).to(device), caption_ids=None,
+                      extras=_gather_extras(split, extras, image_ids, None, device) if extras else {})
+
+
+class _StreamBatches:
+    """One epoch's batches of a method's extra stream, drawn from ``(seed, epoch, stream number)``."""
+
+    def __init__(self, number: int, stream: Stream, prepared: PreparedData, cfg: CellConfig, device: torch.device,
+                 extras: tuple[str, ...]):
+        self.number, self.stream, self.device, self.extras = number, stream, device, extras
+        self.split = prepared.split(stream.split)
+        self.batch_size = stream.batch_size or cfg.train.batch_size
+        self.sampler = SAMPLERS[stream.sampler]
+        self.batches: list[np.ndarray] = []
+
+    def new_epoch(self, seed: int, epoch: int) -> None:
+        rng = np.random.default_rng([seed, epoch, self.number])
+        if self.stream.kind == "pairs":
+            self.batches = self.sampler(self.split.caption_image(), self.batch_size, rng)
+        else:  # images alone: the sampler draws over an identity caption -> image map
+            self.batches = self.sampler(np.arange(self.split.n_images), self.batch_size, rng)
+        if not self.batches:
+            raise TrainingError(f"stream over split {self.stream.split!r} yields no batch")
+
+    def batch(self, b: int) -> TrainBatch:
+        index = self.batches[b % len(self.batches)]
+        if self.stream.kind == "pairs":
+            return make_batch(self.split, index, self.split.caption_image(), self.device, self.extras)
+        return make_image_batch(self.split, index, self.device, self.extras)
+
+
+def build_method(cfg: CellConfig, model: RetrievalModel, loss: torch.nn.Module | None) -> TrainingMethod:
+    """The cell's training method (``method.name``, default: the model's)."""
+    if cfg.method is not None:
+        cls, params = METHODS[cfg.method.name], cfg.method.params
+    else:
+        cls = METHODS[DEFAULT_METHOD[type(model).closed_form]]
+        params = cls.Params()
+    return cls(params, model=model, loss=loss, train=cfg.train)
+
+
 def train_and_evaluate(
     cfg: CellConfig,
     seed: int,
@@ -200,8 +275,15 @@ def train_and_evaluate(
     events: Events | None = None,
     label: str = "run",
     stop_requested: Callable[[], bool] | None = None,
+    init_state: dict[str, torch.Tensor] | None = None,
+    artifacts: dict[str, dict[str, Any]] | None = None,
 ) -> RunOutput:
-    """Train ``cfg`` with ``seed`` (resuming from ``work_dir`` if it holds a checkpoint) and evaluate."""
+    """Train ``cfg`` with ``seed`` (resuming from ``work_dir`` if it holds a checkpoint) and evaluate.
+
+    ``init_state``: model weights to start from (an earlier stage's selected model)
+    instead of the initialisation; ``artifacts``: what earlier stages derived (mined
+    candidate lists, say), handed to the training method as ``StepContext.artifacts``.
+    """
     events = events or NullEvents()
     t_start = time.perf_counter()
     seed_everything(seed, device)
@@ -209,27 +291,28 @@ def train_and_evaluate(
     model_cls = MODELS[cfg.model.name]
     model = model_cls(cfg.model.params, prepared.dims)
     train = prepared.split("train")
-    prepare_training = getattr(model, "prepare_training", None)
-    if prepare_training is not None:  # parameters sized by the training split (DPC: one class per image)
-        prepare_training(train)
+    model.prepare_training(train)  # parameters sized by the training split (DPC: one class per image)
+    if init_state is not None:
+        try:
+            model.load_state_dict(init_state)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+            raise TrainingError(f"the initial weights do not fit model {cfg.model.name!r} ({first})", where=label) from None
     model = model.to(device)
     dev = prepared.split("dev", max_images=cfg.eval.dev_images)
     eval_kw = dict(device=device, batch_size=cfg.eval.batch_size, block_images=cfg.eval.block_images)
-    if cfg.loss is None:  # a closed-form model: fit, then evaluate
+    loss_fn = LOSSES[cfg.loss.name](cfg.loss.params).to(device) if cfg.loss is not None else None
+    method = build_method(cfg, model, loss_fn)
+    if not method.gradient_based:  # fitted once, then evaluated
         t0 = time.perf_counter()
-        model.fit(train)  # type: ignore[attr-defined]
+        method.fit(train)
         fit_s = time.perf_counter() - t0
         best_dev, _ = evaluate_split(model, dev, **eval_kw)
         return _finish(model, prepared, cfg, {"epoch": [], "fit_s": [fit_s]}, best_dev, 0, eval_kw, t_start, None)
-    loss_fn = LOSSES[cfg.loss.name](cfg.loss.params).to(device)
-    auxiliary = getattr(model, "auxiliary_loss", None)
-    params = [p for p in list(model.parameters()) + list(loss_fn.parameters()) if p.requires_grad]
-    optimizer = _optimizer(cfg, params)
-    scheduler = (
-        torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.train.lr_decay_every, gamma=cfg.train.lr_decay)
-        if cfg.train.lr_decay_every
-        else None
-    )
+    method.setup()
+    extras = tuple(dict.fromkeys((*type(model).batch_extras, *type(method).batch_extras)))
+    streams = [_StreamBatches(i + 1, s, prepared, cfg, device, extras) for i, s in enumerate(method.streams().values())]
+    stream_names = list(method.streams())
     sampler = SAMPLERS[cfg.train.sampler]
     caption_image = train.caption_image()
 
@@ -249,10 +332,9 @@ def train_and_evaluate(
         if ckpt and ckpt.get("version") == CHECKPOINT_VERSION and ckpt.get("cell_hash") == cfg.hash() and ckpt.get("seed") == seed:
             try:
                 model.load_state_dict(ckpt["model"])
-                loss_fn.load_state_dict(ckpt["loss"])
-                optimizer.load_state_dict(ckpt["optimizer"])
-                if scheduler is not None and ckpt.get("scheduler"):
-                    scheduler.load_state_dict(ckpt["scheduler"])
+                if loss_fn is not None:
+                    loss_fn.load_state_dict(ckpt["loss"])
+                method.load_state_dict(ckpt["method"])
                 best_state, best_score, best_epoch = ckpt["best_state"], ckpt["best_score"], ckpt["best_epoch"]
                 best_dev, curves = ckpt["best_dev"], ckpt["curves"]
                 torch.set_rng_state(ckpt["torch_rng"].cpu())
@@ -266,35 +348,20 @@ def train_and_evaluate(
         model.train()
         rng = np.random.default_rng([seed, epoch])
         batches = sampler(caption_image, cfg.train.batch_size, rng)
+        for stream in streams:
+            stream.new_epoch(seed, epoch)
         events.epoch_start(epoch, cfg.train.epochs, len(batches))
         total = 0.0
         for b, caption_index in enumerate(batches):
-            images, text, (img_labels, txt_labels), image_ids = _batch_inputs(train, caption_index, caption_image)
-            img_emb = model.encode_images(images.to(device))
-            txt_emb = model.encode_texts(text.to(device))
-            labels = (img_labels.to(device), txt_labels.to(device))
-            if getattr(loss_fn, "scores_pairs", False):  # score only the pairs the loss samples
-                pair_scores = lambda i, j, a=img_emb, b=txt_emb: model.pair_scores(a[i], b[j])  # noqa: E731
-                loss = loss_fn(img_emb, txt_emb, labels=labels, pair_scores=pair_scores)
-            else:
-                loss = loss_fn(img_emb, txt_emb, sims=model.similarity(img_emb, txt_emb), labels=labels)
-            if auxiliary is not None:
-                aux_kw = dict(images=images, text=text, img_emb=img_emb, txt_emb=txt_emb, labels=labels)
-                if getattr(model, "auxiliary_uses_image_ids", False):  # global training-image index of each batch image
-                    aux_kw["image_ids"] = torch.from_numpy(image_ids).to(device)
-                loss = loss + auxiliary(**aux_kw)
-            if not torch.isfinite(loss):
-                raise TrainingError(f"the loss became {loss.item()} at epoch {epoch + 1}, batch {b + 1}", where=label)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.train.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
-            optimizer.step()
-            total += float(loss.detach())
-            events.batch_end(b, float(loss.detach()))
-        lr = optimizer.param_groups[0]["lr"]
-        if scheduler is not None:
-            scheduler.step()
+            batch = make_batch(train, caption_index, caption_image, device, extras)
+            for name, stream in zip(stream_names, streams):
+                batch.streams[name] = stream.batch(b)
+            ctx = StepContext(Progress(epoch, cfg.train.epochs, b, len(batches)), device, label, artifacts or {}, train)
+            value = method.step(ctx, batch)
+            total += value
+            events.batch_end(b, value)
+        lr = method.lr()
+        method.end_epoch()
         dev_metrics, _ = evaluate_split(model, dev, **eval_kw)
         score = selection_score(dev_metrics, cfg.train.select_by)
         if score > best_score:
@@ -318,9 +385,8 @@ def train_and_evaluate(
                     "seed": seed,
                     "epoch": epoch,
                     "model": model.state_dict(),
-                    "loss": loss_fn.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "loss": loss_fn.state_dict() if loss_fn is not None else {},
+                    "method": method.state_dict(),
                     "best_state": best_state,
                     "best_score": best_score,
                     "best_epoch": best_epoch,

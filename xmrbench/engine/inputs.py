@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from xmrbench.config import DataConfig
 from xmrbench.core.models.base import InputDims, TextBatch
 from xmrbench.core.text.tfidf import TfidfFeaturizer
 from xmrbench.core.text.vocab import Vocabulary, tokenize
 from xmrbench.data.dataset import RetrievalData, Split
 from xmrbench.errors import DataError
-from xmrbench.recipe.config import DataConfig
 
 
 class _TokenText:

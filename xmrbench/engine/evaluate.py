@@ -11,12 +11,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from xmrbench.core.engine.inputs import PreparedData, PreparedSplit
 from xmrbench.core.metrics import keys as K
-from xmrbench.core.metrics.protocols import PROTOCOLS
 from xmrbench.core.metrics.retrieval import average_folds, i2t_ranks, retrieval_metrics, t2i_ranks
 from xmrbench.core.metrics.sentence import sentence_metrics
 from xmrbench.core.models.base import Padded, RetrievalModel, concat
+from xmrbench.engine.inputs import PreparedSplit
 from xmrbench.errors import TrainingError
 
 
@@ -128,28 +127,3 @@ def selection_score(metrics: dict[str, float], select_by: str) -> float:
     if select_by == "r1_r5":  # AOQ: R@1 + R@5 in both directions
         return metrics[K.I2T_R1] + metrics[K.I2T_R5] + metrics[K.T2I_R1] + metrics[K.T2I_R5]
     raise ValueError(f"unknown selection metric {select_by!r}")
-
-
-def evaluate_protocols(
-    model: RetrievalModel,
-    prepared: PreparedData,
-    protocols: tuple[str, ...],
-    *,
-    device: torch.device,
-    batch_size: int,
-    block_images: int,
-    sentence: bool,
-) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, list[int]]]]:
-    metrics, ranks = {}, {}
-    for name in protocols:
-        proto = PROTOCOLS[name]
-        metrics[name], ranks[name] = evaluate_split(
-            model,
-            prepared.split(proto.split),
-            folds=proto.folds,
-            device=device,
-            batch_size=batch_size,
-            block_images=block_images,
-            sentence=sentence,
-        )
-    return metrics, ranks

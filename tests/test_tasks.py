@@ -1,0 +1,84 @@
+"""Evaluation tasks other than image-sentence retrieval, against naive computations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from xmrbench.core.metrics import keys as K
+from xmrbench.core.metrics.protocols import PROTOCOLS
+from xmrbench.core.models.registry import MODELS
+from xmrbench.data.dataset import RetrievalData
+from xmrbench.engine.evaluate import encode, evaluate_split, similarity_matrix
+from xmrbench.engine.inputs import PreparedData
+from xmrbench.engine.tasks import TASKS, evaluate_protocols
+from xmrbench.errors import DataError
+from xmrbench.recipe.config import validate_cell_config
+
+from toy import toy_data
+
+CFG = validate_cell_config({"model": {"name": "two_branch_embedding", "hidden_dim": 16, "embed_dim": 8},
+                            "loss": {"name": "bidirectional_ranking"}}, where="t")
+KW = dict(device=torch.device("cpu"), batch_size=16, block_images=7, sentence=False)
+
+
+def _labelled() -> RetrievalData:
+    data = toy_data()
+    loaders = dict(data.loaders)
+    test = loaders["test"]()
+    test.extras["labels"] = np.arange(test.n_images) % 4  # four classes
+    loaders["test"] = lambda: test
+    return RetrievalData(name="toy", fingerprint="toy-labels", loaders=loaders)
+
+
+def _model(prepared):
+    torch.manual_seed(1)
+    return MODELS["two_branch_embedding"](CFG.model.params, prepared.dims).eval()
+
+
+def naive_ap(scores: np.ndarray, relevant: np.ndarray) -> float:
+    """Average precision with ties ranked pessimistically (relevant items after equal scores)."""
+    order = sorted(range(len(scores)), key=lambda j: (-scores[j], relevant[j]))
+    hits, total = 0, 0.0
+    for pos, j in enumerate(order, start=1):
+        if relevant[j]:
+            hits += 1
+            total += hits / pos
+    return total / max(1, relevant.sum())
+
+
+def test_protocol_registry_lists_the_tasks():
+    assert {p.task for p in PROTOCOLS.values()} == set(TASKS) == {"image_text", "label", "sentence"}
+    assert PROTOCOLS["test_labels"].task == "label" and PROTOCOLS["test_s2s"].task == "sentence"
+
+
+def test_label_map_equals_a_naive_loop():
+    prepared = PreparedData(_labelled(), CFG.data, "global", "tfidf")
+    model = _model(prepared)
+    split = prepared.split("test")
+    got, ranks = TASKS["label"](model, split, PROTOCOLS["test_labels"], **KW)
+    sims = similarity_matrix(model, encode(model, split, device=torch.device("cpu"), batch_size=64),
+                             block_images=1000).numpy().astype(np.float64)
+    img_labels = split.split.extras["labels"]
+    txt_labels = img_labels[split.caption_image()]
+    i2t = np.mean([naive_ap(sims[i], txt_labels == img_labels[i]) for i in range(sims.shape[0])])
+    t2i = np.mean([naive_ap(sims[:, j], img_labels == txt_labels[j]) for j in range(sims.shape[1])])
+    assert got[K.I2T_MAP] == pytest.approx(i2t, abs=1e-6) and got[K.T2I_MAP] == pytest.approx(t2i, abs=1e-6)
+    assert got[K.AVG_MAP] == pytest.approx((i2t + t2i) / 2, abs=1e-6) and ranks == {}
+
+
+def test_label_task_without_labels_is_a_one_line_error():
+    prepared = PreparedData(toy_data(), CFG.data, "global", "tfidf")
+    with pytest.raises(DataError, match="no labels"):
+        TASKS["label"](_model(prepared), prepared.split("test"), PROTOCOLS["test_labels"], **KW)
+
+
+def test_sentence_task_equals_the_sentence_flag_of_image_text():
+    prepared = PreparedData(toy_data(), CFG.data, "global", "tfidf")
+    model = _model(prepared)
+    metrics, _ = evaluate_protocols(model, prepared, ("test", "test_s2s"), **KW)
+    with_flag, _ = evaluate_split(model, prepared.split("test"), device=torch.device("cpu"), batch_size=16,
+                                  block_images=7, sentence=True)
+    assert metrics["test_s2s"] == {k: with_flag[k] for k in (K.S2S_R1, K.S2S_R5, K.S2S_R10)}
+    assert metrics["test"] == {k: v for k, v in with_flag.items() if not k.startswith("s2s")}

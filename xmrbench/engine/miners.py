@@ -1,0 +1,79 @@
+"""Miners: derived artifacts computed from a trained model, for a later training stage.
+
+A miner takes a trained model (an earlier stage's selected weights, in eval mode)
+and a prepared split and returns a dict of tensors (the artifact). The runner
+(``runner/stages.py``) stores it under a content hash of (source run, miner, its
+parameters, its version), computes it once and hands it to every cell that names
+it, as ``StepContext.artifacts[name]`` of the cell's training method.
+
+Registered miners:
+
+- ``hardest_negatives``: AOQ's offline candidate lists. Over the whole training
+  split, for every image the ``k`` most similar captions of other images, and for
+  every caption the ``k`` most similar other images, by the model's similarity
+  (``{"i2t": (N_img, k), "t2i": (N_txt, k)}``, most similar first, ties by index).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from pydantic import Field
+
+from xmrbench.core.mining import hardest_captions, hardest_images
+from xmrbench.core.models.base import RetrievalModel
+from xmrbench.engine.evaluate import encode, similarity_matrix
+from xmrbench.engine.inputs import PreparedSplit
+from xmrbench.params import Params
+from xmrbench.registry import Registry
+
+
+class Miner:
+    """Base class: subclasses set ``Params`` and ``version`` and implement ``mine``."""
+
+    Params: ClassVar[type[Params]] = Params
+    #: bump when the output for the same inputs changes; part of the artifact's hash
+    version: ClassVar[int] = 1
+    #: the split it reads (of the source cell's dataset)
+    split: ClassVar[str] = "train"
+
+    def __init__(self, params: Params):
+        self.params = params
+
+    def mine(self, model: RetrievalModel, split: PreparedSplit, *, device: torch.device, batch_size: int,
+             block_images: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class HardestNegatives(Miner):
+    """Top-``k`` negatives of every image and every caption of the training split."""
+
+    class Params(Params):
+        k: int = Field(50, ge=1)  # candidates per query
+
+    def mine(self, model: RetrievalModel, split: PreparedSplit, *, device: torch.device, batch_size: int,
+             block_images: int) -> dict[str, Any]:
+        k = self.params.k  # type: ignore[attr-defined]
+        enc = encode(model, split, device=device, batch_size=batch_size)
+        caption_image = torch.from_numpy(split.caption_image()).long()
+        n_img, n_txt = split.n_images, split.n_captions
+        i2t, t2i = [], []
+        for start in range(0, n_img, block_images):  # image rows: captions of other images
+            rows = slice(start, min(start + block_images, n_img))
+            sims = similarity_matrix(model, enc, block_images=block_images, img_slice=rows)
+            i2t.append(hardest_captions(sims, torch.arange(rows.start, rows.stop), caption_image, k))
+        step = max(1, block_images * split.captions_per_image)
+        for start in range(0, n_txt, step):  # caption columns: other images
+            cols = slice(start, min(start + step, n_txt))
+            sims = similarity_matrix(model, enc, block_images=block_images, txt_slice=cols)
+            t2i.append(hardest_images(sims, torch.arange(cols.start, cols.stop), caption_image, k))
+        return {"i2t": torch.cat(i2t), "t2i": torch.cat(t2i)}
+
+
+MINERS: Registry[type[Miner]] = Registry(
+    "miner",
+    {
+        "hardest_negatives": HardestNegatives,
+    },
+)

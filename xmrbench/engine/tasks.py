@@ -1,0 +1,107 @@
+"""Evaluation tasks: what a protocol measures on its split, by ``Protocol.task``.
+
+- ``image_text``: image-to-sentence and sentence-to-image retrieval, a caption
+  relevant to its own image only (R@K, medr, meanr, rsum; folds averaged);
+- ``label``: label-based cross-modal retrieval (ACMR): every image queries every
+  text and the reverse, an item relevant when it shares a class with the query;
+  mAP over the whole ranked list (``core/metrics/labels.py``, ties pessimistic). The
+  split's ``extras["labels"]`` holds one class per image, or a multi-hot row; each
+  caption carries its image's labels;
+- ``sentence``: sentence-to-sentence retrieval (two-branch Table 4): every caption
+  queries the other captions, relevant when they describe the same image (s2s R@K).
+
+The engine picks the evaluator from :data:`TASKS`; a new task is a function with
+the signature of :func:`image_text` and one line in the registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from xmrbench.core.metrics import keys as K
+from xmrbench.core.metrics.labels import average_precision, relevance_from_labels
+from xmrbench.core.metrics.protocols import PROTOCOLS, Protocol
+from xmrbench.core.metrics.sentence import sentence_metrics
+from xmrbench.core.models.base import Padded, RetrievalModel
+from xmrbench.engine.evaluate import encode, evaluate_split, similarity_matrix
+from xmrbench.engine.inputs import PreparedData, PreparedSplit
+from xmrbench.errors import DataError, TrainingError
+from xmrbench.registry import Registry
+
+Metrics = dict[str, float]
+Ranks = dict[str, list[int]]
+TaskEvaluator = Callable[..., tuple[Metrics, Ranks]]
+
+
+def image_text(model: RetrievalModel, split: PreparedSplit, protocol: Protocol, *, device: torch.device,
+               batch_size: int, block_images: int, sentence: bool) -> tuple[Metrics, Ranks]:
+    """Image-sentence retrieval metrics (and, with ``sentence``, s2s recalls too)."""
+    return evaluate_split(model, split, folds=protocol.folds, device=device, batch_size=batch_size,
+                          block_images=block_images, sentence=sentence)
+
+
+def label(model: RetrievalModel, split: PreparedSplit, protocol: Protocol, *, device: torch.device,
+          batch_size: int, block_images: int, sentence: bool) -> tuple[Metrics, Ranks]:
+    """Image-query and text-query mAP by label agreement, and their mean."""
+    labels = split.split.extras.get("labels")
+    if labels is None:
+        raise DataError(f"split {split.name!r} has no labels (extras 'labels'); protocol {protocol.name!r} needs them")
+    img_labels = torch.as_tensor(np.asarray(labels))
+    if len(img_labels) != split.n_images:
+        raise DataError(f"split {split.name!r}: {len(img_labels)} labels for {split.n_images} images")
+    txt_labels = img_labels[torch.from_numpy(split.caption_image())]
+    enc = encode(model, split, device=device, batch_size=batch_size)
+    sims = similarity_matrix(model, enc, block_images=block_images)
+    rel = relevance_from_labels(img_labels, txt_labels)
+    i2t = float(average_precision(sims, rel).mean())
+    t2i = float(average_precision(sims.t().contiguous(), rel.t().contiguous()).mean())
+    return {K.I2T_MAP: i2t, K.T2I_MAP: t2i, K.AVG_MAP: (i2t + t2i) / 2}, {}
+
+
+def sentence(model: RetrievalModel, split: PreparedSplit, protocol: Protocol, *, device: torch.device,
+             batch_size: int, block_images: int, sentence: bool) -> tuple[Metrics, Ranks]:
+    """Sentence-to-sentence recalls over the split's captions."""
+    enc = encode(model, split, device=device, batch_size=batch_size)
+    if isinstance(enc.txt_emb, Padded):
+        raise TrainingError("sentence-to-sentence retrieval needs one embedding per caption")
+    txt = enc.txt_emb.float().cpu()
+    return sentence_metrics(txt @ txt.t(), captions_per_image=split.captions_per_image), {}
+
+
+TASKS: Registry[TaskEvaluator] = Registry(
+    "evaluation task",
+    {
+        "image_text": image_text,
+        "label": label,
+        "sentence": sentence,
+    },
+)
+
+
+def evaluate_protocols(
+    model: RetrievalModel,
+    prepared: PreparedData,
+    protocols: tuple[str, ...],
+    *,
+    device: torch.device,
+    batch_size: int,
+    block_images: int,
+    sentence: bool,
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, list[int]]]]:
+    """Metrics and per-query ranks of every protocol, each by its task's evaluator."""
+    metrics, ranks = {}, {}
+    for name in protocols:
+        proto = PROTOCOLS[name]
+        metrics[name], ranks[name] = TASKS[proto.task](
+            model,
+            prepared.split(proto.split),
+            proto,
+            device=device,
+            batch_size=batch_size,
+            block_images=block_images,
+            sentence=sentence,
+        )
+    return metrics, ranks

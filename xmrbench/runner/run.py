@@ -1,0 +1,196 @@
+"""One run: a (cell, seed) trained and evaluated through the engine, its result written.
+
+``run_one`` builds the cell's dataset (shared between cells through a
+:class:`DataCache`), trains and evaluates through the engine (resuming from the
+run's checkpoint), and writes the result document and the selected model's weights
+atomically. An ensemble cell averages the similarity matrices of its members'
+stored models. Which runs to compute, in which order and where, is the driver's
+business (``runner/driver.py``).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from xmrbench.config import DataConfig
+from xmrbench.core.metrics.protocols import PROTOCOLS
+from xmrbench.data.dataset import RetrievalData
+from xmrbench.data.registry import DATASETS
+from xmrbench.engine.evaluate import encode, fold_similarities, metrics_from_similarities
+from xmrbench.engine.inputs import PreparedData
+from xmrbench.engine.train import Events, RunOutput, train_and_evaluate
+from xmrbench.errors import ConfigError
+from xmrbench.provenance.env import environment
+from xmrbench.provenance.fingerprint import run_fingerprint
+from xmrbench.recipe.resolve import Cell, ResolvedRecipe
+from xmrbench.runner.stages import artifact, initial_weights
+from xmrbench.runner.stored import inputs_of, load_member, write_plain
+from xmrbench.store.schema import SCHEMA_VERSION, CellRef, DatasetRef, RecipeRef, ResultDoc
+from xmrbench.store.store import ResultStore
+
+
+class DataCache:
+    """Datasets and their model-ready preparations, shared by the cells of one process."""
+
+    def __init__(self) -> None:
+        self._data: dict[str, RetrievalData] = {}
+        self._prepared: dict[tuple[str, str, str], PreparedData] = {}
+
+    def data(self, cfg: DataConfig) -> RetrievalData:
+        key = json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
+        if key not in self._data:
+            self._data[key] = DATASETS[cfg.name](cfg)
+        return self._data[key]
+
+    def prepared(self, cfg: DataConfig, image_input: str, text_input: str) -> PreparedData:
+        key = (json.dumps(cfg.model_dump(mode="json"), sort_keys=True), image_input, text_input)
+        if key not in self._prepared:
+            self._prepared[key] = PreparedData(self.data(cfg), cfg, image_input, text_input)
+        return self._prepared[key]
+
+
+def run_one(
+    resolved: ResolvedRecipe,
+    cell: Cell,
+    seed: int,
+    *,
+    store: ResultStore,
+    cache: DataCache,
+    device: torch.device,
+    events: Events | None = None,
+    stop_requested: Callable[[], bool] | None = None,
+) -> tuple[ResultDoc, Path]:
+    """Train and evaluate one (cell, seed) and write its result document."""
+    if cell.members:
+        return _run_ensemble(resolved, cell, seed, store=store, cache=cache, device=device)
+    cfg = cell.config
+    assert cfg is not None and cell.hash is not None
+    image_input, text_input = inputs_of(cfg)
+    prepared = cache.prepared(cfg.data, image_input, text_input)
+    init_state, artifacts = None, {}
+    if cell.needs is not None:  # a later stage: what earlier stages produced, same seed
+
+        if cell.needs.init is not None:
+            init_state = initial_weights(store, resolved, cell.needs.init, seed, cache, device)
+        for ref in cell.needs.artifacts:
+            artifacts[ref.name] = artifact(store, resolved, ref, seed, cache, device,
+                                                  warn=events.warn if events is not None else None,
+                                                  stop_requested=stop_requested)
+    work = store.work_dir(resolved.id, cell.id, cell.hash, seed)
+    work.mkdir(parents=True, exist_ok=True)
+    out = train_and_evaluate(
+        cfg,
+        seed,
+        prepared,
+        device=device,
+        work_dir=work,
+        events=events,
+        label=f"{resolved.id}/{cell.id}/seed{seed}",
+        stop_requested=stop_requested,
+        init_state=init_state,
+        artifacts=artifacts,
+    )
+    config = cfg.to_dict() | ({"needs": cell.needs.identity()} if cell.needs is not None else {})
+    doc = _result_doc(resolved, cell, seed, out, config, cache.data(cfg.data), prepared, device)
+    model_path = store.model_path(resolved.id, cell.id, cell.hash, seed)
+    _save_model({"config": doc.config, "seed": seed, "state_dict": out.state_dict}, model_path)
+    path = store.write(doc)
+    store.finish_run(resolved.id, cell.id, cell.hash, seed)
+    return doc, path
+
+
+def _save_model(payload: dict[str, Any], path: Path) -> None:
+    """Write the selected model's weights atomically; ``load_member`` reads them with ``weights_only=True``."""
+    write_plain(payload, path, what="the model weights")
+
+
+def _result_doc(resolved, cell, seed, out: RunOutput, config: dict, data, prepared, device) -> ResultDoc:
+    image_input, text_input = prepared.image_input, prepared.text_input
+    protocols = {}
+    for name in out.metrics:
+        if name == "dev":
+            continue
+        split = prepared.split(PROTOCOLS[name].split)
+        protocols[name] = run_fingerprint(
+            name,
+            dataset_name=data.name,
+            dataset_fingerprint=data.fingerprint,
+            dataset_info=data.info,
+            split_images=split.n_images,
+            captions_per_image=split.captions_per_image,
+            config=cell.config.to_dict() if cell.config else config,
+            text_input=text_input,
+            image_input=image_input,
+        )
+    return ResultDoc(
+        schema_version=SCHEMA_VERSION,
+        recipe=RecipeRef(
+            id=resolved.id,
+            path=str(resolved.path),
+            hash=resolved.hash,
+            paper=resolved.recipe.paper,
+            table=resolved.recipe.table,
+            profile=resolved.profile,
+        ),
+        cell=CellRef(id=cell.id, label=cell.label, row=cell.row.id, point=cell.point, hash=cell.hash),
+        seed=seed,
+        config=config,
+        dataset=DatasetRef(name=data.name, fingerprint=data.fingerprint, info=data.info),
+        protocols=protocols,
+        metrics=out.metrics,
+        ranks=out.ranks,
+        curves=out.curves,
+        best_epoch=out.best_epoch,
+        n_params=out.n_params,
+        timing=out.timing,
+        env=environment(device),
+        created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        resumed_from_epoch=out.resumed_from_epoch,
+    )
+
+
+def _run_ensemble(resolved, cell, seed, *, store, cache, device) -> tuple[ResultDoc, Path]:
+    """Average the members' similarity matrices (same seed) and evaluate the average."""
+    t0 = time.perf_counter()
+    members = [load_member(store, resolved, m, seed, cache, device) for m in cell.members]
+    cfg = cell.config
+    eval_kw = dict(device=device, batch_size=cfg.eval.batch_size)
+
+    def averaged(split_name: str, folds: int, max_images: int | None = None):
+        total = None
+        cpi = None
+        for model, prepared in members:
+            split = prepared.split(split_name, max_images=max_images)
+            cpi = split.captions_per_image
+            enc = encode(model, split, **eval_kw)
+            sims = fold_similarities(model, split, enc, folds=folds, block_images=cfg.eval.block_images)
+            total = sims if total is None else [a + b for a, b in zip(total, sims)]
+        return metrics_from_similarities([s / len(members) for s in total], captions_per_image=cpi)
+
+    metrics, ranks = {}, {}
+    for name in cfg.eval.protocols:
+        proto = PROTOCOLS[name]
+        if proto.task != "image_text":
+            raise ConfigError(f"protocol {name!r} measures task {proto.task!r}; an ensemble averages image-text "
+                              "similarity matrices only", where=f"{resolved.id}/{cell.id}")
+        metrics[name], ranks[name] = averaged(proto.split, proto.folds)
+    metrics["dev"], _ = averaged("dev", 1, cfg.eval.dev_images)
+    out = RunOutput(
+        metrics=metrics,
+        ranks=ranks if cfg.eval.store_ranks else {},
+        curves={},
+        best_epoch=None,
+        timing={"train_s": 0.0, "eval_s": time.perf_counter() - t0, "wall_s": time.perf_counter() - t0},
+        n_params=sum(sum(p.numel() for p in m.parameters()) for m, _ in members),
+    )
+    config = {"ensemble": {m.id: m.config.to_dict() for m in cell.members}}
+    first_prepared = members[0][1]
+    doc = _result_doc(resolved, cell, seed, out, config, cache.data(cfg.data), first_prepared, device)
+    return doc, store.write(doc)

@@ -1,0 +1,66 @@
+"""Reading what a finished run stored: its selected model, rebuilt for evaluation
+(ensembles average their members' models; a later training stage starts from one or
+mines artifacts with it)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from xmrbench.core.models.registry import MODELS
+from xmrbench.engine.train import check_plain, load_plain
+from xmrbench.errors import StoreError
+from xmrbench.recipe.resolve import Cell, ResolvedRecipe
+from xmrbench.store.store import ResultStore
+
+
+def inputs_of(cfg) -> tuple[str, str]:
+    """The (image, text) input kinds of a cell's model."""
+    params = cfg.model.params
+    return getattr(params, "image_input", "global"), getattr(params, "text_input", "tokens")
+
+
+def load_member(store: ResultStore, resolved: ResolvedRecipe, cell: Cell, seed: int, cache: Any, device: torch.device):
+    """A finished run's selected model, rebuilt from its stored weights, in eval mode.
+
+    The file is read with ``weights_only=True`` (``load_plain``): a file holding
+    anything but tensors, numbers, strings and plain containers is refused with a
+    one-line ``StoreError`` naming it, never unpickled.
+    """
+    path = store.model_path(resolved.id, cell.id, cell.hash, seed)  # type: ignore[arg-type]
+    if not path.is_file():
+        raise StoreError(f"no stored model for {cell.id!r} seed {seed}; run reproduce for it first", where=str(path))
+    payload = load_plain(path, what="stored model", map_location="cpu")
+    state = payload.get("state_dict")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise StoreError("cannot read stored model: no state_dict of tensors", where=str(path))
+    cfg = cell.config
+    prepared = cache.prepared(cfg.data, *inputs_of(cfg))  # type: ignore[union-attr]
+    model = MODELS[cfg.model.name](cfg.model.params, prepared.dims)  # type: ignore[union-attr]
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:  # other shapes or keys: another model's weights
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise StoreError(f"stored weights do not fit {cell.id!r} ({first})", where=str(path)) from None
+    return model.to(device).eval(), prepared
+
+
+def write_plain(payload: dict[str, Any], path: Path, *, what: str) -> None:
+    """Write ``payload`` atomically (a temporary, fsync, rename; through a file object,
+    so a full disk is a one-line ``StoreError``). It must be plain (``check_plain``), so
+    that it is read back with ``weights_only=True`` and nothing in it ever runs."""
+    check_plain(payload, path.name)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise StoreError(f"cannot write {what} ({exc.strerror or exc})", where=str(path)) from None

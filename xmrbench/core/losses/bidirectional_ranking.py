@@ -75,7 +75,7 @@ class BidirectionalRankingLoss(RetrievalLoss):
 
     Distances are computed from the embeddings, so ``sims`` is ignored. Defaults are
     the paper's image-sentence setting (m = 0.1, lambda1 = 1, lambda2 = 2, K = 50);
-    the released two-branch code differs (see PEERS.md), a recipe picks its values.
+    the released two-branch code differs (see docs/peers.md#two-branch-networks), a recipe picks its values.
     """
 
     class Params(LossParams):

@@ -11,7 +11,7 @@ equations, where they come from and the one deviation are in
 :mod:`xmrbench.core.sim.focal_attention`. Trained with the max-violation hinge loss
 (``loss.name: hardest_negative``). BFAN-ens (equal + prob) is a recipe ``ensemble:`` row.
 
-Presets (PEERS.md): focal lambda (the softmax temperature) 20, embedding 1024, word
+Presets (docs/peers.md#bfan): focal lambda (the softmax temperature) 20, embedding 1024, word
 embedding 300, bi-GRU.
 """
 

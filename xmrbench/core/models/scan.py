@@ -11,7 +11,7 @@ image-to-text (``i2t``: each region attends to the words), pooled by ``avg`` or 
 (``loss.name: hardest_negative``, margin 0.2). SCAN-ens (the average of a t-i and an
 i-t model's similarity matrices) is a recipe ``ensemble:`` row.
 
-Presets (PEERS.md): embedding 1024, word embedding 300, bi-GRU; t-i: lambda_softmax 9,
+Presets (docs/peers.md#scan): embedding 1024, word embedding 300, bi-GRU; t-i: lambda_softmax 9,
 LSE lambda 6; i-t: lambda_softmax 4, LSE lambda 5 (Flickr30K) or 20 (MS-COCO). An unset
 ``lambda_softmax``/``lambda_lse`` takes the preset of the chosen direction (the
 Flickr30K one for i-t), so switching ``direction`` alone switches the presets.
@@ -31,7 +31,7 @@ from xmrbench.core.sim.cosine import l2norm
 from xmrbench.core.sim.cross_attention import scan_pair_scores, scan_sims
 from xmrbench.params import Params
 
-#: direction -> (lambda_softmax, lambda_lse), SCAN's Flickr30K presets (PEERS.md)
+#: direction -> (lambda_softmax, lambda_lse), SCAN's Flickr30K presets (docs/peers.md#scan)
 SCAN_PRESETS = {"t2i": (9.0, 6.0), "i2t": (4.0, 5.0)}
 
 

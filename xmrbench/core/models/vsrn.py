@@ -74,7 +74,7 @@ class VSRN(RetrievalModel):
     """Visual semantic reasoning network; see the module docstring for the equations."""
 
     class Params(Params):
-        embed_dim: int = Field(2048, ge=1)  # joint space, also the region and GCN width (PEERS.md)
+        embed_dim: int = Field(2048, ge=1)  # joint space, also the region and GCN width (docs/peers.md#vsrn)
         word_dim: int = Field(300, ge=1)
         gcn_layers: int = Field(4, ge=0)  # reasoning layers (4 in the paper)
         caption_weight: float = Field(1.0, ge=0)  # weight of L_G; 0 drops the caption decoder

@@ -10,7 +10,7 @@ Inputs (rows are queries of the retrieval, i.e. images):
   pooling, whatever its value.
 
 The score of one image (regions ``v_1..v_R``) and one caption (words ``e_1..e_n``),
-following SCAN Sec. 3.1-3.2 and the released code's ``clipped_l2norm`` (PEERS.md):
+following SCAN Sec. 3.1-3.2 and the released code's ``clipped_l2norm`` (docs/peers.md#scan):
 
 1. raw scores ``s_ij = v_i . e_j`` between every region ``i`` and word ``j``;
 2. "clipped_l2norm": ``s = LeakyReLU_0.1(s)``, then L2-normalised *over the query

@@ -5,7 +5,7 @@ image-caption similarity, a reference and a fast kernel.
 The BFAN paper's text is not among ``papers/``; the equations below are our reading of
 its Section 3 (pre-assigned attention, the indicator of relevant fragments, the
 reassigned attention, the bidirectional score), matched against the public release's
-behaviour recorded in PEERS.md (lambda = 20, "equal" and "prob" variants, an ensemble
+behaviour recorded in docs/peers.md#bfan (lambda = 20, "equal" and "prob" variants, an ensemble
 of the two). Inputs and raw-score normalisation are those of SCAN
 (:mod:`xmrbench.core.sim.cross_attention`).
 

@@ -1,5 +1,8 @@
 """Loading recipe files: YAML with line numbers, ``extends:`` chains, validation.
 
+A recipe's ``notes`` are appended to those of the bases it extends; every other key
+merges as ``deep_merge`` does (see :func:`_merge`).
+
 Every error names the file, the line where the YAML parser or the schema found the
 problem, and the dotted key, e.g.
 ``recipes/two_branch/table2.yaml:41: rows[2].set: unknown key``.
@@ -163,10 +166,7 @@ def load_recipe(ref: str | Path) -> tuple[Recipe, Path]:
     """Load, merge (``extends``) and validate a recipe. Raises RecipeError."""
     path = find_recipe(ref)
     docs = list(_chain(path))
-    merged: dict[str, Any] = {}
-    for doc in docs:
-        data = {k: v for k, v in doc.data.items() if k != "extends"}
-        merged = deep_merge(merged, data)
+    merged = _merge(docs)
     top = docs[-1]
     try:
         recipe = Recipe(**merged)
@@ -175,20 +175,58 @@ def load_recipe(ref: str | Path) -> tuple[Recipe, Path]:
         loc = tuple(first["loc"])
         key, msg = format_validation_error(exc)
         key = _format_loc(loc) or key
-        # report the line in the file that actually holds the offending key
+        # report the line in the file that actually holds the offending key: the file that
+        # holds most of its path (a preset or profile may come from a base), the latest on a tie
         where = top.name
+        best = -1
         for doc in reversed(docs):
-            if _has_prefix(doc.data, loc[:1]):
-                where = f"{doc.name}:{doc.line_of(loc)}"
-                break
+            depth = _depth(doc.data, loc)
+            if depth > best and (depth or not loc):
+                where, best = f"{doc.name}:{doc.line_of(loc)}", depth
         raise RecipeError(_clean(msg), where=where, key=key or None) from None
     except TypeError as exc:  # e.g. a non-mapping where a mapping is expected
         raise RecipeError(str(exc), where=top.name) from None
     return recipe, path
 
 
-def _has_prefix(data: Mapping[str, Any], loc: tuple[Any, ...]) -> bool:
-    return not loc or (isinstance(loc[0], str) and loc[0] in data)
+def _merge(docs: list[_Doc]) -> dict[str, Any]:
+    """The files of an ``extends`` chain merged, most basic first: mappings (``config``,
+    ``profiles``, ``presets``, ...) merge key by key, a later file winning; ``notes`` are
+    appended, each file's once (a base reached twice adds its notes once); anything else
+    is replaced by the later file's."""
+    merged: dict[str, Any] = {}
+    notes: list[Any] = []
+    noted: set[Path] = set()
+    malformed: Any = None
+    for doc in docs:
+        data = {k: v for k, v in doc.data.items() if k != "extends"}
+        own = data.pop("notes", None)
+        merged = deep_merge(merged, data)
+        if isinstance(own, list):
+            if doc.path not in noted:
+                notes.extend(own)
+                noted.add(doc.path)
+        elif own is not None:
+            malformed = own  # not a list: left for the schema to report
+    if malformed is not None:
+        merged["notes"] = malformed
+    elif notes:
+        merged["notes"] = notes
+    return merged
+
+
+def _depth(data: Any, loc: tuple[Any, ...]) -> int:
+    """How many leading parts of ``loc`` exist in ``data`` (mapping keys, list indices)."""
+    depth = 0
+    for part in loc:
+        if isinstance(data, Mapping) and isinstance(part, str) and part in data:
+            data = data[part]
+        elif isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data):
+            data = data[part]
+        else:
+            break
+        depth += 1
+    return depth
 
 
 def _clean(msg: str) -> str:

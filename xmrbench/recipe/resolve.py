@@ -5,6 +5,9 @@ The config of a cell is merged in this order (later wins):
 <- ``row.profiles.<profile>`` <- ``cell_profiles.<cell>.<profile>`` <- grid/zip point
 <- ``--set`` overrides.
 
+A row's ``set`` and ``profiles`` already hold the presets it ``use``s (merged when the
+recipe is validated, :mod:`xmrbench.recipe.schema`), so presets need no layer of their own.
+
 Rows come after the profile so that a row's defining switch can never be undone by
 a budget (a row may scale its own parameters per profile, and one grid point of it
 may have its own budget); a sweep point comes after the row so that the swept value

@@ -5,6 +5,12 @@ protocols the paper's numbers were measured on, the table's rows (each a set of
 config overrides plus the paper's printed numbers), optional ``grid``/``zip``
 axes, per-profile overrides, the paper's claims and free-text notes.
 
+Override blocks that several rows share are written once, as named ``presets``
+(in the recipe or in a base it extends); a row takes them with ``use:``. Each
+preset's ``set`` and ``profiles`` are merged key by key into the row's, in the
+order of ``use``, and the row's own keys win; the row then reads as if it had
+written them itself.
+
 Unknown keys and wrong types are rejected with the file and the dotted key.
 """
 
@@ -13,7 +19,8 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
 from xmrbench.config import Strict
 from xmrbench.core.metrics.keys import METRICS
@@ -76,11 +83,21 @@ class Needs(Strict):
         return value
 
 
+class Preset(Strict):
+    """A named block of row overrides (``presets:``), taken by rows with ``use:``."""
+
+    set: dict[str, Any] = {}  # dotted config overrides, as a row's ``set``
+    profiles: dict[Profile, dict[str, Any]] = {}  # as a row's ``profiles``
+
+
 class Row(Strict):
     """One row of the paper's table."""
 
     id: str
     label: str
+    # presets merged into ``set`` and ``profiles``, in this order (the row's own keys win);
+    # after validation ``set`` and ``profiles`` hold the merged overrides
+    use: tuple[str, ...] = ()
     set: dict[str, Any] = {}  # dotted config overrides
     profiles: dict[Profile, dict[str, Any]] = {}  # dotted overrides for one profile only (a row's own budget)
     run: bool = True  # False: printed by the paper, not run by xmrbench (see ``pending``)
@@ -101,10 +118,17 @@ class Row(Strict):
     def _id(cls, value: str) -> str:
         return _check_id(value, "row id")
 
+    @field_validator("use", mode="before")
+    @classmethod
+    def _one_or_more(cls, value: Any) -> Any:
+        return (value,) if isinstance(value, str) else value
+
     @model_validator(mode="after")
     def _pending_needs_no_run(self) -> Row:
         if self.pending and self.run:
             raise ValueError("a row with 'pending' must also say 'run: false'")
+        if self.ensemble and self.use:
+            raise ValueError("an ensemble row takes its settings from its members; it uses no preset")
         if self.ensemble and (self.set or self.profiles):
             raise ValueError("an ensemble row takes its settings from its members; it has no 'set' or 'profiles'")
         if len(self.ensemble) == 1:
@@ -112,6 +136,28 @@ class Row(Strict):
         if self.needs is not None and self.ensemble:
             raise ValueError("an ensemble has no training stage; 'needs' belongs to its members")
         return self
+
+
+def _merge_into(merged: dict[str, Any], layer: dict[str, Any]) -> None:
+    """Dotted overrides: a key of ``layer`` replaces the same key of ``merged`` and moves
+    after every earlier key (so that ``model`` after ``model.name`` still wins when expanded)."""
+    for key, value in layer.items():
+        merged.pop(key, None)
+        merged[key] = value
+
+
+def _with_presets(row: Row, presets: dict[str, Preset]) -> Row:
+    """``row`` with the presets it uses merged into its ``set`` and ``profiles`` (its own keys
+    last, so they win). Every name in ``row.use`` must be a key of ``presets``."""
+    if not row.use:
+        return row
+    merged_set: dict[str, Any] = {}
+    merged_profiles: dict[str, dict[str, Any]] = {}
+    for block in [*(presets[name] for name in row.use), row]:
+        _merge_into(merged_set, block.set)
+        for profile, overrides in block.profiles.items():
+            _merge_into(merged_profiles.setdefault(profile, {}), overrides)
+    return row.model_copy(update={"set": merged_set, "profiles": merged_profiles})
 
 
 class Claim(Strict):
@@ -149,7 +195,8 @@ class Recipe(Strict):
     columns: tuple[str, ...]  # metric keys, in the order the paper prints them
     config: dict[str, Any] = {}
     profiles: dict[Profile, ProfileSpec] = {}
-    rows: tuple[Row, ...]
+    presets: dict[str, Preset] = {}  # name -> row overrides that rows take with ``use:``
+    rows: tuple[Row, ...]  # validated after ``presets``: each row's presets are merged into it
     grid: dict[str, tuple[Any, ...]] = {}
     zip: dict[str, tuple[Any, ...]] = {}
     paper_values: dict[str, dict[str, list[PaperValue] | dict[str, PaperValue]]] = {}  # cell id -> protocol -> values
@@ -172,6 +219,35 @@ class Recipe(Strict):
     @classmethod
     def _id(cls, value: str) -> str:
         return _check_id(value, "recipe id")
+
+    @field_validator("presets")
+    @classmethod
+    def _preset_names(cls, value: dict[str, Preset]) -> dict[str, Preset]:
+        for name in value:
+            _check_id(name, "preset name")
+        return value
+
+    @field_validator("rows")
+    @classmethod
+    def _apply_presets(cls, rows: tuple[Row, ...], info: ValidationInfo) -> tuple[Row, ...]:
+        presets = info.data.get("presets")
+        if presets is None:  # the presets themselves are invalid (reported on their own)
+            return rows
+        known = ", ".join(sorted(presets)) or "(none)"
+        unknown = [
+            InitErrorDetails(
+                type=PydanticCustomError("unknown_preset", "row {row} uses an unknown preset; known: {known}",
+                                         {"row": repr(row.id), "known": known}),
+                loc=(i, "use"),
+                input=name,
+            )
+            for i, row in enumerate(rows)
+            for name in row.use
+            if name not in presets
+        ]
+        if unknown:  # located at the row's ``use`` (rows[i].use), not at ``rows``
+            raise ValidationError.from_exception_data(cls.__name__, unknown)
+        return tuple(_with_presets(row, presets) for row in rows)
 
     @field_validator("columns")
     @classmethod

@@ -4,8 +4,8 @@
 - ``test_alternating``: two optimisers on a k:1 schedule. The embedding step
   minimises the retrieval loss minus ``coef(p) * D`` (fooling a modality
   discriminator), the discriminator step minimises ``D``; ``coef(p) = 2 / (1 +
-  exp(-10 p)) - 1`` grows with training progress ``p`` (the gradient-reversal
-  schedule of domain-adversarial training). Every step is logged on the method.
+  exp(-10 p)) - 1`` grows with training progress ``p`` (``core/reversal.py``).
+  Every step is logged on the method.
 - ``test_offline``: the gradient method plus an offline triplet term over the
   candidate lists of the ``negatives`` artifact (``ctx.artifacts``).
 - ``test_counting``: the ``hardest_negatives`` miner, logging each computation.
@@ -18,7 +18,6 @@ step of that 0-based epoch of that cell, after the previous epoch's checkpoint).
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 from typing import Any
@@ -27,6 +26,7 @@ import torch
 from pydantic import Field
 
 from xmrbench.core.models.base import TrainBatch
+from xmrbench.core.reversal import progress_coefficient
 from xmrbench.engine.methods import METHODS, GradientMethod, MethodParams, StepContext, TrainingMethod, build_optimizer
 from xmrbench.engine.miners import MINERS, HardestNegatives
 
@@ -48,10 +48,6 @@ def weights_sum(model: torch.nn.Module) -> float:
     return float(sum(v.double().sum() for v in model.state_dict().values() if v.is_floating_point()))
 
 
-def grl_coefficient(p: float, gamma: float = 10.0) -> float:
-    return 2.0 / (1.0 + math.exp(-gamma * p)) - 1.0
-
-
 class AlternatingMethod(TrainingMethod):
     class Params(MethodParams):
         k: int = Field(3, ge=1)  # embedding steps per discriminator step
@@ -71,7 +67,7 @@ class AlternatingMethod(TrainingMethod):
         return torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
 
     def step(self, ctx: StepContext, batch: TrainBatch) -> float:
-        coef = grl_coefficient(ctx.progress.fraction)
+        coef = progress_coefficient(ctx.progress.fraction)
         k = self.params.k  # type: ignore[attr-defined]
         maybe_kill(f"{ctx.label.split('/')[1] if '/' in ctx.label else ctx.label}:{ctx.progress.epoch}")
         if ctx.progress.step % (k + 1) < k:  # k embedding steps ...

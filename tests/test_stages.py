@@ -163,12 +163,19 @@ def _metrics(store: Path) -> dict[str, dict]:
             for p in (store / "stages-test").glob("*.json")}
 
 
-@pytest.mark.parametrize("kill", ["round1:1", "mine", "finetune:1", "scratch:1"])
-def test_a_kill_at_any_point_resumes_without_recomputing_finished_stages(tmp_path, kill):
-    _recipe(tmp_path)
-    straight = tmp_path / "straight"
-    done = _drive(tmp_path, straight, tmp_path / "straight.log", None)
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory) -> Path:
+    """The store of an uninterrupted run of the two-stage recipe."""
+    tmp = tmp_path_factory.mktemp("straight")
+    _recipe(tmp)
+    done = _drive(tmp, tmp / "results", tmp / "events.log", None)
     assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-2000:]
+    return tmp / "results"
+
+
+@pytest.mark.parametrize("kill", ["round1:1", "mine", "finetune:1", "scratch:1"])
+def test_a_kill_at_any_point_resumes_without_recomputing_finished_stages(tmp_path, kill, straight):
+    _recipe(tmp_path)
 
     store, log = tmp_path / "results", tmp_path / "events.log"
     killed = _drive(tmp_path, store, log, kill)

@@ -8,6 +8,7 @@ import torch
 
 from xmrbench.core.metrics import keys as K
 from xmrbench.core.metrics.protocols import PROTOCOLS
+from xmrbench.core.models.base import RetrievalModel
 from xmrbench.core.models.registry import MODELS
 from xmrbench.data.dataset import RetrievalData
 from xmrbench.engine.evaluate import encode, evaluate_split, similarity_matrix
@@ -49,8 +50,9 @@ def naive_ap(scores: np.ndarray, relevant: np.ndarray) -> float:
 
 
 def test_protocol_registry_lists_the_tasks():
-    assert {p.task for p in PROTOCOLS.values()} == set(TASKS) == {"image_text", "label", "sentence"}
+    assert {p.task for p in PROTOCOLS.values()} == set(TASKS) == {"image_text", "label", "sentence", "phrase"}
     assert PROTOCOLS["test_labels"].task == "label" and PROTOCOLS["test_s2s"].task == "sentence"
+    assert PROTOCOLS["test_phrases"].task == "phrase"
 
 
 def test_label_map_equals_a_naive_loop():
@@ -82,3 +84,65 @@ def test_sentence_task_equals_the_sentence_flag_of_image_text():
                                   block_images=7, sentence=True)
     assert metrics["test_s2s"] == {k: with_flag[k] for k in (K.S2S_R1, K.S2S_R5, K.S2S_R10)}
     assert metrics["test"] == {k: v for k, v in with_flag.items() if not k.startswith("s2s")}
+
+
+# --- phrase localization -------------------------------------------------------------
+
+WORDS = {"dog": [1.0, 0.0, 0.0], "cat": [1.0, 0.0, 0.0], "ball": [0.0, 0.0, 1.0]}
+
+
+class _Identity(RetrievalModel):
+    """Features are the embeddings: proposal features score phrases by a dot product."""
+
+    def __init__(self):
+        torch.nn.Module.__init__(self)
+
+    def encode_images(self, images):
+        return images
+
+    def encode_texts(self, text):
+        return text.vectors
+
+
+def _phrase_split():
+    from xmrbench.core.models.base import TextBatch
+    from xmrbench.data.dataset import Split
+    from xmrbench.data.entities import EntitiesSplit, Phrase
+    from xmrbench.engine.inputs import PreparedSplit
+
+    # one image, one caption "dog cat ball": dog and cat are findable, the ball has no proposal
+    ents = EntitiesSplit(
+        name="test", captions=["dog cat ball"], captions_per_image=1,
+        phrases=[[Phrase(0, 1, "e1"), Phrase(1, 2, "e2"), Phrase(2, 3, "e3")]],
+        entities=[{"e1": np.array([[0, 0, .5, .5]], np.float32), "e2": np.array([[.5, .5, 1, 1]], np.float32),
+                   "e3": np.array([[.2, .6, .3, .7]], np.float32)}],
+        sizes=np.array([[1.0, 1.0]]), proposal_offsets=np.array([0, 3]),
+        proposal_boxes=np.array([[0, 0, .5, .5], [.5, .5, 1, 1], [.9, .9, 1, 1]], np.float32),
+        proposal_feats=np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1]], np.float32),
+    )
+    split = Split(name="test", captions=ents.captions, captions_per_image=1,
+                  global_feats=np.zeros((1, 3), np.float32), extras={"entities": ents})
+    strings = lambda texts: TextBatch(vectors=torch.tensor([WORDS[t] for t in texts]))  # noqa: E731
+    return PreparedSplit(split=split, image_input="global", text=None, strings=strings)
+
+
+def test_phrase_localization_by_hand():
+    """dog: its correct proposal scores highest (rank 1). cat: scored like the dog, its correct
+    proposal (score 0) ties with an incorrect one and ranks after it (rank 3, ties count
+    against). ball: no proposal overlaps it (a miss at every K, outside the upper bound)."""
+    metrics, ranks = TASKS["phrase"](_Identity(), _phrase_split(), PROTOCOLS["test_phrases"], **KW)
+    assert ranks == {"phrase": [1, 3, 0]}
+    assert metrics == {K.PL_R1: 100 / 3, K.PL_R5: 200 / 3, K.PL_R10: 200 / 3, K.PL_UPPER: 200 / 3}
+
+
+def test_correct_rank_equals_a_naive_pessimistic_sort():
+    from xmrbench.core.metrics.phrase import correct_rank
+
+    gen = torch.Generator().manual_seed(5)
+    for _ in range(200):
+        n = int(torch.randint(1, 9, (1,), generator=gen))
+        scores = torch.randint(0, 3, (n,), generator=gen).float()  # many ties
+        correct = torch.rand(n, generator=gen) < 0.3
+        order = sorted(range(n), key=lambda i: (-float(scores[i]), bool(correct[i])))
+        want = next((pos + 1 for pos, i in enumerate(order) if correct[i]), None)
+        assert correct_rank(scores, correct) == want

@@ -7,6 +7,7 @@ real data) and are read one batch at a time.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -85,6 +86,9 @@ class PreparedSplit:
     image_input: str
     text: _TokenText | _VectorText
     tags: _TagInputs | None = None
+    # texts that are not the split's captions (phrases, say) -> a TextBatch, processed like
+    # the captions (same vocabulary or tf-idf statistics); None where texts are tag queries
+    strings: Callable[[list[str]], TextBatch] | None = None
 
     @property
     def name(self) -> str:
@@ -116,6 +120,13 @@ class PreparedSplit:
 
     def text_batch(self, index: np.ndarray) -> TextBatch:
         return self.text.batch(np.asarray(index))
+
+    def strings_batch(self, texts: list[str]) -> TextBatch:
+        """A batch of arbitrary texts, processed like the captions."""
+        if self.strings is None:
+            raise DataError(f"split {self.name!r}: texts other than its captions cannot be encoded "
+                            "with this text input kind")
+        return self.strings(texts)
 
 
 @dataclass
@@ -164,8 +175,18 @@ class PreparedData:
                 text = _VectorText(tags.queries)  # type: ignore[union-attr]
             else:
                 text = _TokenText(self.vocab, split.captions, self.cfg.max_caption_len)
-            self._splits[key] = PreparedSplit(split=split, image_input=self.image_input, text=text, tags=tags)
+            self._splits[key] = PreparedSplit(split=split, image_input=self.image_input, text=text, tags=tags,
+                                              strings=self._strings())
         return self._splits[key]
+
+    def _strings(self) -> Callable[[list[str]], TextBatch] | None:
+        return self.encode_strings if self.text_input in ("tfidf", "tokens") else None
+
+    def encode_strings(self, texts: list[str]) -> TextBatch:
+        """Arbitrary texts as a TextBatch, with the training split's vocabulary or tf-idf statistics."""
+        if self.text_input == "tfidf":
+            return _VectorText(self._tfidf.transform(texts)).batch(np.arange(len(texts)))  # type: ignore[union-attr]
+        return _TokenText(self.vocab, texts, self.cfg.max_caption_len).batch(np.arange(len(texts)))
 
     @property
     def dims(self) -> InputDims:

@@ -8,7 +8,10 @@
   split's ``extras["labels"]`` holds one class per image, or a multi-hot row; each
   caption carries its image's labels;
 - ``sentence``: sentence-to-sentence retrieval (two-branch Table 4): every caption
-  queries the other captions, relevant when they describe the same image (s2s R@K).
+  queries the other captions, relevant when they describe the same image (s2s R@K);
+- ``phrase``: phrase localization (two-branch Table 1): every phrase of a caption
+  ranks its image's region proposals; found at K when a proposal with IoU >= 0.5
+  with a ground-truth box of the phrase is in the top K (ties count against it).
 
 The engine picks the evaluator from :data:`TASKS`; a new task is a function with
 the signature of :func:`image_text` and one line in the registry.
@@ -23,6 +26,7 @@ import torch
 
 from xmrbench.core.metrics import keys as K
 from xmrbench.core.metrics.labels import average_precision, relevance_from_labels
+from xmrbench.core.metrics.phrase import correct_rank
 from xmrbench.core.metrics.protocols import PROTOCOLS, Protocol
 from xmrbench.core.metrics.sentence import sentence_metrics
 from xmrbench.core.models.base import Padded, RetrievalModel
@@ -71,16 +75,6 @@ def sentence(model: RetrievalModel, split: PreparedSplit, protocol: Protocol, *,
     return sentence_metrics(txt @ txt.t(), captions_per_image=split.captions_per_image), {}
 
 
-TASKS: Registry[TaskEvaluator] = Registry(
-    "evaluation task",
-    {
-        "image_text": image_text,
-        "label": label,
-        "sentence": sentence,
-    },
-)
-
-
 def evaluate_protocols(
     model: RetrievalModel,
     prepared: PreparedData,
@@ -105,3 +99,68 @@ def evaluate_protocols(
             sentence=sentence,
         )
     return metrics, ranks
+
+
+def phrase(model: RetrievalModel, split: PreparedSplit, protocol: Protocol, *, device: torch.device,
+           batch_size: int, block_images: int, sentence: bool) -> tuple[Metrics, Ranks]:
+    """Phrase localization recall at 1, 5 and 10 (IoU >= 0.5), per-phrase ranks, and the
+    proposals' upper bound.
+
+    The split's ``extras["entities"]`` is the phrase-region split (``data/entities.py``):
+    every phrase of every caption is encoded as a text (with the captions' vocabulary or
+    tf-idf statistics), every proposal of its image as a global image vector, and the
+    proposals are ranked by the model's similarity.
+    """
+    from xmrbench.data.entities import IOU_HIT, iou
+
+    ents = split.split.extras.get("entities")
+    if ents is None:
+        raise DataError(f"split {split.name!r} has no phrase-region annotations (extras 'entities'); "
+                        f"protocol {protocol.name!r} needs them")
+    was_training = model.training
+    model.eval()
+    ranks: list[int] = []
+    found = {1: 0, 5: 0, 10: 0}
+    reachable = 0
+    try:
+        with torch.no_grad():
+            for image in range(ents.n_images):
+                captions = range(image * ents.captions_per_image, (image + 1) * ents.captions_per_image)
+                queries = [(j, k) for j in captions for k in range(len(ents.phrases[j]))]
+                if not queries:
+                    continue
+                boxes, feats = ents.proposals(image)
+                if not len(boxes):
+                    ranks.extend([0] * len(queries))
+                    continue
+                prop = torch.cat([model.encode_images(torch.from_numpy(feats[s:s + batch_size]).to(device))
+                                  for s in range(0, len(feats), batch_size)])
+                texts = [ents.phrases[j][k].text(ents.captions[j]) for j, k in queries]
+                txt = model.encode_texts(split.strings_batch(texts).to(device))
+                scores = model.similarity(prop, txt).float().cpu()  # (P, Q)
+                for q, (j, k) in enumerate(queries):
+                    correct = torch.from_numpy(iou(boxes, ents.phrase_boxes(j, k)).max(1) >= IOU_HIT)
+                    rank = correct_rank(scores[:, q], correct)
+                    ranks.append(rank or 0)  # 0: no proposal is correct
+                    reachable += rank is not None
+                    for cutoff in found:
+                        found[cutoff] += rank is not None and rank <= cutoff
+    finally:
+        model.train(was_training)
+    if not ranks:
+        raise DataError(f"split {split.name!r} has no phrases to localize")
+    n = len(ranks)
+    metrics = {K.PL_R1: 100 * found[1] / n, K.PL_R5: 100 * found[5] / n, K.PL_R10: 100 * found[10] / n,
+               K.PL_UPPER: 100 * reachable / n}
+    return metrics, {"phrase": ranks}
+
+
+TASKS: Registry[TaskEvaluator] = Registry(
+    "evaluation task",
+    {
+        "image_text": image_text,
+        "label": label,
+        "sentence": sentence,
+        "phrase": phrase,
+    },
+)

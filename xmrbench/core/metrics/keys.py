@@ -31,6 +31,7 @@ I2T_MAP, T2I_MAP, AVG_MAP = "i2t_map", "t2i_map", "avg_map"
 
 S2S_R1, S2S_R5, S2S_R10 = "s2s_r1", "s2s_r5", "s2s_r10"
 PL_R1, PL_R5, PL_R10 = "pl_r1", "pl_r5", "pl_r10"
+PL_UPPER = "pl_upper"
 
 Scale = Literal["percent", "rank", "fraction"]
 
@@ -72,5 +73,6 @@ METRICS: Registry[MetricSpec] = Registry("metric", {
         _recall(PL_R1, "phrase localization R@1 (IoU >= 0.5)"),
         _recall(PL_R5, "phrase localization R@5 (IoU >= 0.5)"),
         _recall(PL_R10, "phrase localization R@10 (IoU >= 0.5)"),
+        _recall(PL_UPPER, "phrases with a proposal at IoU >= 0.5 (the upper bound of any ranking)"),
     )
 })

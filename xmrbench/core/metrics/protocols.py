@@ -21,7 +21,7 @@ class Protocol:
     split: str
     folds: int
     description: str
-    task: str = "image_text"  # image_text | label | sentence
+    task: str = "image_text"  # image_text | label | sentence | phrase
 
 
 PROTOCOLS: Registry[Protocol] = Registry(
@@ -40,6 +40,10 @@ PROTOCOLS: Registry[Protocol] = Registry(
         "test_s2s": Protocol(
             "test_s2s", "test", 1, "sentence-to-sentence retrieval on test: each caption against the others, "
             "relevant = describing the same image (two-branch Table 4)", task="sentence"
+        ),
+        "test_phrases": Protocol(
+            "test_phrases", "test", 1, "phrase localization on test: each phrase ranks its image's region "
+            "proposals, a hit at IoU >= 0.5 with a ground-truth box (two-branch Table 1)", task="phrase"
         ),
     },
 )

@@ -371,3 +371,44 @@ def load_entities(root: str | os.PathLike, *, captions_per_image: int = 5, mmap:
     if missing:
         raise DataError(f"no split(s) {', '.join(missing)}; found: {', '.join(found)}", where=str(root))
     return {s: load_entities_split(root, s, captions_per_image=captions_per_image, mmap=mmap) for s in wanted}
+
+
+def entities_retrieval_data(root: str | os.PathLike, *, captions_per_image: int = 5, name: str | None = None):
+    """An entities directory as a registered dataset (``data.name: entities``).
+
+    Each split is an image-caption split whose ``extras["entities"]`` is the
+    :class:`EntitiesSplit` (phrases, ground-truth boxes, proposals): the
+    ``test_phrases`` protocol localizes its phrases, and image-sentence retrieval runs
+    on the same images with, as each image's global feature, the mean of its
+    proposals' features (an image without proposals gets zeros). Splits are read
+    when first asked for.
+    """
+    from functools import partial
+
+    from xmrbench.data.dataset import RetrievalData
+    from xmrbench.data.precomp import fingerprint_dir
+
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError("dataset directory does not exist", where=str(root))
+    found = entities_split_names(root)
+    if not found:
+        raise DataError(f"no splits: no *{PHRASES_SUFFIX} files", where=str(root))
+    loaders = {s: partial(_entities_retrieval_split, root, s, captions_per_image) for s in found}
+    info = {"layout": "entities", "captions_per_image": captions_per_image,
+            "image_feature": "mean of the region proposals' features"}
+    return RetrievalData(name=name or root.name, fingerprint=fingerprint_dir(root), loaders=loaders, info=info)
+
+
+def _entities_retrieval_split(root: Path, name: str, captions_per_image: int):
+    from xmrbench.data.dataset import Split
+
+    ents = load_entities_split(root, name, captions_per_image=captions_per_image)
+    dim = int(ents.proposal_feats.shape[1])
+    means = np.zeros((ents.n_images, dim), dtype=np.float32)
+    for image in range(ents.n_images):
+        lo, hi = int(ents.proposal_offsets[image]), int(ents.proposal_offsets[image + 1])
+        if hi > lo:
+            means[image] = np.asarray(ents.proposal_feats[lo:hi], dtype=np.float32).mean(0)
+    return Split(name=name, captions=list(ents.captions), captions_per_image=captions_per_image,
+                 global_feats=means, extras={"entities": ents})

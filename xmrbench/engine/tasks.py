@@ -133,7 +133,7 @@ def phrase(model: RetrievalModel, split: PreparedSplit, protocol: Protocol, *, d
                 if not len(boxes):
                     ranks.extend([0] * len(queries))
                     continue
-                prop = torch.cat([model.encode_images(torch.from_numpy(feats[s:s + batch_size]).to(device))
+                prop = torch.cat([model.encode_images(torch.tensor(feats[s:s + batch_size]).to(device))
                                   for s in range(0, len(feats), batch_size)])
                 texts = [ents.phrases[j][k].text(ents.captions[j]) for j, k in queries]
                 txt = model.encode_texts(split.strings_batch(texts).to(device))

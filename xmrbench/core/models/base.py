@@ -22,7 +22,9 @@ defaults), so the training engine calls them without asking whether they exist:
   fitted on the prepared training split instead of trained by gradient descent; its
   cells set ``loss: null``;
 - ``batch_extras`` (class attribute): names of per-image or per-caption arrays of the
-  split's ``extras`` the model wants in ``TrainBatch.extras`` (class labels, say).
+  split's ``extras`` the model wants in ``TrainBatch.extras`` (class labels, say);
+- ``word_embedding()``: the token embedding pretrained word vectors initialise
+  (``data.word_vectors``), or None for a model without one (the default).
 
 How the parameters are optimised (one optimiser or several, alternating steps,
 coefficients that change with training progress) is not the model's business but
@@ -186,6 +188,10 @@ class RetrievalModel(nn.Module):
 
     def auxiliary_loss(self, batch: TrainBatch, img_emb: Any, txt_emb: Any) -> torch.Tensor | None:
         """A term added to the retrieval loss of ``batch``, or None (the default: no term)."""
+        return None
+
+    def word_embedding(self) -> nn.Embedding | None:
+        """The embedding of token ids that pretrained word vectors initialise; default: None."""
         return None
 
     def fit(self, split: Any) -> None:

@@ -127,3 +127,7 @@ class DAN(RetrievalModel):
     def encode_texts(self, text: TextBatch) -> torch.Tensor:
         """Token ids -> ``txt_emb (B, (K+1) H)``; ``img_emb @ txt_emb.T`` is ``S = sum_k v^(k) . u^(k)``."""
         return torch.cat(self.text_steps(text), dim=-1)
+
+    def word_embedding(self) -> nn.Embedding:
+        """The caption encoder's token embedding (pretrained word vectors initialise it)."""
+        return self.txt_enc.embed

@@ -109,6 +109,11 @@ class DPC(RetrievalModel):
         """Token ids -> ``f_t (B, D)`` (not normalised)."""
         return self.txt_path(self.txt_cnn(text.tokens, text.lengths))
 
+
+    def word_embedding(self) -> nn.Embedding:
+        """The caption encoder's token embedding (pretrained word vectors initialise it)."""
+        return self.txt_cnn.embed
+
     def similarity(self, img_emb: torch.Tensor, txt_emb: torch.Tensor) -> torch.Tensor:
         """Cosine similarities ``(N_img, N_txt)``."""
         return l2norm(img_emb) @ l2norm(txt_emb).t()

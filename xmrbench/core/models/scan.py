@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import torch
 from pydantic import Field, model_validator
+from torch import nn
 
 from xmrbench.core.encoders.image import FCImageEncoder
 from xmrbench.core.encoders.text import GRUTextEncoder
@@ -62,6 +63,11 @@ class CrossAttentionEncoders(RetrievalModel):
         return Padded(words, text.lengths)
 
     @property
+
+    def word_embedding(self) -> nn.Embedding:
+        """The caption encoder's token embedding (pretrained word vectors initialise it)."""
+        return self.txt_enc.embed
+
     def budget_bytes(self) -> int:
         return self.params.sim_memory_mb * 2**20
 

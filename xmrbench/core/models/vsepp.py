@@ -14,6 +14,7 @@ from typing import Literal
 
 import torch
 from pydantic import Field
+from torch import nn
 
 from xmrbench.core.encoders.image import FCImageEncoder
 from xmrbench.core.encoders.text import GRUTextEncoder
@@ -50,3 +51,7 @@ class VSEPP(RetrievalModel):
 
     def encode_texts(self, text: TextBatch) -> torch.Tensor:
         return l2norm(self.txt_enc(text.tokens, text.lengths))
+
+    def word_embedding(self) -> nn.Embedding:
+        """The caption encoder's token embedding (pretrained word vectors initialise it)."""
+        return self.txt_enc.embed

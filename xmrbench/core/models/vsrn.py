@@ -128,6 +128,11 @@ class VSRN(RetrievalModel):
         """Token ids -> ``txt_emb (B, D)``, unit norm."""
         return l2norm(self.txt_enc(text.tokens, text.lengths))
 
+
+    def word_embedding(self) -> nn.Embedding:
+        """The caption encoder's token embedding (pretrained word vectors initialise it)."""
+        return self.txt_enc.embed
+
     def _reasoned_for(self, images: torch.Tensor) -> torch.Tensor:
         """``V*`` of ``images``: the regions kept by the last training ``encode_images``
         call when it saw the same features, else computed afresh."""

@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 
 from xmrbench.config import DataConfig
-from xmrbench.data.dataset import Split
+from xmrbench.data.dataset import RowView, Split
 from xmrbench.data.hdf5 import H5Array, write_h5_features
 from xmrbench.data.registry import DATASETS, apply_sparse
 from xmrbench.data.sparse import (
     UNANNOTATED,
-    RowView,
     sparse_counts,
     sparse_image_count,
     sparse_selection,

@@ -34,15 +34,27 @@ Strict = StrictModel
 
 
 class DataConfig(Strict):
-    """Which dataset a cell trains and evaluates on."""
+    """Which dataset a cell trains and evaluates on: the keys of every dataset kind.
 
-    name: str = "synthetic"  # dataset registry name: synthetic | precomp
+    Each kind (``xmrbench/data/registry.py``: synthetic, precomp, labelled) declares
+    which of these keys a cell of that kind may set; validation
+    (``xmrbench/recipe/config.py``) rejects the keys of other kinds, so here they stay
+    at their defaults. The config is nevertheless kept flat, one model for all kinds,
+    because its dump is part of the cell hash: the hashed ``data`` dict of every cell is
+    the union of the kinds' keys with their defaults, exactly as it was when there was
+    one flat config, so no existing cell hash (and no stored result or regression
+    reference keyed by it) changes. A key added later must leave the hash of configs
+    that do not set it alone: :meth:`to_dict` leaves it out while it holds its default
+    (``dev_from_train``, as ``CellConfig.method``).
+    """
+
+    name: str = "synthetic"  # dataset registry name: synthetic | precomp | labelled
     # synthetic world
     size: Literal["tiny", "small", "medium"] = "small"
     world_seed: int = Field(0, ge=0)
     region_dim: int = Field(128, ge=1)
     global_dim: int = Field(256, ge=1)
-    # precomputed features on disk
+    # features on disk (precomp, labelled)
     root: str | None = None
     dataset: str | None = None  # what the directory holds (flickr30k, mscoco, ...), for the fingerprint
     captions_per_image: int = Field(5, ge=1)
@@ -59,6 +71,10 @@ class DataConfig(Strict):
     sparse_images: float | None = Field(None, gt=0, le=1)
     sparse_sentences: int | None = Field(None, ge=1)
     sparse_seed: int = Field(0, ge=0)
+    # labelled sets without a dev split (ACMR's): hold out this many training instances,
+    # drawn with a fixed seed, as the dev split the model is selected on; None = the
+    # directory's own dev split
+    dev_from_train: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _sparse_sentences_fit(self) -> DataConfig:
@@ -68,6 +84,19 @@ class DataConfig(Strict):
                 f"data.captions_per_image={self.captions_per_image}"
             )
         return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """The hashed form: every key with its value, except later keys at their default."""
+        out = self.model_dump(mode="json")
+        for key in HASHED_WHEN_SET:
+            if out[key] == type(self).model_fields[key].default:
+                del out[key]
+        return out
+
+
+#: Data keys added after the first cell hashes were recorded: in the hashed form only
+#: when a config sets them to something other than their default.
+HASHED_WHEN_SET = ("dev_from_train",)
 
 
 class TrainConfig(Strict):
@@ -122,7 +151,7 @@ class CellConfig(Strict):
 
     def to_dict(self) -> dict[str, Any]:
         out = {
-            "data": self.data.model_dump(mode="json"),
+            "data": self.data.to_dict(),
             "model": self.model.to_dict(),
             "loss": self.loss.to_dict() if self.loss is not None else None,
             "train": self.train.model_dump(mode="json"),

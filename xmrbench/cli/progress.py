@@ -91,12 +91,15 @@ class RichReporter:
         self._end_epochs(cell, seed)
         self.progress.advance(self.runs_task)
         first = next(iter(doc.metrics))
-        rsum = doc.metrics[first].get("rsum")
+        metrics = doc.metrics[first]
+        # rsum for image-sentence retrieval; a label protocol reports mAP
+        shown = (f"rsum {metrics['rsum']:.1f}" if "rsum" in metrics
+                 else ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k.endswith("_map")) or "done")
         took = doc.timing.get("train_s", 0) + doc.timing.get("eval_s", 0)
         resumed = f", resumed at epoch {doc.resumed_from_epoch + 1}" if doc.resumed_from_epoch is not None else ""
         if not self.quiet:
             self.console.print(
-                f"[green]done[/] {cell.id} seed {seed}: {first} rsum {rsum:.1f} "
+                f"[green]done[/] {cell.id} seed {seed}: {first} {shown} "
                 f"(best dev epoch {doc.best_epoch}, {took:.0f}s{resumed})"
             )
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from xmrbench.data.dataset import LazyRows
 from xmrbench.errors import DataError
 
 H5_SUFFIXES = (".h5", ".hdf5")
@@ -76,7 +77,7 @@ def dataset_key(path: str | os.PathLike, key: str | None = None) -> str:
     return names[0]
 
 
-class H5Array:
+class H5Array(LazyRows):
     """A read-only HDF5 dataset with numpy-style row indexing, opened lazily.
 
     ``arr[i]``, ``arr[a:b]`` and ``arr[index]`` (any integer array, any order,
@@ -101,14 +102,7 @@ class H5Array:
         self._table: tuple[int, np.ndarray] | None = None
         self._table_checked = False
 
-    # -- numpy-like surface -------------------------------------------------------
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
+    # -- numpy-like surface (ndim, len: LazyRows) ---------------------------------
     def __repr__(self) -> str:
         return f"H5Array({str(self.path)!r}, key={self.key!r}, shape={self.shape}, dtype={self.dtype})"
 

@@ -13,7 +13,9 @@ identity. On disk, one directory per dataset (see ``docs/formats/labelled.md``):
   (a scipy.sparse CSR matrix, for bag-of-words); ``{split}_labels.npy``: (N,) integers
   in [0, C) for single labels, (N, C) 0/1 (uint8, bool or int) for multi-hot labels.
 
-Dense features are memory-mapped on load.
+Dense features are memory-mapped on load. :func:`labelled_retrieval_data` opens a
+directory as a retrieval dataset (the dataset kind ``labelled``, ``data.name:
+labelled``): one text per image, given as features, and the labels as an extra.
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from xmrbench.data.dataset import RetrievalData, Split
 from xmrbench.data.precomp import atomic_write
 from xmrbench.errors import DataError
 
@@ -356,3 +360,105 @@ def labelled_from_arrays(
     }
     kind = "multi" if any(sp_.multi_label for sp_ in built.values()) else "single"
     return LabelledData(name=name, splits=built, classes=list(classes), meta={"label_kind": kind, **meta})
+
+
+# ---------------------------------------------------------------------------------
+# As a retrieval dataset (dataset kind ``labelled``)
+# ---------------------------------------------------------------------------------
+
+DEV_SPLIT = "dev"
+_DEV_SEED = 0  # the held-out dev instances are the same for every run of a directory
+
+
+class _LabelledSource:
+    """Opens a labelled directory on first use (every split checked together) and hands
+    out its splits as :class:`~xmrbench.data.dataset.Split` s (picklable, lazy)."""
+
+    def __init__(self, root: Path, dev_rows: tuple[np.ndarray, np.ndarray] | None):
+        self.root = root
+        self.dev_rows = dev_rows  # (train rows kept, rows held out as dev), or None
+        self._data: LabelledData | None = None
+
+    def split(self, name: str) -> Split:
+        from xmrbench.data.dataset import row_view
+
+        if self._data is None:
+            self._data = load_labelled(self.root)
+        if self.dev_rows is not None and name in ("train", DEV_SPLIT):
+            source = self._data.split("train")
+            rows = self.dev_rows[0] if name == "train" else self.dev_rows[1]
+            return _as_split(name, row_view(source.img_feats, rows), row_view(source.txt_feats, rows),
+                             np.asarray(source.labels)[rows])
+        split = self._data.split(name)
+        return _as_split(name, split.img_feats, split.txt_feats, split.labels)
+
+
+def _as_split(name: str, img: Any, txt: Any, labels: np.ndarray) -> Split:
+    """A labelled split as a retrieval split: one text per image, given as features."""
+    return Split(name=name, captions=[""] * int(img.shape[0]), captions_per_image=1, global_feats=img,
+                 text_feats=txt, extras={"labels": labels})
+
+
+def labelled_retrieval_data(
+    root: str | os.PathLike, *, dev_from_train: int | None = None, dataset: str | None = None
+) -> RetrievalData:
+    """A labelled directory as a :class:`~xmrbench.data.dataset.RetrievalData` (kind ``labelled``).
+
+    Each split holds one "caption" per image (``captions_per_image`` 1, empty strings:
+    the text is ``text_feats``, the image features are ``global_feats``) and the labels
+    in ``extras["labels"]``. Training selects its model on a ``dev`` split: the
+    directory's own, or with ``dev_from_train`` that many training instances held out
+    (drawn with a fixed seed; both splits are lazy row views of the training arrays).
+    This call reads ``meta.json`` and the image arrays' headers; the splits are opened
+    (and checked, :func:`load_labelled`) on first use.
+    """
+    from xmrbench.data.precomp import fingerprint_dir
+
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError("dataset directory does not exist", where=str(root))
+    meta = read_meta(root)
+    names = labelled_split_names(root)
+    if "train" not in names:
+        raise DataError(f"no 'train' split (train{IMG_SUFFIX}); training needs it; found: {', '.join(names) or 'none'}",
+                        where=str(root))
+    sizes = {name: int(_open_array(root / f"{name}{IMG_SUFFIX}", True).shape[0]) for name in names}
+    dev_rows = None
+    if dev_from_train is not None:
+        if DEV_SPLIT in names:
+            raise DataError(f"data.dev_from_train is set but the directory has its own {DEV_SPLIT!r} split; "
+                            "leave one of them out", where=str(root))
+        n_train = sizes["train"]
+        if dev_from_train >= n_train:
+            raise DataError(f"data.dev_from_train={dev_from_train} leaves no training instance "
+                            f"(train has {n_train})", where=str(root))
+        held = np.zeros(n_train, dtype=bool)
+        held[np.random.default_rng(_DEV_SEED).permutation(n_train)[:dev_from_train]] = True
+        dev_rows = (np.flatnonzero(~held), np.flatnonzero(held))
+        sizes = {"train": n_train - dev_from_train, DEV_SPLIT: dev_from_train,
+                 **{k: v for k, v in sizes.items() if k != "train"}}
+    elif DEV_SPLIT not in names:
+        raise DataError(f"no {DEV_SPLIT!r} split ({DEV_SPLIT}{IMG_SUFFIX}); the model is selected on it; "
+                        f"found: {', '.join(names)}; set data.dev_from_train N to hold out N training instances",
+                        where=str(root))
+    source = _LabelledSource(root, dev_rows)
+    info: dict[str, Any] = {
+        "source": LAYOUT,
+        "root": str(root),
+        "captions_per_image": 1,
+        "classes": len(meta["classes"]),
+        "label_kind": meta["label_kind"],
+        "image_feature": meta.get("image_feature"),
+        "text_feature": meta.get("text_feature"),
+        "splits": {name: {"images": n, "captions": n} for name, n in sizes.items()},
+    }
+    if dev_from_train is not None:
+        info["dev_from_train"] = dev_from_train
+    if dataset:
+        info["dataset"] = dataset
+    return RetrievalData(
+        name=str(meta.get("name") or root.resolve().name),
+        fingerprint=fingerprint_dir(root),
+        loaders={name: partial(source.split, name) for name in sizes},
+        info=info,
+    )

@@ -1,4 +1,10 @@
-"""Dataset registry: name -> builder taking a :class:`DataConfig` and returning RetrievalData.
+"""Dataset registry: kind name -> :class:`DatasetKind`, a builder taking a
+:class:`DataConfig` and returning RetrievalData, and the ``data.*`` keys of the kind.
+
+A cell config may set only the keys of the kind it names (``data.name``); validation
+(``xmrbench/recipe/config.py``) rejects the others with the kind's keys listed. The
+builder still receives the one flat :class:`DataConfig` (why it stays flat: its
+docstring), in which the other kinds' keys hold their defaults.
 
 Every builder applies the sparse-corpus keys (``data.sparse_images``,
 ``data.sparse_sentences``, ``data.sparse_seed``; A3VSE Sec. 4.1) the same way: the
@@ -9,6 +15,7 @@ split ``unannotated`` holds the other training images (see ``xmrbench/data/spars
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 from xmrbench.config import DataConfig
@@ -46,6 +53,18 @@ def build_precomp(cfg: DataConfig) -> RetrievalData:
             )
     if cfg.dataset:
         data.info["dataset"] = cfg.dataset
+    return apply_sparse(data, cfg)
+
+
+def build_labelled(cfg: DataConfig) -> RetrievalData:
+    """A labelled feature set (ACMR's layout, ``docs/formats/labelled.md``) under ``data.root``:
+    image features as ``global``, one text per image as features (``model.text_input:
+    features``), labels for the ``label`` task (protocol ``test_labels``)."""
+    from xmrbench.data.labelled import labelled_retrieval_data
+
+    if not cfg.root:
+        raise DataError("data.name is 'labelled' but no data.root was given (use --data-root DIR)")
+    data = labelled_retrieval_data(cfg.root, dev_from_train=cfg.dev_from_train, dataset=cfg.dataset)
     return apply_sparse(data, cfg)
 
 
@@ -109,10 +128,28 @@ class _SparseSource:
         return self._splits[name]
 
 
-DATASETS: Registry[Callable[[DataConfig], RetrievalData]] = Registry(
+@dataclass(frozen=True)
+class DatasetKind:
+    """A dataset kind: its builder and the ``data.*`` keys (besides ``name``) a cell of it may set."""
+
+    build: Callable[[DataConfig], RetrievalData]
+    keys: tuple[str, ...]
+
+    def __call__(self, cfg: DataConfig) -> RetrievalData:
+        return self.build(cfg)
+
+
+#: keys of the kinds whose texts are captions: the vocabulary and the captions kept per image
+CAPTION_KEYS = ("vocab_min_count", "max_caption_len", "vocab_file", "sparse_sentences")
+#: keys of every kind: which training images are used
+IMAGE_KEYS = ("train_images", "sparse_images", "sparse_seed")
+
+DATASETS: Registry[DatasetKind] = Registry(
     "dataset",
     {
-        "synthetic": build_synthetic,
-        "precomp": build_precomp,
+        "synthetic": DatasetKind(build_synthetic,
+                                 ("size", "world_seed", "region_dim", "global_dim", *CAPTION_KEYS, *IMAGE_KEYS)),
+        "precomp": DatasetKind(build_precomp, ("root", "dataset", "captions_per_image", *CAPTION_KEYS, *IMAGE_KEYS)),
+        "labelled": DatasetKind(build_labelled, ("root", "dataset", "dev_from_train", *IMAGE_KEYS)),
     },
 )

@@ -19,8 +19,8 @@ Deterministic and nested by construction:
 Pair counts are ``images x sentences``; :func:`sparse_counts` computes them from
 split sizes alone (A3VSE Tables 1 and 3 are checked against it in the tests).
 
-Features are never copied: the sampled splits hold :class:`RowView` objects, lazy
-row-subsets of the original (memory-mapped or HDF5) arrays.
+Features are never copied: the sampled splits hold :class:`~xmrbench.data.dataset.RowView`
+objects, lazy row-subsets of the original (memory-mapped or HDF5) arrays.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from xmrbench.data.dataset import Split
+from xmrbench.data.dataset import Split, row_view
 from xmrbench.errors import ConfigError
 
 UNANNOTATED = "unannotated"
@@ -105,55 +105,6 @@ def sparse_selection(
     return image_index, caption_index.astype(np.int64), pool_index
 
 
-class RowView:
-    """Rows ``index`` of an array-like ``base``, read only when indexed.
-
-    Looks like an array to :class:`~xmrbench.data.dataset.Split`: ``shape``, ``dtype``,
-    ``ndim``, ``len``, ``view[i]``, ``view[a:b]``, ``view[int_array]`` and
-    ``np.asarray(view)``. Reads of ``base`` use sorted unique row indices (what HDF5
-    files want); ``index`` itself may be in any order.
-    """
-
-    def __init__(self, base: Any, index: np.ndarray):
-        self.base = base
-        self.index = np.asarray(index, dtype=np.int64)
-        n = int(base.shape[0])
-        if len(self.index) and (self.index.min() < 0 or self.index.max() >= n):
-            raise IndexError(f"row index out of range for {n} rows")
-        self.shape = (len(self.index), *tuple(base.shape[1:]))
-        self.dtype = np.dtype(base.dtype)
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __repr__(self) -> str:
-        return f"RowView({len(self.index)} of {self.base.shape[0]} rows, shape={self.shape})"
-
-    def _read(self, rows: np.ndarray) -> np.ndarray:
-        if isinstance(self.base, np.ndarray):
-            return np.asarray(self.base[rows])
-        uniq, inverse = np.unique(rows, return_inverse=True)
-        block = np.asarray(self.base[uniq])
-        return block[inverse.reshape(-1)]
-
-    def __getitem__(self, item: Any) -> np.ndarray:
-        if isinstance(item, (int, np.integer)):
-            return np.asarray(self.base[int(self.index[item])])
-        if isinstance(item, slice):
-            return self._read(self.index[item])
-        if item is Ellipsis:
-            return self._read(self.index)
-        return self._read(self.index[np.asarray(item)])
-
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        out = self._read(self.index)
-        return out if dtype is None else out.astype(dtype, copy=False)
-
-
 def _take_extra(value: Any, n_images: int, n_captions: int, image_index: np.ndarray, cap_index: np.ndarray) -> Any:
     """A per-image (or per-caption) annotation restricted to the kept rows; others as they are."""
     if isinstance(value, np.ndarray) and value.ndim and value.shape[0] == n_images:
@@ -173,10 +124,6 @@ def _take_extras(extras: dict[str, Any], *args: Any) -> dict[str, Any]:
     return {key: v for key, v in out.items() if v is not _DROP}
 
 
-def _view(arr: Any, index: np.ndarray) -> Any:
-    return None if arr is None else RowView(arr, index)
-
-
 def sparse_splits(
     train: Split, *, fraction: float | None, sentences: int | None, seed: int = 0
 ) -> tuple[Split, Split | None]:
@@ -186,7 +133,7 @@ def sparse_splits(
     (``captions_per_image`` = ``sentences``); the pool (split ``"unannotated"``) holds
     the other images with their features and per-image extras (semantics, tags,
     labels, ...) and no captions (``captions_per_image`` 0). Features are lazy
-    :class:`RowView` s of ``train``'s arrays.
+    :class:`~xmrbench.data.dataset.RowView` s of ``train``'s arrays.
     """
     cpi = train.captions_per_image
     if cpi < 1:
@@ -201,9 +148,10 @@ def sparse_splits(
         name=train.name,
         captions=[train.captions[int(j)] for j in flat],
         captions_per_image=k,
-        regions=_view(train.regions, image_index),
-        global_feats=_view(train.global_feats, image_index),
+        regions=row_view(train.regions, image_index),
+        global_feats=row_view(train.global_feats, image_index),
         extras=_take_extras(train.extras, n, n_caps, image_index, flat),
+        text_feats=row_view(train.text_feats, flat),
     )
     if not len(pool_index):
         return kept, None
@@ -211,8 +159,8 @@ def sparse_splits(
         name=UNANNOTATED,
         captions=[],
         captions_per_image=0,
-        regions=_view(train.regions, pool_index),
-        global_feats=_view(train.global_feats, pool_index),
+        regions=row_view(train.regions, pool_index),
+        global_feats=row_view(train.global_feats, pool_index),
         extras=_take_extras(train.extras, n, n_caps, pool_index, None),
     )
     return kept, pool

@@ -20,6 +20,7 @@ stored as token ids of the file (``file_to_ours[file_id] = our_id``). See
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ class VocabFile:
     order: str  # "scan", "adapt" or "other" (specials found elsewhere)
     file_to_ours: np.ndarray  # (n_words,) int64: our index of the file's index i
     path: str
+    sha256: str  # of the file's bytes: a run records which vocabulary it used
 
     @property
     def words(self) -> int:
@@ -134,14 +136,16 @@ def load_vocab_file(path: str | os.PathLike) -> VocabFile:
     path = Path(path)
     where = str(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
+        data = json.loads(raw.decode("utf-8"))
     except FileNotFoundError:
         raise DataError("vocabulary file does not exist", where=where) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataError(f"cannot read vocabulary json ({exc.__class__.__name__}: {exc})", where=where) from None
     words = _words_from_json(data, where)
     vocab, order, file_to_ours = vocab_from_words(words, where=where)
-    return VocabFile(vocab=vocab, order=order, file_to_ours=file_to_ours, path=where)
+    return VocabFile(vocab=vocab, order=order, file_to_ours=file_to_ours, path=where,
+                     sha256=hashlib.sha256(raw).hexdigest())
 
 
 def write_vocab_file(vocab: Vocabulary, path: str | os.PathLike, *, order: str = "scan") -> Path:

@@ -1,17 +1,24 @@
 """From a dataset split to model inputs: image feature batches and text batches.
 
-The vocabulary and the tf-idf statistics are fitted on the training captions only.
-Image features stay in whatever array the dataset holds (a memory map for large
-real data) and are read one batch at a time.
+Text input kinds: ``tokens`` (padded word ids), ``tfidf`` (tf-idf vectors of the
+captions), ``tags`` (A3VSE's tag scores and queries) and ``features`` (the dataset's
+own precomputed text vectors, ``Split.text_feats``, dense or scipy-sparse: the
+labelled sets). The vocabulary and the tf-idf statistics are fitted on the training
+captions only. Image and text features stay in whatever array the dataset holds (a
+memory map for large real data) and are read one batch at a time; ``data.train_images``
+and ``eval.dev_images`` restrict a split to its first images by a view
+(:meth:`~xmrbench.data.dataset.Split.prefix`), not a copy.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.sparse import issparse
 
 from xmrbench.config import DataConfig
 from xmrbench.core.models.base import InputDims, TextBatch
@@ -19,6 +26,8 @@ from xmrbench.core.text.tfidf import TfidfFeaturizer
 from xmrbench.core.text.vocab import Vocabulary, tokenize
 from xmrbench.data.dataset import RetrievalData, Split
 from xmrbench.errors import DataError
+
+TEXT_INPUTS = ("tokens", "tfidf", "tags", "features")
 
 
 class _TokenText:
@@ -35,11 +44,15 @@ class _TokenText:
 
 
 class _VectorText:
+    """One vector per caption: a scipy sparse matrix, or a dense array (memory map) read by rows."""
+
     def __init__(self, matrix):
-        self._matrix = matrix.tocsr()
+        self._matrix = matrix.tocsr() if issparse(matrix) else matrix
 
     def batch(self, index: np.ndarray) -> TextBatch:
-        return TextBatch(vectors=torch.from_numpy(self._matrix[index].toarray()))
+        rows = self._matrix[np.asarray(index, dtype=np.int64)]
+        rows = rows.toarray() if issparse(rows) else rows
+        return TextBatch(vectors=torch.from_numpy(np.asarray(rows, dtype=np.float32)))
 
 
 class _TagInputs:
@@ -138,28 +151,40 @@ class PreparedData:
     image_input: str
     text_input: str
     vocab: Vocabulary = field(init=False)
+    vocabulary: str = field(init=False)  # what the vocabulary is, for the run fingerprint
     _tfidf: TfidfFeaturizer | None = field(init=False, default=None)
     _splits: dict[str, PreparedSplit] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         train = self.raw_split("train")
+        self.vocabulary = f"train captions, min_count={self.cfg.vocab_min_count}"
+        if self.text_input not in TEXT_INPUTS:
+            raise DataError(f"unknown text input {self.text_input!r}; known: {', '.join(TEXT_INPUTS)}")
+        if self.text_input == "features":
+            if train.text_feats is None:
+                raise DataError(f"dataset {self.data.name!r} has no text features (text input 'features' reads "
+                                "the text vectors of a labelled set)")
+            self.vocabulary = "none: the dataset's text features"
+        elif train.text_feats is not None and not any(train.captions):
+            raise DataError(f"dataset {self.data.name!r} has text features but no caption text; "
+                            "use model.text_input: features")
         if self.cfg.vocab_file:  # a user's vocabulary file (SCAN or ADAPT order) instead of our own
             from xmrbench.data.vocab_file import load_vocab_file, resolve_vocab_path
 
-            self.vocab = load_vocab_file(resolve_vocab_path(self.cfg.vocab_file, self.cfg.root)).vocab
+            loaded = load_vocab_file(resolve_vocab_path(self.cfg.vocab_file, self.cfg.root))
+            self.vocab = loaded.vocab
+            self.vocabulary = f"file {Path(loaded.path).name}, sha256 {loaded.sha256[:16]}"
         else:
             self.vocab = Vocabulary.build(train.captions, min_count=self.cfg.vocab_min_count)
         if self.text_input == "tfidf":
             self._tfidf = TfidfFeaturizer(self.vocab, train.captions)
-        elif self.text_input not in ("tokens", "tags"):
-            raise DataError(f"unknown text input {self.text_input!r}; known: tokens, tfidf, tags")
         if (self.image_input == "tags") != (self.text_input == "tags"):  # one tag index serves both sides
             raise DataError("the 'tags' input kind must be used for images and texts together")
 
     def raw_split(self, name: str) -> Split:
         split = self.data.split(name)
         if name == "train" and self.cfg.train_images is not None and self.cfg.train_images < split.n_images:
-            split = split.subset(np.arange(self.cfg.train_images), name="train")
+            split = split.prefix(self.cfg.train_images, name="train")
         return split
 
     def split(self, name: str, *, max_images: int | None = None) -> PreparedSplit:
@@ -167,12 +192,16 @@ class PreparedData:
         if key not in self._splits:
             split = self.raw_split(name)
             if max_images is not None and max_images < split.n_images:
-                split = split.subset(np.arange(max_images), name=name)
+                split = split.prefix(max_images, name=name)
             tags = _TagInputs(split) if self.image_input == "tags" else None
             if self.text_input == "tfidf":
                 text = _VectorText(self._tfidf.transform(split.captions))  # type: ignore[union-attr]
             elif self.text_input == "tags":
                 text = _VectorText(tags.queries)  # type: ignore[union-attr]
+            elif self.text_input == "features":
+                if split.text_feats is None:
+                    raise DataError(f"split {split.name!r} of dataset {self.data.name!r} has no text features")
+                text = _VectorText(split.text_feats)
             else:
                 text = _TokenText(self.vocab, split.captions, self.cfg.max_caption_len)
             self._splits[key] = PreparedSplit(split=split, image_input=self.image_input, text=text, tags=tags,
@@ -198,6 +227,7 @@ class PreparedData:
         return InputDims(
             image_dim=int(probe.shape[-1]),
             vocab_size=len(self.vocab),
-            text_dim=self._tfidf.dim if self._tfidf is not None else None,
+            text_dim=self._tfidf.dim if self._tfidf is not None else (
+                int(train.text_feats.shape[1]) if self.text_input == "features" else None),
             n_regions=int(probe.shape[1]) if probe.ndim == 3 else None,
         )

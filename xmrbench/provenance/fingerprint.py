@@ -44,8 +44,15 @@ def dataset_label(info: dict[str, Any], name: str) -> str:
 
 def run_fingerprint(
     protocol: str, *, dataset_name: str, dataset_fingerprint: str, dataset_info: dict[str, Any], split_images: int,
-    captions_per_image: int, config: dict[str, Any], text_input: str, image_input: str,
+    captions_per_image: int, config: dict[str, Any], text_input: str, image_input: str, vocabulary: str | None = None,
 ) -> dict[str, Any]:
+    """What a run's numbers on ``protocol`` were measured on.
+
+    ``vocabulary``: what the run's vocabulary was (``PreparedData.vocabulary``: a
+    vocabulary file by name and content hash, so that another file's content changes
+    the fingerprint); None: built from the training captions with the config's
+    ``data.vocab_min_count``.
+    """
     proto = PROTOCOLS[protocol]
     data_cfg = config.get("data", {})
     source = dataset_info.get("source", data_cfg.get("name"))
@@ -63,7 +70,7 @@ def run_fingerprint(
         "metric": METRIC_DEFINITION,
         "features": feats,
         "text_features": text_input,
-        "vocabulary": f"train captions, min_count={data_cfg.get('vocab_min_count')}",
+        "vocabulary": vocabulary or f"train captions, min_count={data_cfg.get('vocab_min_count')}",
     }
 
 

@@ -3,7 +3,8 @@
 The types live in ``xmrbench/config.py``; this module checks a merged mapping
 (recipe ``config`` <- profile <- row <- grid point) against them and against the
 registries of models, losses, samplers, datasets and protocols, and turns pydantic
-errors into one-line ``ConfigError`` messages naming the dotted key.
+errors into one-line ``ConfigError`` messages naming the dotted key. ``data`` may set
+only the keys of the dataset kind it names (``xmrbench/data/registry.py``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from xmrbench.config import CellConfig, ComponentConfig
+from xmrbench.config import CellConfig, ComponentConfig, DataConfig
 from xmrbench.errors import ConfigError, RegistryError
 
 # ---------------------------------------------------------------------------
@@ -61,12 +62,35 @@ def _component(raw: Any, section: str, registry: Mapping[str, Any], where: str) 
     return ComponentConfig(name=name, params=validated)
 
 
+def _data_config(raw: Any, where: str) -> DataConfig:
+    """``data`` validated against the keys of the dataset kind it names (``data.name``)."""
+    from xmrbench.data.registry import DATASETS
+
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"expected a mapping, got {type(raw).__name__}", where=where, key="data")
+    name = raw.get("name", DataConfig.model_fields["name"].default)
+    if not isinstance(name, str):
+        raise ConfigError(f"expected a string, got {name!r}", where=where, key="data.name")
+    if name not in DATASETS:
+        raise ConfigError(f"unknown name {name!r}; known: {', '.join(sorted(DATASETS))}", where=where, key="data.name")
+    keys = DATASETS[name].keys
+    for key in raw:
+        if key != "name" and key not in keys:
+            msg = (f"not a key of dataset kind {name!r} (its keys: {', '.join(keys)})"
+                   if key in DataConfig.model_fields else "unknown key")
+            raise ConfigError(msg, where=where, key=f"data.{key}")
+    try:
+        return DataConfig(**raw)
+    except ValidationError as exc:
+        key, msg = format_validation_error(exc, prefix="data.")
+        raise ConfigError(msg, where=where, key=key) from None
+
+
 def validate_cell_config(raw: Mapping[str, Any], *, where: str) -> CellConfig:
     """Validate a merged raw config dict into a :class:`CellConfig` or raise ConfigError."""
     from xmrbench.core.losses.registry import LOSSES
     from xmrbench.core.metrics.protocols import PROTOCOLS
     from xmrbench.core.models.registry import MODELS
-    from xmrbench.data.registry import DATASETS
     from xmrbench.engine.methods import METHODS
     from xmrbench.engine.samplers import SAMPLERS
 
@@ -93,18 +117,16 @@ def validate_cell_config(raw: Mapping[str, Any], *, where: str) -> CellConfig:
         how = "fitted in closed form" if closed_form else "trained by gradient descent"
         raise ConfigError(f"method {method.name!r} does not fit model {model.name!r}, which is {how}", where=where,
                           key="method.name")
-    rest = {k: raw[k] for k in ("data", "train", "eval") if k in raw}
+    data = _data_config(raw.get("data", {}), where)
+    rest = {k: raw[k] for k in ("train", "eval") if k in raw}
     try:
-        cfg = CellConfig(model=model, loss=loss, method=method, **rest)
+        cfg = CellConfig(data=data, model=model, loss=loss, method=method, **rest)
     except ValidationError as exc:
         key, msg = format_validation_error(exc)
         raise ConfigError(msg, where=where, key=key) from None
-    for key, value, registry in (
-        ("data.name", cfg.data.name, DATASETS),
-        ("train.sampler", cfg.train.sampler, SAMPLERS),
-    ):
-        if value not in registry:
-            raise ConfigError(f"unknown name {value!r}; known: {', '.join(sorted(registry))}", where=where, key=key)
+    if cfg.train.sampler not in SAMPLERS:
+        known = ", ".join(sorted(SAMPLERS))
+        raise ConfigError(f"unknown name {cfg.train.sampler!r}; known: {known}", where=where, key="train.sampler")
     for proto in cfg.eval.protocols:
         if proto not in PROTOCOLS:
             known = ", ".join(sorted(PROTOCOLS))

@@ -128,6 +128,7 @@ def _result_doc(resolved, cell, seed, out: RunOutput, config: dict, data, prepar
             config=cell.config.to_dict() if cell.config else config,
             text_input=text_input,
             image_input=image_input,
+            vocabulary=prepared.vocabulary,
         )
     return ResultDoc(
         schema_version=SCHEMA_VERSION,

@@ -62,12 +62,12 @@ class CCA(RetrievalModel):
         reg: float = Field(1e-2, ge=0)  # r: ridge on each covariance, relative to its mean eigenvalue
         power: float = Field(4.0, ge=0)  # p: component i weighted by (1 + rho_i) ** p; 0 = plain CCA
         image_input: Literal["global", "mean_regions"] = "global"
-        text_input: Literal["tfidf"] = "tfidf"
+        text_input: Literal["tfidf", "features"] = "tfidf"  # features: the dataset's own text vectors
 
     def __init__(self, params: CCA.Params, dims: InputDims):
         super().__init__(params, dims)
         if dims.text_dim is None:
-            raise ConfigError("CCA needs vector text features (model.text_input: tfidf)", key="model.text_input")
+            raise ConfigError("CCA needs vector text features (model.text_input: tfidf or features)", key="model.text_input")
         limit = min(dims.image_dim, dims.text_dim)
         if params.dim > limit:
             raise ConfigError(

@@ -1,7 +1,8 @@
 """Two-branch networks (Wang, Li, Lazebnik, TPAMI 2018), Sections 3.2-3.3.
 
 Each branch maps a precomputed feature (image: global CNN feature; text: an
-orderless sentence vector, tf-idf here, Fisher vectors in the paper) through
+orderless sentence vector, tf-idf here, Fisher vectors in the paper, or a dataset's
+own text vectors with ``text_input: features``) through
 
 - non-linear (default): FC -> ReLU -> Dropout -> FC -> BatchNorm -> L2 norm
   ("batch normalization right after the last FC layer (without ReLU)");
@@ -60,7 +61,7 @@ class _TwoBranchParams(Params):
     dropout: float = Field(0.5, ge=0, lt=1)
     batch_norm: bool = True
     image_input: Literal["global", "mean_regions"] = "global"
-    text_input: Literal["tfidf"] = "tfidf"
+    text_input: Literal["tfidf", "features"] = "tfidf"  # features: the dataset's own text vectors (labelled sets)
 
 
 class TwoBranchEmbedding(RetrievalModel):

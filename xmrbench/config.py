@@ -36,7 +36,7 @@ Strict = StrictModel
 class DataConfig(Strict):
     """Which dataset a cell trains and evaluates on: the keys of every dataset kind.
 
-    Each kind (``xmrbench/data/registry.py``: synthetic, precomp, labelled) declares
+    Each kind (``xmrbench/data/registry.py``: synthetic, precomp, labelled, entities) declares
     which of these keys a cell of that kind may set; validation
     (``xmrbench/recipe/config.py``) rejects the keys of other kinds, so here they stay
     at their defaults. The config is nevertheless kept flat, one model for all kinds,
@@ -48,7 +48,7 @@ class DataConfig(Strict):
     (``dev_from_train``, as ``CellConfig.method``).
     """
 
-    name: str = "synthetic"  # dataset registry name: synthetic | precomp | labelled
+    name: str = "synthetic"  # dataset registry name: synthetic | precomp | labelled | entities
     # synthetic world
     size: Literal["tiny", "small", "medium"] = "small"
     world_seed: int = Field(0, ge=0)
@@ -66,6 +66,10 @@ class DataConfig(Strict):
     # a vocabulary json (SCAN or ADAPT order) instead of one built from the training
     # captions; a relative path is looked up under data.root first, then the working directory
     vocab_file: str | None = None
+    # pretrained word vectors (GloVe / word2vec text format, docs/formats/word_vectors.md)
+    # that initialise the model's token embedding (``RetrievalModel.word_embedding``),
+    # aligned to the vocabulary; a relative path is looked up like vocab_file
+    word_vectors: str | None = None
     # sparse corpora (A3VSE Sec. 4.1): keep a fraction of the training images with
     # sparse_sentences captions each; the other training images form the "unannotated" split
     sparse_images: float | None = Field(None, gt=0, le=1)
@@ -96,7 +100,7 @@ class DataConfig(Strict):
 
 #: Data keys added after the first cell hashes were recorded: in the hashed form only
 #: when a config sets them to something other than their default.
-HASHED_WHEN_SET = ("dev_from_train",)
+HASHED_WHEN_SET = ("dev_from_train", "word_vectors")
 
 
 class TrainConfig(Strict):

@@ -357,15 +357,21 @@ def load_entities_split(root: Path, name: str, *, captions_per_image: int = 5, m
     )
 
 
-def load_entities(root: str | os.PathLike, *, captions_per_image: int = 5, mmap: bool = True,
-                  splits: list[str] | None = None) -> dict[str, EntitiesSplit]:
-    """All splits (or ``splits``) of an entities directory, checked (see :func:`load_entities_split`)."""
-    root = Path(root)
+def _existing_splits(root: Path) -> list[str]:
+    """The split names of an entities directory; a one-line error if there are none."""
     if not root.is_dir():
         raise DataError("dataset directory does not exist", where=str(root))
     found = entities_split_names(root)
     if not found:
         raise DataError(f"no splits: no *{PHRASES_SUFFIX} files", where=str(root))
+    return found
+
+
+def load_entities(root: str | os.PathLike, *, captions_per_image: int = 5, mmap: bool = True,
+                  splits: list[str] | None = None) -> dict[str, EntitiesSplit]:
+    """All splits (or ``splits``) of an entities directory, checked (see :func:`load_entities_split`)."""
+    root = Path(root)
+    found = _existing_splits(root)
     wanted = found if splits is None else list(splits)
     missing = [s for s in wanted if s not in found]
     if missing:
@@ -389,11 +395,7 @@ def entities_retrieval_data(root: str | os.PathLike, *, captions_per_image: int 
     from xmrbench.data.precomp import fingerprint_dir
 
     root = Path(root)
-    if not root.is_dir():
-        raise DataError("dataset directory does not exist", where=str(root))
-    found = entities_split_names(root)
-    if not found:
-        raise DataError(f"no splits: no *{PHRASES_SUFFIX} files", where=str(root))
+    found = _existing_splits(root)
     loaders = {s: partial(_entities_retrieval_split, root, s, captions_per_image) for s in found}
     info = {"layout": "entities", "captions_per_image": captions_per_image,
             "image_feature": "mean of the region proposals' features"}

@@ -43,14 +43,7 @@ def build_precomp(cfg: DataConfig) -> RetrievalData:
     if not cfg.root:
         raise DataError("data.name is 'precomp' but no data.root was given (use --data-root DIR)")
     data = load_precomp(cfg.root, captions_per_image=cfg.captions_per_image, name=cfg.dataset)
-    for needed, why in (("train", "training needs it"), ("dev", "the model is selected on it")):
-        if needed not in data.split_names:
-            have = ", ".join(data.split_names) or "none"
-            raise DataError(
-                f"no {needed!r} split ({needed}_caps.txt with {needed}_ims.npy or {needed}_global.npy); "
-                f"{why}; found: {have}",
-                where=cfg.root,
-            )
+    _require_train_and_dev(data, cfg.root, "{split}_caps.txt with {split}_ims.npy or {split}_global.npy")
     if cfg.dataset:
         data.info["dataset"] = cfg.dataset
     return apply_sparse(data, cfg)
@@ -66,6 +59,28 @@ def build_labelled(cfg: DataConfig) -> RetrievalData:
         raise DataError("data.name is 'labelled' but no data.root was given (use --data-root DIR)")
     data = labelled_retrieval_data(cfg.root, dev_from_train=cfg.dev_from_train, dataset=cfg.dataset)
     return apply_sparse(data, cfg)
+
+
+def build_entities(cfg: DataConfig) -> RetrievalData:
+    """Phrase-region annotations with region proposals (the Flickr30K Entities style
+    layout, ``docs/formats/entities.md``) under ``data.root``: image-caption splits with
+    each split's phrases in ``extras["entities"]`` (protocol ``test_phrases``)."""
+    from xmrbench.data.entities import entities_retrieval_data
+
+    if not cfg.root:
+        raise DataError("data.name is 'entities' but no data.root was given (use --data-root DIR)")
+    data = entities_retrieval_data(cfg.root, captions_per_image=cfg.captions_per_image, name=cfg.dataset)
+    _require_train_and_dev(data, cfg.root, "{split}_phrases.jsonl and its files")
+    return apply_sparse(data, cfg)
+
+
+def _require_train_and_dev(data: RetrievalData, root: str, files: str) -> None:
+    """A one-line error unless ``data`` has the train split (training needs it) and the dev
+    split (the model is selected on it); ``files`` names what a split is made of."""
+    for needed, why in (("train", "training needs it"), ("dev", "the model is selected on it")):
+        if needed not in data.split_names:
+            have = ", ".join(data.split_names) or "none"
+            raise DataError(f"no {needed!r} split ({files.format(split=needed)}); {why}; found: {have}", where=root)
 
 
 def apply_sparse(data: RetrievalData, cfg: DataConfig) -> RetrievalData:
@@ -139,8 +154,8 @@ class DatasetKind:
         return self.build(cfg)
 
 
-#: keys of the kinds whose texts are captions: the vocabulary and the captions kept per image
-CAPTION_KEYS = ("vocab_min_count", "max_caption_len", "vocab_file", "sparse_sentences")
+#: keys of the kinds whose texts are captions: the vocabulary, word vectors and the captions kept per image
+CAPTION_KEYS = ("vocab_min_count", "max_caption_len", "vocab_file", "word_vectors", "sparse_sentences")
 #: keys of every kind: which training images are used
 IMAGE_KEYS = ("train_images", "sparse_images", "sparse_seed")
 
@@ -151,5 +166,6 @@ DATASETS: Registry[DatasetKind] = Registry(
                                  ("size", "world_seed", "region_dim", "global_dim", *CAPTION_KEYS, *IMAGE_KEYS)),
         "precomp": DatasetKind(build_precomp, ("root", "dataset", "captions_per_image", *CAPTION_KEYS, *IMAGE_KEYS)),
         "labelled": DatasetKind(build_labelled, ("root", "dataset", "dev_from_train", *IMAGE_KEYS)),
+        "entities": DatasetKind(build_entities, ("root", "dataset", "captions_per_image", *CAPTION_KEYS, *IMAGE_KEYS)),
     },
 )

@@ -178,8 +178,45 @@ class PreparedData:
             self.vocab = Vocabulary.build(train.captions, min_count=self.cfg.vocab_min_count)
         if self.text_input == "tfidf":
             self._tfidf = TfidfFeaturizer(self.vocab, train.captions)
+        self._word_vectors: np.ndarray | None = None
+        if self.cfg.word_vectors:
+            self.vocabulary += f"; word vectors {Path(self.cfg.word_vectors).name}, sha256 {self._vectors_sha256()[:16]}"
         if (self.image_input == "tags") != (self.text_input == "tags"):  # one tag index serves both sides
             raise DataError("the 'tags' input kind must be used for images and texts together")
+
+    def _vectors_path(self) -> Path:
+        from xmrbench.data.vocab_file import resolve_vocab_path
+
+        return resolve_vocab_path(self.cfg.word_vectors, self.cfg.root)  # type: ignore[arg-type]
+
+    def _vectors_sha256(self) -> str:
+        import hashlib
+
+        path = self._vectors_path()
+        digest = hashlib.sha256()
+        try:
+            with open(path, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 22), b""):
+                    digest.update(chunk)
+        except OSError as exc:
+            raise DataError(f"cannot read the word vectors ({exc.strerror or exc})", where=str(path)) from None
+        return digest.hexdigest()
+
+    def word_vectors(self) -> np.ndarray | None:
+        """``data.word_vectors`` aligned to the vocabulary, ``(len(vocab), D)`` float32, or None.
+
+        Words the file lacks (and the specials but ``<pad>``) get draws from a normal
+        distribution of the found vectors' spread, seeded with 0, so every seed of a cell
+        starts from the same matrix (``data/wordvec.py``).
+        """
+        if not self.cfg.word_vectors:
+            return None
+        if self._word_vectors is None:
+            from xmrbench.data.wordvec import align_to_vocab, read_word_vectors
+
+            vectors = read_word_vectors(self._vectors_path(), words=self.vocab.idx2word)
+            self._word_vectors, _ = align_to_vocab(vectors, self.vocab, seed=0)
+        return self._word_vectors
 
     def raw_split(self, name: str) -> Split:
         split = self.data.split(name)

@@ -265,6 +265,23 @@ def build_method(cfg: CellConfig, model: RetrievalModel, loss: torch.nn.Module |
     return cls(params, model=model, loss=loss, train=cfg.train)
 
 
+def _load_word_vectors(model: RetrievalModel, prepared: PreparedData, name: str, label: str) -> None:
+    """Initialise the model's token embedding with ``data.word_vectors`` (when set)."""
+    vectors = prepared.word_vectors()
+    if vectors is None:
+        return
+    embedding = model.word_embedding()
+    if embedding is None:
+        raise TrainingError(f"data.word_vectors is set, but model {name!r} has no token embedding to initialise",
+                            where=label)
+    if tuple(embedding.weight.shape) != vectors.shape:
+        raise TrainingError(f"word vectors of shape {vectors.shape} do not fit the token embedding "
+                            f"{tuple(embedding.weight.shape)} of model {name!r} (set model.word_dim to "
+                            f"{vectors.shape[1]})", where=label)
+    with torch.no_grad():
+        embedding.weight.copy_(torch.from_numpy(vectors))
+
+
 def train_and_evaluate(
     cfg: CellConfig,
     seed: int,
@@ -292,6 +309,7 @@ def train_and_evaluate(
     model = model_cls(cfg.model.params, prepared.dims)
     train = prepared.split("train")
     model.prepare_training(train)  # parameters sized by the training split (DPC: one class per image)
+    _load_word_vectors(model, prepared, cfg.model.name, label)
     if init_state is not None:
         try:
             model.load_state_dict(init_state)

@@ -109,7 +109,6 @@ class DPC(RetrievalModel):
         """Token ids -> ``f_t (B, D)`` (not normalised)."""
         return self.txt_path(self.txt_cnn(text.tokens, text.lengths))
 
-
     def word_embedding(self) -> nn.Embedding:
         """The caption encoder's token embedding (pretrained word vectors initialise it)."""
         return self.txt_cnn.embed

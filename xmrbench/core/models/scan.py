@@ -62,12 +62,11 @@ class CrossAttentionEncoders(RetrievalModel):
         words = l2norm(self.txt_enc(text.tokens, text.lengths))
         return Padded(words, text.lengths)
 
-    @property
-
     def word_embedding(self) -> nn.Embedding:
         """The caption encoder's token embedding (pretrained word vectors initialise it)."""
         return self.txt_enc.embed
 
+    @property
     def budget_bytes(self) -> int:
         return self.params.sim_memory_mb * 2**20
 

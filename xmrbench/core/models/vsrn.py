@@ -128,7 +128,6 @@ class VSRN(RetrievalModel):
         """Token ids -> ``txt_emb (B, D)``, unit norm."""
         return l2norm(self.txt_enc(text.tokens, text.lengths))
 
-
     def word_embedding(self) -> nn.Embedding:
         """The caption encoder's token embedding (pretrained word vectors initialise it)."""
         return self.txt_enc.embed

@@ -159,3 +159,30 @@ def test_the_engine_loop_probes_no_attribute():
     for name in ("train.py", "methods.py"):
         text = (root / name).read_text()
         assert "getattr(" not in text and "hasattr(" not in text, name
+
+
+def test_a_parameter_added_later_enters_the_hash_only_when_set():
+    """``Params.hashed_when_set``: a component parameter added after results were
+    recorded leaves every existing hash alone while it holds its default."""
+    from pydantic import Field
+
+    from xmrbench.core.losses.registry import LOSSES
+    from xmrbench.recipe.config import validate_cell_config as validate
+
+    cls = LOSSES["bidirectional_ranking"]
+
+    class Later(cls.Params):  # type: ignore[name-defined]
+        hashed_when_set = ("later",)
+        later: int = Field(0, ge=0)
+
+    plain = {k: v for k, v in RAW.items() if k != "method"}
+    before = validate(plain, where="t")
+    original = cls.Params
+    cls.Params = Later
+    try:
+        same = validate(plain, where="t")
+        moved = validate({**plain, "loss": {**plain["loss"], "later": 3}}, where="t")
+    finally:
+        cls.Params = original
+    assert same.hash() == before.hash() and "later" not in same.to_dict()["loss"]
+    assert moved.hash() != before.hash() and moved.to_dict()["loss"]["later"] == 3

@@ -137,7 +137,7 @@ class ComponentConfig(Strict):
     params: Any  # the component's own Params instance
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, **self.params.model_dump(mode="json")}
+        return {"name": self.name, **self.params.hashed()}
 
 
 class CellConfig(Strict):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import types
 import typing
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
@@ -58,4 +58,20 @@ class StrictModel(BaseModel):
 
 
 class Params(StrictModel):
-    """Hyper-parameters of a registered component (model, loss, ...)."""
+    """Hyper-parameters of a registered component (model, loss, ...).
+
+    A parameter added after results were recorded is listed in ``hashed_when_set``:
+    the hashed form (``hashed()``) leaves it out while it holds its default, so the
+    hash of every config that does not set it (and every stored result and regression
+    reference keyed by that hash) stays what it was.
+    """
+
+    hashed_when_set: ClassVar[tuple[str, ...]] = ()
+
+    def hashed(self) -> dict[str, Any]:
+        """The parameters as they enter a config's dump and hash."""
+        out = self.model_dump(mode="json")
+        for key in self.hashed_when_set:
+            if getattr(self, key) == type(self).model_fields[key].default:
+                del out[key]
+        return out

@@ -36,6 +36,35 @@ class LossParams(Params):
     reduction: Reduction = "sum"
 
 
+class TripletParams(LossParams):
+    """Parameters of the hinge triplet losses (VSE++'s hardest negative, the sum of hinges).
+
+    ``positives`` says which batch items are positives of an anchor:
+
+    - ``"image"``: every caption of the anchor's image (and, for a caption, its image);
+      two captions of one image in a batch are never each other's image's negatives;
+    - ``"pair"``: the released VSE++ / SCAN / VSRN code's rule: the batch is a list of
+      (image, caption) pairs, an image repeated once per caption of it, and only a
+      pair's own partner is its positive. Another caption of the same image in the
+      batch counts as a negative, and a repeated image is an anchor once per pair.
+    """
+
+    hashed_when_set: ClassVar[tuple[str, ...]] = ("positives",)
+    positives: Literal["image", "pair"] = "image"
+
+
+def per_pair(img_emb: Tensor, txt_emb: Tensor, sims: Tensor | None, labels: Labels | None,
+             positives: str) -> tuple[Tensor, Tensor | None, Labels | None]:
+    """With ``positives="pair"``: the batch as (image, caption) pairs, one row per caption:
+    ``img_emb`` and ``sims`` rows repeated by each caption's image, labels dropped (the
+    diagonal is positive). Otherwise the inputs unchanged."""
+    if positives != "pair" or labels is None:
+        return img_emb, sims, labels
+    rows = torch.as_tensor(labels[1], device=img_emb.device).long()
+    full = resolve_sims(img_emb, txt_emb, sims)
+    return img_emb[rows], full[rows], None
+
+
 class RetrievalLoss(torch.nn.Module):
     """Base class of the image-text losses.
 

@@ -7,10 +7,11 @@ from torch import Tensor
 
 from xmrbench.core.losses.base import (
     Labels,
-    LossParams,
     RetrievalLoss,
+    TripletParams,
     both_directions,
     max_per_row,
+    per_pair,
     reduce_loss,
 )
 
@@ -28,10 +29,12 @@ class HardestNegativeLoss(RetrievalLoss):
     Difference from the VSE++ code: it masks only the diagonal of the similarity
     matrix, so two captions of the same image in one batch count as negatives of
     each other's image there. Here negatives come from the labels' positive mask, so
-    they never do. With ``labels=None`` (one caption per image) both coincide.
+    they never do (``positives="image"``, the default); ``positives="pair"`` follows the
+    VSE++ code (:class:`~xmrbench.core.losses.base.TripletParams`). With
+    ``labels=None`` (one caption per image) both coincide.
     """
 
-    class Params(LossParams):
+    class Params(TripletParams):
         margin: float = Field(0.2, ge=0)
 
     params: Params
@@ -46,5 +49,6 @@ class HardestNegativeLoss(RetrievalLoss):
     ) -> Tensor:
         """``img_emb (B_img, D)``, ``txt_emb (B_txt, D)``, optional ``sims (B_img, B_txt)``
         used instead of ``img_emb @ txt_emb.T``; returns a 0-d tensor."""
+        img_emb, sims, labels = per_pair(img_emb, txt_emb, sims, labels, self.params.positives)
         i2t, t2i, n_pos = both_directions(img_emb, txt_emb, sims, labels, self.params.margin)
         return reduce_loss(max_per_row(i2t).sum() + max_per_row(t2i).sum(), n_pos, self.params.reduction)

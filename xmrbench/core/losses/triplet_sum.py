@@ -7,9 +7,10 @@ from torch import Tensor
 
 from xmrbench.core.losses.base import (
     Labels,
-    LossParams,
     RetrievalLoss,
+    TripletParams,
     both_directions,
+    per_pair,
     reduce_loss,
 )
 
@@ -26,7 +27,7 @@ class TripletSumLoss(RetrievalLoss):
     ``labels`` the other captions of the same image are never negatives.
     """
 
-    class Params(LossParams):
+    class Params(TripletParams):
         margin: float = Field(0.2, ge=0)
 
     params: Params
@@ -41,5 +42,6 @@ class TripletSumLoss(RetrievalLoss):
     ) -> Tensor:
         """``img_emb (B_img, D)``, ``txt_emb (B_txt, D)``, optional ``sims (B_img, B_txt)``
         used instead of ``img_emb @ txt_emb.T``; returns a 0-d tensor."""
+        img_emb, sims, labels = per_pair(img_emb, txt_emb, sims, labels, self.params.positives)
         i2t, t2i, n_pos = both_directions(img_emb, txt_emb, sims, labels, self.params.margin)
         return reduce_loss(i2t.sum() + t2i.sum(), n_pos, self.params.reduction)

@@ -66,6 +66,9 @@ class DataConfig(Strict):
     # a vocabulary json (SCAN or ADAPT order) instead of one built from the training
     # captions; a relative path is looked up under data.root first, then the working directory
     vocab_file: str | None = None
+    # how captions are split into words (xmrbench/core/text/vocab.py): "words" (punctuation
+    # dropped) or "treebank" (the peers' NLTK tokenizer, punctuation kept)
+    tokenizer: Literal["words", "treebank"] = "words"
     # pretrained word vectors (GloVe / word2vec text format, docs/formats/word_vectors.md)
     # that initialise the model's token embedding (``RetrievalModel.word_embedding``),
     # aligned to the vocabulary; a relative path is looked up like vocab_file
@@ -100,7 +103,7 @@ class DataConfig(Strict):
 
 #: Data keys added after the first cell hashes were recorded: in the hashed form only
 #: when a config sets them to something other than their default.
-HASHED_WHEN_SET = ("dev_from_train", "word_vectors")
+HASHED_WHEN_SET = ("dev_from_train", "word_vectors", "tokenizer")
 
 
 class TrainConfig(Strict):

@@ -173,9 +173,13 @@ class PreparedData:
 
             loaded = load_vocab_file(resolve_vocab_path(self.cfg.vocab_file, self.cfg.root))
             self.vocab = loaded.vocab
+            self.vocab.tokenizer = self.cfg.tokenizer
             self.vocabulary = f"file {Path(loaded.path).name}, sha256 {loaded.sha256[:16]}"
         else:
-            self.vocab = Vocabulary.build(train.captions, min_count=self.cfg.vocab_min_count)
+            self.vocab = Vocabulary.build(train.captions, min_count=self.cfg.vocab_min_count,
+                                          tokenizer=self.cfg.tokenizer)
+        if self.cfg.tokenizer != "words":  # the default leaves the fingerprints of earlier runs alone
+            self.vocabulary += f"; tokenizer {self.cfg.tokenizer}"
         if self.text_input == "tfidf":
             self._tfidf = TfidfFeaturizer(self.vocab, train.captions)
         self._word_vectors: np.ndarray | None = None

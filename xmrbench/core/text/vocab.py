@@ -1,4 +1,15 @@
-"""Tokenizer and vocabulary.
+"""Tokenizers and vocabulary.
+
+Two tokenizers (``TOKENIZERS``), both lower-casing:
+
+- ``words`` (the default): words of letters and digits (with an apostrophe suffix such as
+  ``'s``); punctuation is dropped;
+- ``treebank``: the peers' tokenizer (VSE++, SCAN, VSRN build their vocabularies with
+  NLTK's ``word_tokenize``): Penn Treebank rules, punctuation kept as tokens (the final
+  ``.`` of a caption is a token), contractions split (``isn't`` -> ``is``, ``n't``).
+  The caption is tokenized as one line (NLTK's ``preserve_line``): the peers first split
+  a caption into sentences, which only differs for a caption of several sentences (a
+  period inside it stays on its word here).
 
 The vocabulary is built from the *training* captions only (several public
 vocabularies were built including test captions; we never do). Special tokens use
@@ -24,16 +35,34 @@ SPECIALS = (PAD, START, END, UNK)
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 
 
-def tokenize(text: str) -> list[str]:
-    """Lower-case word tokens; punctuation is dropped."""
+def _words(text: str) -> list[str]:
     return _WORD.findall(text.lower())
+
+
+def _treebank(text: str) -> list[str]:
+    from nltk.tokenize import word_tokenize
+
+    return word_tokenize(text.lower(), preserve_line=True)
+
+
+TOKENIZERS = {"words": _words, "treebank": _treebank}
+
+
+def tokenize(text: str, tokenizer: str = "words") -> list[str]:
+    """Lower-case tokens of ``text`` by ``tokenizer`` (module docstring)."""
+    try:
+        fn = TOKENIZERS[tokenizer]
+    except KeyError:
+        raise DataError(f"unknown tokenizer {tokenizer!r}; known: {', '.join(TOKENIZERS)}") from None
+    return fn(text)
 
 
 class Vocabulary:
     """Word <-> index mapping with SCAN-ordered special tokens."""
 
-    def __init__(self, words: Sequence[str]):
+    def __init__(self, words: Sequence[str], *, tokenizer: str = "words"):
         words = list(words)
+        self.tokenizer = tokenizer  # how texts are split before lookup (``TOKENIZERS``)
         if tuple(words[: len(SPECIALS)]) != SPECIALS:
             raise DataError(f"a vocabulary must start with {', '.join(SPECIALS)}")
         if len(set(words)) != len(words):
@@ -42,11 +71,11 @@ class Vocabulary:
         self.word2idx = {w: i for i, w in enumerate(words)}
 
     @classmethod
-    def build(cls, texts: Iterable[str], *, min_count: int = 1) -> Vocabulary:
+    def build(cls, texts: Iterable[str], *, min_count: int = 1, tokenizer: str = "words") -> Vocabulary:
         """Words occurring at least ``min_count`` times, most frequent first (ties alphabetical)."""
-        counts = Counter(tok for text in texts for tok in tokenize(text))
+        counts = Counter(tok for text in texts for tok in tokenize(text, tokenizer))
         kept = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
-        return cls([*SPECIALS, *kept])
+        return cls([*SPECIALS, *kept], tokenizer=tokenizer)
 
     def __len__(self) -> int:
         return len(self.idx2word)
@@ -57,7 +86,7 @@ class Vocabulary:
     def encode(self, text: str, *, max_len: int | None = None) -> list[int]:
         """``<start> w1 ... wn <end>``, unknown words -> ``<unk>``, at most ``max_len`` words."""
         unk = self.word2idx[UNK]
-        ids = [self.word2idx.get(tok, unk) for tok in tokenize(text)]
+        ids = [self.word2idx.get(tok, unk) for tok in tokenize(text, self.tokenizer)]
         if max_len is not None:
             ids = ids[:max_len]
         return [self.word2idx[START], *ids, self.word2idx[END]]
@@ -77,7 +106,7 @@ class Vocabulary:
 
         rows, cols = [], []
         for i, text in enumerate(texts):
-            for tok in tokenize(text):
+            for tok in tokenize(text, self.tokenizer):
                 j = self.word2idx.get(tok)
                 if j is not None:
                     rows.append(i)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from toy import toy_data
 from xmrbench.core.text.vocab import Vocabulary, tokenize
 from xmrbench.engine.inputs import PreparedData
 from xmrbench.errors import DataError
 from xmrbench.recipe.config import validate_cell_config
+
+from toy import toy_data
 
 CAPTION = "Two dogs aren't chasing a red ball ."
 

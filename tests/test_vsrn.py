@@ -68,21 +68,23 @@ def naive_gcn_layer(layer: RegionGCN, regions: torch.Tensor, *, train: bool) -> 
             affinity = [sum(p * q for p, q in zip(phi[i], psi[j])) / n_reg for j in range(n_reg)]
             propagated = [sum(affinity[j] * g[j][c] for j in range(n_reg)) for c in range(len(g[0]))]
             proj.append(linear(layer.w_r, propagated))
-    bn = layer.bn
-    weight, bias = bn.weight.tolist(), bn.bias.tolist()
     out = torch.empty(n_img, n_reg, dim, dtype=torch.float64)
     for c in range(dim):
-        column = [row[c] for row in proj]
-        if train:
-            mean = sum(column) / len(column)
-            var = sum((x - mean) ** 2 for x in column) / len(column)
-        else:
-            mean, var = float(bn.running_mean[c]), float(bn.running_var[c])
-        for k, x in enumerate(column):
+        for k, normed in enumerate(naive_batch_norm(layer.bn, c, [row[c] for row in proj], train=train)):
             b, i = divmod(k, n_reg)
-            normed = (x - mean) / math.sqrt(var + bn.eps) * weight[c] + bias[c]
             out[b, i, c] = normed + v[b][i][c]
     return out
+
+
+def naive_batch_norm(bn: torch.nn.BatchNorm1d, c: int, column: list[float], *, train: bool) -> list[float]:
+    """Channel ``c`` of a batch norm over the values ``column``: the batch's mean and biased
+    variance in training, the running statistics otherwise."""
+    if train:
+        mean = sum(column) / len(column)
+        var = sum((x - mean) ** 2 for x in column) / len(column)
+    else:
+        mean, var = float(bn.running_mean[c]), float(bn.running_var[c])
+    return [(x - mean) / math.sqrt(var + bn.eps) * float(bn.weight[c]) + float(bn.bias[c]) for x in column]
 
 
 @torch.no_grad()

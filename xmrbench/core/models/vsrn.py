@@ -4,7 +4,7 @@ ICCV 2019) on precomputed region features.
 Image side (Sections 3.1-3.2):
 
 1. region features ``(B, R, D_in)`` -> a linear map to ``D`` (Xavier init), L2-normalised
-   per region;
+   per region (``region_norm``, ``f30k_branch``: below);
 2. region relationship reasoning (Eq. 1-3): ``gcn_layers`` residual graph convolutions
    whose affinity matrix comes from the regions' own embeddings,
    ``R_ij = phi(v_i) . psi(v_j) / R`` and ``V* = W_r (R V W_g) + V``
@@ -23,21 +23,34 @@ caption of the batch is generated from the reasoned regions ``V*`` of its image,
 ``L_M + caption_weight * L_G`` (the paper's ``L = L_M + L_G`` at weight 1).
 ``L_G`` back-propagates into the reasoning layers, which is its purpose.
 
-Simplifications, stated:
+Differences from the released code (docs/peers.md#vsrn). Each is a parameter whose
+default is xmrbench's behaviour and whose other value is the release's:
 
-- the decoder is a single GRU with additive attention over ``V*`` trained with
-  teacher forcing (:mod:`xmrbench.core.encoders.caption_decoder`). The released code
-  uses a sequence-to-sequence captioner whose encoder GRU first reads the regions
-  and whose decoder attends over that encoder's outputs; here the decoder attends
-  over ``V*`` directly;
-- ``L_G`` is the mean NLL per caption token (the released criterion also averages
-  over tokens), not the sum the equation writes;
-- the released code's ``l2norm`` helper normalises dimension 1, which for its
-  ``(B, R, D)`` region tensors is the region axis (each channel scaled over the
-  regions); here each region vector is normalised, as for every other embedding
-  (on the tiny synthetic world the released axis trained worse: test rsum 57 vs 89
-  with the smoke profile);
-- precomputed features only: no CNN or detector fine-tuning.
+- ``region_norm``: ``"region"`` (default) gives every region vector unit length, as for
+  every other embedding; ``"channel"`` is the release's ``l2norm``, which normalises
+  dimension 1 of its ``(B, R, D)`` region tensors, i.e. each channel across the
+  regions, both after the projection and after the reasoning layers (on the tiny
+  synthetic world the release's axis trained worse: test rsum 57 vs 89 with the smoke
+  profile);
+- ``f30k_branch``: ``False`` (default) is one image encoder for every dataset;
+  ``True`` is what the release does for ``f30k_precomp`` only: the projected regions
+  are not normalised, and the GRU's last state passes through a ``BatchNorm1d`` before
+  its L2 normalisation;
+- ``caption_loss_per``: ``"token"`` (default) divides the summed caption NLL by the
+  number of target tokens, ``"caption"`` by the number of captions, as the release's
+  ``LanguageModelCriterion`` does (it divides by the batch size, not by the tokens);
+  the paper's ``L_G`` writes the sum;
+- ``captioner``: ``"attend"`` (default) is a single GRU decoder with additive attention
+  over ``V*``, started from ``tanh(W_0 mean_r v*_r)``, with dropout on the word
+  embeddings and on the output state
+  (:class:`~xmrbench.core.encoders.caption_decoder.AttentionCaptionDecoder`);
+  ``"seq2seq"`` is the release's captioner: the regions projected to
+  ``decoder_hidden`` and read by an encoder GRU, the decoder started from the
+  encoder's last state, attending over the encoder's outputs, with dropout on the
+  projected regions and on ``[word; context]``
+  (:class:`~xmrbench.core.encoders.caption_decoder.Seq2SeqCaptionDecoder`).
+
+Not a parameter: precomputed features only, no CNN or detector fine-tuning.
 """
 
 from __future__ import annotations
@@ -48,7 +61,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from xmrbench.core.encoders.caption_decoder import AttentionCaptionDecoder
+from xmrbench.core.encoders.caption_decoder import AttentionCaptionDecoder, Seq2SeqCaptionDecoder
 from xmrbench.core.encoders.gcn import RegionReasoning
 from xmrbench.core.encoders.image import FCImageEncoder
 from xmrbench.core.encoders.text import GRUTextEncoder
@@ -83,6 +96,13 @@ class VSRN(RetrievalModel):
         decoder_dropout: float = Field(0.2, ge=0, lt=1)
         image_input: Literal["regions"] = "regions"
         text_input: Literal["tokens"] = "tokens"
+        # the released code's choices (module docstring, docs/peers.md#vsrn)
+        region_norm: Literal["region", "channel"] = "region"
+        f30k_branch: bool = False
+        caption_loss_per: Literal["token", "caption"] = "token"
+        captioner: Literal["attend", "seq2seq"] = "attend"
+
+        hashed_when_set = ("region_norm", "f30k_branch", "caption_loss_per", "captioner")
 
     params: Params
 
@@ -93,36 +113,46 @@ class VSRN(RetrievalModel):
         self.reasoning = RegionReasoning(d, layers=params.gcn_layers)
         self.gsr = nn.GRU(d, d, batch_first=True)
         self.txt_enc = GRUTextEncoder(dims.vocab_size, word_dim=params.word_dim, embed_dim=d, pooling="last")
+        decoder = Seq2SeqCaptionDecoder if params.captioner == "seq2seq" else AttentionCaptionDecoder
         self.decoder = (
-            AttentionCaptionDecoder(
+            decoder(
                 d,
                 dims.vocab_size,
                 word_dim=params.decoder_word_dim,
                 hidden_dim=params.decoder_hidden,
                 dropout=params.decoder_dropout,
+                loss_per=params.caption_loss_per,
             )
             if params.caption_weight > 0
             else None
         )
+        # f30k_branch: batch norm of the GRU's last state (no parameters drawn at random)
+        self.state_bn = nn.BatchNorm1d(d) if params.f30k_branch else None
         # The reasoned regions of the last training batch, kept from encode_images for
         # auxiliary_loss of the same step (one forward pass serves both losses, as in
         # the paper; recomputing would also update the batch-norm statistics twice).
         self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def reason(self, images: torch.Tensor) -> torch.Tensor:
-        """``images (B, R, D_in)`` -> reasoned, L2-normalised regions ``V* (B, R, D)``."""
+        """``images (B, R, D_in)`` -> reasoned, L2-normalised regions ``V* (B, R, D)`` (normalised
+        per region or per channel, ``region_norm``)."""
         if images.dim() != 3:
             raise ValueError(f"VSRN needs region features (B, R, D); got shape {tuple(images.shape)}")
-        regions = l2norm(self.img_fc(images))
-        return l2norm(self.reasoning(regions))
+        axis = 1 if self.params.region_norm == "channel" else -1
+        regions = self.img_fc(images)
+        if not self.params.f30k_branch:
+            regions = l2norm(regions, dim=axis)
+        return l2norm(self.reasoning(regions), dim=axis)
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """``images (B, R, D_in)`` -> ``img_emb (B, D)``, unit norm: the GRU's last state over ``V*``."""
+        """``images (B, R, D_in)`` -> ``img_emb (B, D)``, unit norm: the GRU's last state over ``V*``
+        (batch-normalised first with ``f30k_branch``)."""
         reasoned = self.reason(images)
         _, last = self.gsr(reasoned)
         if self.training and torch.is_grad_enabled():
             self._pending = (images, reasoned)
-        return l2norm(last[-1])
+        state = last[-1] if self.state_bn is None else self.state_bn(last[-1])
+        return l2norm(state)
 
     def encode_texts(self, text: TextBatch) -> torch.Tensor:
         """Token ids -> ``txt_emb (B, D)``, unit norm."""

@@ -41,7 +41,7 @@ config:
   train: {{optimizer: adam, lr: 0.001, epochs: 2, batch_size: 200}}
   eval: {{dev_images: 50}}
 profiles:
-  smoke: {{seeds: [0], config: {{data: {{size: tiny}}}}}}
+  smoke: {{seeds: [0], config: {{data: {{size: tiny, train_images: 200}}}}}}
 rows:
   - {{id: round1, label: round one, set: {{method.name: test_alternating}}}}
   - id: finetune
@@ -118,7 +118,7 @@ def test_two_stages_share_one_artifact_and_start_from_the_first_stage(tmp_path, 
     artifacts = list(store.artifact_dir().glob("*.pt"))
     assert len(artifacts) == 1
     assert [e for e in events if e.startswith("artifact ")] == [
-        "artifact stages-test/finetune/seed0 (400, 5)", "artifact stages-test/scratch/seed0 (400, 5)"]
+        "artifact stages-test/finetune/seed0 (200, 5)", "artifact stages-test/scratch/seed0 (200, 5)"]
     # round two from round one's selected weights; the other from the initialisation
     round1, _ = load_member(store, resolved, resolved.cell("round1"), 0, DataCache(), torch.device("cpu"))
     setups = [float(e.split()[1]) for e in events if e.startswith("setup ")]
@@ -126,7 +126,7 @@ def test_two_stages_share_one_artifact_and_start_from_the_first_stage(tmp_path, 
     assert setups[1] != pytest.approx(setups[0], rel=1e-6)
     # the artifact is round one's hardest negatives over the training split
     doc = torch.load(artifacts[0], weights_only=True)
-    assert doc["meta"]["source"]["cell"] == "round1" and doc["tensors"]["i2t"].shape == (400, 5)
+    assert doc["meta"]["source"]["cell"] == "round1" and doc["tensors"]["i2t"].shape == (200, 5)
     stored = json.loads(store.result_path("stages-test", "finetune", resolved.cell("finetune").hash, 0).read_text())
     assert stored["config"]["needs"]["init"] == resolved.cell("round1").hash
     code, out, _ = cli(["plan", str(path), "--profile", "smoke", "--results", str(store.root)], capsys)

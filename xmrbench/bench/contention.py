@@ -86,9 +86,13 @@ def _run_child(env_over: dict[str, str], threads: int | None, epochs: int, repea
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def contention(device: Any, *, quick: bool) -> BenchResult:
-    """Slowdown of training beside one busy process, per thread policy (``beside / alone``)."""
-    epochs, repeats = (2, 3) if quick else (4, 5)
+def contention(device: Any, *, quick: bool, repeats: int | None = None) -> BenchResult:
+    """Slowdown of training beside one busy process, per thread policy (``beside / alone``).
+
+    ``repeats``: trainings per configuration (their median is reported); default 3
+    (``quick``) or 5."""
+    epochs, default_repeats = (2, 3) if quick else (4, 5)
+    repeats = repeats or default_repeats
     res = BenchResult("contention", "training beside one single-threaded busy process, per thread policy")
     cpus = os.cpu_count() or 1
     if cpus < 2:

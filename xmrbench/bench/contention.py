@@ -86,13 +86,13 @@ def _run_child(env_over: dict[str, str], threads: int | None, epochs: int, repea
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def contention(device: Any, *, quick: bool, repeats: int | None = None) -> BenchResult:
+def contention(device: Any, *, quick: bool, repeats: int | None = None, epochs: int | None = None) -> BenchResult:
     """Slowdown of training beside one busy process, per thread policy (``beside / alone``).
 
-    ``repeats``: trainings per configuration (their median is reported); default 3
-    (``quick``) or 5."""
-    epochs, default_repeats = (2, 3) if quick else (4, 5)
-    repeats = repeats or default_repeats
+    ``repeats``: trainings per configuration (their median is reported), ``epochs`` per
+    training; defaults 3 x 2 epochs (``quick``) or 5 x 4."""
+    default_epochs, default_repeats = (2, 3) if quick else (4, 5)
+    repeats, epochs = repeats or default_repeats, epochs or default_epochs
     res = BenchResult("contention", "training beside one single-threaded busy process, per thread policy")
     cpus = os.cpu_count() or 1
     if cpus < 2:

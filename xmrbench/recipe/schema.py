@@ -31,6 +31,13 @@ Profile = Literal["smoke", "quick", "full"]
 PaperValue = float | None
 
 
+def _check_keys(mapping: dict[str, Any], what: str) -> dict[str, Any]:
+    """``mapping`` unchanged if every key is a valid id (``_check_id``)."""
+    for name in mapping:
+        _check_id(name, what)
+    return mapping
+
+
 def _check_id(value: str, what: str) -> str:
     if not ID_RE.match(value):
         raise ValueError(f"{what} {value!r} must be lower-case letters, digits, '.', '_' or '-'")
@@ -78,9 +85,7 @@ class Needs(Strict):
     @field_validator("artifacts")
     @classmethod
     def _names(cls, value: dict[str, ArtifactNeed]) -> dict[str, ArtifactNeed]:
-        for name in value:
-            _check_id(name, "artifact name")
-        return value
+        return _check_keys(value, "artifact name")
 
 
 class Preset(Strict):
@@ -223,9 +228,7 @@ class Recipe(Strict):
     @field_validator("presets")
     @classmethod
     def _preset_names(cls, value: dict[str, Preset]) -> dict[str, Preset]:
-        for name in value:
-            _check_id(name, "preset name")
-        return value
+        return _check_keys(value, "preset name")
 
     @field_validator("rows")
     @classmethod

@@ -13,7 +13,8 @@ PACKAGE = ROOT / "xmrbench"
 DOCS = ROOT / "docs"
 
 #: References to files outside the project, which its users cannot open.
-FORBIDDEN = ("PEERS.md", "../shared", "/work/shared")
+#: (The papers' errata, ERRATA.md, are restated in the project's docs/errata.md.)
+FORBIDDEN = ("PEERS.md", "ERRATA.md", "../shared", "/work/shared")
 #: ``docs/<page>.md`` with an optional ``#anchor``, as docstrings and comments write it.
 DOC_REF = re.compile(r"\bdocs/((?:[\w.-]+/)*[\w.-]+\.md)(?:#([\w-]+))?")
 #: A markdown link's target: ``[text](target)``.
@@ -24,7 +25,7 @@ FENCE = re.compile(r"^\s*(```|~~~)")
 
 def _text_files() -> list[Path]:
     files = [ROOT / "README.md"]
-    for top in (PACKAGE, DOCS):
+    for top in (PACKAGE, DOCS, ROOT / "recipes"):
         files += [p for p in sorted(top.rglob("*")) if p.is_file() and "__pycache__" not in p.parts]
     return files
 
@@ -59,7 +60,7 @@ def test_no_reference_to_files_outside_the_project():
         for needle in FORBIDDEN
         if needle in line
     ]
-    assert not found, "cite docs/peers.md (or another page under docs/) instead:\n" + "\n".join(found)
+    assert not found, "cite docs/peers.md, docs/errata.md (or another page under docs/) instead:\n" + "\n".join(found)
 
 
 def test_docs_pages_named_in_the_package_exist():

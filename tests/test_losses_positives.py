@@ -57,3 +57,18 @@ def test_the_option_leaves_existing_hashes_alone():
     same = validate_cell_config({**raw, "loss": {"name": "hardest_negative", "positives": "image"}}, where="t")
     pair = validate_cell_config({**raw, "loss": {"name": "hardest_negative", "positives": "pair"}}, where="t")
     assert plain.hash() == same.hash() != pair.hash() and "positives" not in plain.to_dict()["loss"]
+
+
+@pytest.mark.parametrize("base", ["vsepp", "scan", "bfan", "vsrn"])
+def test_the_peer_presets_follow_the_peers(base, tmp_path):
+    """Recipes reproducing the released VSE++ / SCAN / BFAN / VSRN code take its positive
+    rule in every profile, and its tokenizer where a vocabulary is built from real captions."""
+    from xmrbench.recipe.resolve import resolve
+
+    from support import base_recipe
+
+    recipe = base_recipe(tmp_path, base, "aoq", "r")
+    for profile in ("smoke", "quick", "full"):
+        cfg = resolve(recipe, profile=profile, require_data=False).cells[0].config
+        assert cfg.loss.params.positives == "pair", profile
+    assert cfg.data.tokenizer == "treebank"

@@ -269,16 +269,28 @@ def test_seq2seq_gradients_reach_the_reasoning_layers():
 # --------------------------------------------------------------------------- no hash or number changes
 
 # computed before the options existed
-HASHES = {"minimal": "096ad92864b4", "smoke": "ef4358367b00", "quick": "87f3beacc359", "full": "b36e846b4ee0"}
+HASHES = {"minimal": "096ad92864b4"}
 MINIMAL = {"model": {"name": "vsrn"}, "loss": {"name": "hardest_negative"}}
 
 
-def test_default_config_hashes_are_unchanged(tmp_path):
+def test_a_config_without_the_options_keeps_its_hash():
     assert validate_cell_config(MINIMAL, where="t").hash() == HASHES["minimal"]
+
+
+def test_the_vsrn_preset_reproduces_the_release(tmp_path):
+    """The recipes' VSRN preset selects every release choice; Flickr30K rows add its branch."""
     recipe = base_recipe(tmp_path, "vsrn", "aoq", "vsrn")
     for profile in ("smoke", "quick", "full"):
-        cfg = resolve(recipe, profile=profile, require_data=False).cells[0].config
-        assert cfg.hash() == HASHES[profile], profile
+        model = resolve(recipe, profile=profile, require_data=False).cells[0].config.model.params
+        assert (model.region_norm, model.caption_loss_per, model.captioner) == ("channel", "caption", "seq2seq")
+        assert model.f30k_branch is False  # the base is not Flickr30K's
+    full = resolve(recipe, profile="full", require_data=False).cells[0].config
+    assert full.data.max_caption_len == 58 and full.data.tokenizer == "treebank"  # 60 with start and end
+    for profile in ("smoke", "full"):
+        cells = {c.id: c.config for c in resolve("aoq-table2", profile=profile, require_data=False).cells}
+        assert cells["vsrn"].model.params.f30k_branch is True
+        assert cells["vsrn"].loss.params.positives == "pair"
+        assert "f30k_branch" not in cells["scan-t2i"].to_dict()["model"]
 
 
 @pytest.mark.parametrize("key", sorted(NEW))

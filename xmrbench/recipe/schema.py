@@ -110,6 +110,7 @@ class Row(Strict):
     needs: Needs | None = None  # a later stage: weights or artifacts from other rows' runs (same seed)
     pending: str | None = None  # why the row is not run (yet)
     source: str | None = None  # where the numbers come from, when not this recipe's table
+    note: str | None = None  # what a reader of this row should know (an ensemble's members and their source)
     # protocol -> values aligned with the recipe's ``columns`` (None = printed as "-"),
     # or protocol -> {metric: value}
     paper: dict[str, list[PaperValue] | dict[str, PaperValue]] = {}

@@ -143,8 +143,9 @@ def to_markdown(rep: TableReport) -> str:
     if rep.resolved.acknowledged:
         out += ["", "### known inconsistencies of the paper's printed numbers", ""]
         out += [f"- {w}" for w in rep.resolved.acknowledged]
-    if rep.recipe.notes:
-        out += ["", "### notes", ""] + [f"- {n}" for n in rep.recipe.notes]
+    row_notes = [f"{row.label}: {row.note}" for row in rep.recipe.rows if row.note]
+    if rep.recipe.notes or row_notes:
+        out += ["", "### notes", ""] + [f"- {n}" for n in [*row_notes, *rep.recipe.notes]]
     if rep.problems:
         out += ["", "### store problems", ""] + [f"- {p}" for p in rep.problems]
     return "\n".join(out) + "\n"

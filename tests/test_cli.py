@@ -40,7 +40,7 @@ def test_reproduce_writes_complete_result_documents(smoke_store):
     files = sorted((smoke_store / "two-branch-table2").glob("*.json"))
     assert len(files) == 8 * 2  # eight runnable rows x two seeds
     doc = json.loads(next(f for f in files if f.name.startswith("linear-single")).read_text())
-    assert doc["schema_version"] == 1 and doc["kind"] == "xmrbench.result"
+    assert doc["schema_version"] == 2 and doc["kind"] == "xmrbench.result"
     assert doc["recipe"]["id"] == "two-branch-table2" and doc["recipe"]["profile"] == "smoke"
     assert set(RETRIEVAL_KEYS) <= set(doc["metrics"]["test"]) and "rsum" in doc["metrics"]["dev"]
     assert len(doc["ranks"]["test"]["i2t"]) == 100 and len(doc["ranks"]["test"]["t2i"]) == 500
@@ -50,6 +50,7 @@ def test_reproduce_writes_complete_result_documents(smoke_store):
     epochs = doc["config"]["train"]["epochs"]  # the smoke profile's budget (recipes/_base/two_branch.yaml)
     assert doc["config"]["data"]["size"] == "tiny" and doc["curves"]["epoch"] == list(range(1, epochs + 1))
     assert {"train_s", "eval_s"} <= set(doc["timing"])
+    assert doc["convergence"]["criterion"] == "plateau" and doc["convergence"]["epochs"] == epochs
     assert not list(smoke_store.rglob("*.tmp"))
     assert not list((smoke_store / "two-branch-table2" / ".work").glob("*"))  # checkpoints removed
     assert len(list((smoke_store / "two-branch-table2" / "models").glob("*.pt"))) == 16

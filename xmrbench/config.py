@@ -22,7 +22,7 @@ import json
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from xmrbench.params import StrictModel
 
@@ -31,6 +31,16 @@ CONFIG_VERSION = 1
 
 
 Strict = StrictModel
+
+
+def hashed_form(section: BaseModel, later_keys: tuple[str, ...]) -> dict[str, Any]:
+    """``section`` as its config hash sees it: every key with its value, except the keys
+    added after the first hashes were recorded (``later_keys``) while at their default."""
+    out = section.model_dump(mode="json")
+    for key in later_keys:
+        if out[key] == type(section).model_fields[key].default:
+            del out[key]
+    return out
 
 
 class DataConfig(Strict):
@@ -94,16 +104,16 @@ class DataConfig(Strict):
 
     def to_dict(self) -> dict[str, Any]:
         """The hashed form: every key with its value, except later keys at their default."""
-        out = self.model_dump(mode="json")
-        for key in HASHED_WHEN_SET:
-            if out[key] == type(self).model_fields[key].default:
-                del out[key]
-        return out
+        return hashed_form(self, HASHED_WHEN_SET)
 
 
 #: Data keys added after the first cell hashes were recorded: in the hashed form only
 #: when a config sets them to something other than their default.
 HASHED_WHEN_SET = ("dev_from_train", "word_vectors", "tokenizer")
+
+
+#: ``train.plateau_window`` and ``train.plateau_gain`` of a config that does not set them
+PLATEAU_DEFAULTS = (3, 0.01)
 
 
 class TrainConfig(Strict):
@@ -120,6 +130,20 @@ class TrainConfig(Strict):
     lr_decay_every: int | None = Field(None, ge=1)  # epochs; None = constant learning rate
     grad_clip: float | None = Field(2.0, gt=0)  # max gradient norm; None = no clipping
     select_by: Literal["rsum", "r1_r5"] = "rsum"  # dev metric for model selection
+    # convergence (core/convergence.py): a run has converged when its best dev selection
+    # score gained less than ``plateau_gain`` (relative) over its last ``plateau_window``
+    # epochs; ``early_stop`` ends training there, ``epochs`` being then the maximum
+    plateau_window: int = Field(PLATEAU_DEFAULTS[0], ge=1)
+    plateau_gain: float = Field(PLATEAU_DEFAULTS[1], ge=0)
+    early_stop: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """The hashed form: every key with its value, except later keys at their default."""
+        return hashed_form(self, TRAIN_HASHED_WHEN_SET)
+
+
+#: Train keys added after the first cell hashes were recorded (see ``HASHED_WHEN_SET``).
+TRAIN_HASHED_WHEN_SET = ("plateau_window", "plateau_gain", "early_stop")
 
 
 class EvalConfig(Strict):
@@ -161,7 +185,7 @@ class CellConfig(Strict):
             "data": self.data.to_dict(),
             "model": self.model.to_dict(),
             "loss": self.loss.to_dict() if self.loss is not None else None,
-            "train": self.train.model_dump(mode="json"),
+            "train": self.train.to_dict(),
             "eval": self.eval.model_dump(mode="json"),
         }
         if self.method is not None:

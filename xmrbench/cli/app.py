@@ -175,12 +175,13 @@ def plan(
     store = ResultStore(results)
     rows, total, basis = estimate(resolved, store)
     staged = any(resolved.cell(r[0]).stage for r in rows)
-    table = Table("cell", *(["stage"] if staged else []), "seed", "state", "estimate")
+    table = Table("cell", *(["stage"] if staged else []), "seed", "state", "estimate", "converged")
     needs_lines: dict[str, str] = {}
     for cell_id, seed, state, est in rows:
         cell = resolved.cell(cell_id)
         table.add_row(cell_id, *([str(cell.stage)] if staged else []), str(seed), state,
-                      "" if state == "done" else (f"{est:.0f}s" if est is not None else "?"))
+                      "" if state == "done" else (f"{est:.0f}s" if est is not None else "?"),
+                      _converged(store, resolved, cell, seed) if state == "done" else "")
         needs = [f"init {cell.needs.init.id}"] if cell.needs is not None and cell.needs.init is not None else []
         needs += [f"{a.name} ({a.miner} of {a.source.id})" for a in (cell.needs.artifacts if cell.needs else ())]
         if needs:
@@ -197,6 +198,28 @@ def plan(
     missing = sum(1 for a in artifacts if a.state != "done")
     also = f" and {missing} artifact(s) to compute" if missing else ""
     console.print(f"{todo} of {len(rows)} runs to do{also}; estimated time left: {eta} ({basis})")
+
+
+AllowUnconvergedOpt = Annotated[bool, typer.Option(
+    "--allow-unconverged/--converged-only",
+    help="Judge claims with runs that have not converged too (default: such pairs are untested; the report "
+         "names the flag when it is given).")]
+
+
+def _converged(store, resolved, cell, seed: int) -> str:
+    """A done run's convergence, for ``plan``: yes (how), or no and why."""
+    from xmrbench.config import PLATEAU_DEFAULTS
+    from xmrbench.core.convergence import of_record
+    from xmrbench.errors import StoreError
+
+    try:
+        doc = store.read(store.result_path(resolved.id, cell.id, cell.hash, seed))
+    except StoreError:
+        return "?"
+    record = of_record(doc.convergence, doc.curves, doc.config.get("train", {}), PLATEAU_DEFAULTS)
+    if record is None:
+        return "?"
+    return f"yes ({record.reason})" if record.converged else f"no ({record.reason})"
 
 
 def _executor(name: str, jobs: int | None, retries: int | None, address: str | None, device: str,
@@ -261,6 +284,7 @@ def reproduce(
     address: AddressOpt = None,
     threads: ThreadsOpt = None,
     keep_going: KeepGoingOpt = False,
+    allow_unconverged: AllowUnconvergedOpt = False,
 ) -> None:
     """Train and evaluate every cell of a recipe (skipping finished runs), then report."""
     from xmrbench.runner.driver import plan_runs
@@ -280,7 +304,8 @@ def reproduce(
     finally:
         runner.close()
     if report:
-        _print_reports([resolved.id], results, profile=profile, fmt="rich", out=None)
+        _print_reports([resolved.id], results, profile=profile, fmt="rich", out=None,
+                       allow_unconverged=allow_unconverged)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -329,7 +354,8 @@ def sweep(
     console.print(sweep_table(resolved, store))
 
 
-def _print_reports(recipes: list[str], results: Path, *, profile: str | None, fmt: str, out: Path | None) -> None:
+def _print_reports(recipes: list[str], results: Path, *, profile: str | None, fmt: str, out: Path | None,
+                   allow_unconverged: bool = False) -> None:
     from rich.markdown import Markdown
 
     from xmrbench.report.collect import collect
@@ -337,7 +363,7 @@ def _print_reports(recipes: list[str], results: Path, *, profile: str | None, fm
     from xmrbench.store.store import ResultStore
 
     store = ResultStore(results)
-    reports = [collect(r, store, profile=profile) for r in recipes]
+    reports = [collect(r, store, profile=profile, allow_unconverged=allow_unconverged) for r in recipes]
     if fmt == "csv":
         text = to_csv(reports)
     elif fmt == "latex":
@@ -365,6 +391,7 @@ def report(
     profile: Annotated[str | None, typer.Option("--profile", help="Which profile's results (default: the most paper-like present).")] = None,
     plots: Annotated[Path | None, typer.Option("--plots", help="Also write figures (PNG) into this directory.")] = None,
     results: ResultsOpt = Path("results"),
+    allow_unconverged: AllowUnconvergedOpt = False,
 ) -> None:
     """Paper | ours (mean ± std over seeds) | Δ for every cell, and a verdict per claim."""
     from xmrbench.recipe.load import recipe_index
@@ -380,7 +407,7 @@ def report(
         recipes = [rid for rid in recipe_index() if rid in have]
         if not recipes:
             raise UsageError(f"no results in {results}/ yet; run `xmrbench reproduce <recipe>` first")
-    _print_reports(recipes, results, profile=profile, fmt=fmt, out=out)
+    _print_reports(recipes, results, profile=profile, fmt=fmt, out=out, allow_unconverged=allow_unconverged)
     if plots is not None:
         from xmrbench.report.collect import collect
         from xmrbench.report.plots import all_figures
@@ -414,6 +441,53 @@ def evaluate(
         for key, value in metrics.items():
             table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
         console.print(table)
+
+
+@app.command()
+def calibrate(
+    recipe: Annotated[str, typer.Argument(help="Recipe id or path.")],
+    profile: ProfileOpt = "quick",
+    seed: Annotated[int, typer.Option("--seed", help="The one seed each row trains with.")] = 0,
+    max_epochs: Annotated[int, typer.Option("--max-epochs", help="The generous budget: training stops at the "
+                                            "plateau or here.")] = 60,
+    budget_s: Annotated[float, typer.Option("--budget-s", help="Seconds a run may take; longer rows are flagged.")] = 120.0,
+    sets: SetOpt = None,
+    rows: RowsOpt = None,
+    results: Annotated[Path, typer.Option("--results", help="Store of the calibration runs (kept: a second "
+                                          "call reuses them).")] = Path("results/calibration"),
+    out: Annotated[Path | None, typer.Option("--out", help="Also write the table (Markdown) to this file.")] = None,
+    device: DeviceOpt = "auto",
+    quiet: Annotated[bool, typer.Option("--quiet/--no-quiet", help="No progress bars.")] = False,
+    executor: ExecutorOpt = "local",
+    jobs: JobsOpt = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Where each row's dev curve flattens: one run per row with early stopping at its plateau
+    (max --max-epochs), tabulated with its seconds, rsum and the chance rsum."""
+    from xmrbench.gate.calibrate import calibrated_cells, calibration_overrides, calibration_rows, to_markdown
+    from xmrbench.recipe.resolve import resolve
+    from xmrbench.store.store import ResultStore, atomic_write_text
+
+    overrides = {**_overrides(sets, None), **calibration_overrides(max_epochs)}
+    resolved = resolve(recipe, profile=profile, seeds=[seed], overrides=overrides)
+    resolved = resolved.restricted_to_rows(_rows(rows) if rows else [c.row.id for c in calibrated_cells(resolved)])
+    cells = calibrated_cells(resolved)
+    runner, dev = _executor(executor, jobs, None, None, device, threads)
+    store = ResultStore(results)
+    from xmrbench.runner.driver import plan_runs
+
+    todo = sum(1 for *_, s in plan_runs(resolved, store) if s != "done")
+    console.print(f"[bold]{resolved.id}[/], profile {profile}: {len(cells)} row(s) to calibrate, {todo} run(s) to do "
+                  f"(seed {seed}, at most {max_epochs} epochs, early stopping at the plateau); results in {results}/")
+    try:
+        _execute(resolved, store, executor=runner, device=dev, force=False, keep_going=True, quiet=quiet, total=todo)
+    finally:
+        runner.close()
+    table = to_markdown(calibration_rows(resolved, store, seed), budget_s=budget_s, max_epochs=max_epochs)
+    sys.stdout.write(table)
+    if out is not None:
+        atomic_write_text(out, table)
+        console.print(f"wrote {out}")
 
 
 @app.command()

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from xmrbench.config import CellConfig
+from xmrbench.core.convergence import Convergence, closed_form, has_plateaued, of_curve
 from xmrbench.core.losses.registry import LOSSES
 from xmrbench.core.models.base import RetrievalModel, TrainBatch
 from xmrbench.core.models.registry import MODELS
@@ -74,6 +75,7 @@ class RunOutput:
     n_params: int
     resumed_from_epoch: int | None = None
     state_dict: dict[str, Any] = field(default_factory=dict, repr=False)
+    convergence: Convergence | None = None  # None: not a training run (an ensemble's average)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -415,6 +417,8 @@ def train_and_evaluate(
                 ckpt_path,
             )
         events.epoch_end(epoch, {"loss": curves["train_loss"][-1], "dev_rsum": dev_metrics["rsum"]})
+        if cfg.train.early_stop and has_plateaued(curves["dev_score"], cfg.train.plateau_window, cfg.train.plateau_gain):
+            break
         if stop_requested is not None and stop_requested() and epoch + 1 < cfg.train.epochs:
             raise KeyboardInterrupt
 
@@ -434,6 +438,11 @@ def _finish(model, prepared, cfg, curves, best_dev, best_epoch, eval_kw, t_start
     )
     t_eval = time.perf_counter() - t0
     metrics["dev"] = best_dev
+    if "fit_s" in curves:
+        convergence = closed_form()
+    else:
+        convergence = of_curve(curves["dev_score"], window=cfg.train.plateau_window, threshold=cfg.train.plateau_gain,
+                               max_epochs=cfg.train.epochs, metric=f"dev {cfg.train.select_by}")
     return RunOutput(
         metrics=metrics,
         ranks=ranks if cfg.eval.store_ranks else {},
@@ -447,4 +456,5 @@ def _finish(model, prepared, cfg, curves, best_dev, best_epoch, eval_kw, t_start
         n_params=sum(p.numel() for p in model.parameters()),
         resumed_from_epoch=resumed,
         state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
+        convergence=convergence,
     )

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from xmrbench.config import PLATEAU_DEFAULTS
+from xmrbench.core.convergence import Convergence, of_members, of_record
 from xmrbench.core.metrics import keys as K
 from xmrbench.errors import XmrbenchError
 from xmrbench.papers import PAPERS
@@ -45,6 +47,17 @@ class CellReport:
     seeds: list[int] = field(default_factory=list)
     docs: list[ResultDoc] = field(default_factory=list, repr=False)  # the results behind ``ours``
     config_differs: bool = False
+    convergence: dict[int, Convergence | None] = field(default_factory=dict)  # seed -> record (None: unknown)
+
+    @property
+    def unconverged(self) -> str | None:
+        """Why this cell's runs have not all converged (None: every run has)."""
+        behind = {s: c for s, c in self.convergence.items() if c is None or not c.converged}
+        if not behind:
+            return None
+        first = next(iter(behind.values()))
+        why = first.reason if first is not None else "no convergence record"
+        return f"{len(behind)} of {len(self.convergence)} run(s), e.g. seed {next(iter(behind))}: {why}"
     comparable: dict[str, tuple[bool, list[str], list[str]]] = field(default_factory=dict)
 
 
@@ -59,6 +72,7 @@ class TableReport:
     commits: list[str]
     problems: list[str]  # corrupt files and similar, to show the user
     n_results: int
+    allow_unconverged: bool = False  # claims judged with runs that have not converged
 
     @property
     def recipe(self):
@@ -95,7 +109,9 @@ def _pick_profile(recipe, docs: list[ResultDoc]) -> str:
     return "quick" if "quick" in recipe.profiles else next(iter(recipe.profiles), "quick")
 
 
-def collect(recipe_ref: str, store: ResultStore, *, profile: str | None = None) -> TableReport:
+def collect(
+    recipe_ref: str, store: ResultStore, *, profile: str | None = None, allow_unconverged: bool = False
+) -> TableReport:
     """Everything a paper-vs-ours table needs, for one recipe (id or path)."""
     from xmrbench.errors import RecipeError
     from xmrbench.recipe.load import load_recipe
@@ -111,7 +127,8 @@ def collect(recipe_ref: str, store: ResultStore, *, profile: str | None = None) 
         profile = _pick_profile(recipe, [d for _, d, _ in store.iter_results(recipe.id) if d is not None])
     if profile not in PROFILES:
         raise XmrbenchError(f"unknown profile {profile!r}; known: {', '.join(PROFILES)}")
-    return collect_resolved(resolve(recipe, profile=profile, path=path, require_data=False), store)
+    resolved = resolve(recipe, profile=profile, path=path, require_data=False)
+    return collect_resolved(resolved, store, allow_unconverged=allow_unconverged)
 
 
 def _stored_recipe(store: ResultStore, recipe_id: str):
@@ -132,8 +149,12 @@ def _stored_recipe(store: ResultStore, recipe_id: str):
     return None
 
 
-def collect_resolved(resolved: ResolvedRecipe, store: ResultStore) -> TableReport:
-    """The report of an already resolved recipe (e.g. a derived sweep recipe)."""
+def collect_resolved(resolved: ResolvedRecipe, store: ResultStore, *, allow_unconverged: bool = False) -> TableReport:
+    """The report of an already resolved recipe (e.g. a derived sweep recipe).
+
+    A claim pair with a cell whose runs have not all converged is untested, unless
+    ``allow_unconverged`` (the report then says so).
+    """
     recipe, profile = resolved.recipe, resolved.profile
     docs: list[ResultDoc] = []
     problems: list[str] = []
@@ -165,6 +186,13 @@ def collect_resolved(resolved: ResolvedRecipe, store: ResultStore) -> TableRepor
         chosen = [seen[s] for s in sorted(seen)]
         rep.seeds = sorted(seen)
         rep.docs = chosen
+        rep.convergence = {d.seed: of_record(d.convergence, d.curves, d.config.get("train", {}), PLATEAU_DEFAULTS)
+                           for d in chosen}
+        if cell.members:  # an ensemble written before records existed: judged by its members
+            by_id = {c.id: c for c in cells}
+            for seed, record in rep.convergence.items():
+                if record is None and all(m.id in by_id for m in cell.members):
+                    rep.convergence[seed] = of_members({m.id: by_id[m.id].convergence.get(seed) for m in cell.members})
         for proto in recipe.protocols:
             with_proto = [d for d in chosen if proto in d.metrics]
             if not with_proto:
@@ -192,11 +220,13 @@ def collect_resolved(resolved: ResolvedRecipe, store: ResultStore) -> TableRepor
             if fa is not None and fb is not None:
                 comparable_pairs[(better, worse, proto)] = compare(fa, fb)[0]
         claim_specs.append((claim.id, claim.text, claim.metric, proto, claim.pairs))
-    verdicts = judge(claim_specs, sides, comparable=comparable_pairs)
+    unconverged = {} if allow_unconverged else {c.id: c.unconverged for c in cells if c.unconverged}
+    verdicts = judge(claim_specs, sides, comparable=comparable_pairs, unconverged=unconverged)
 
     all_docs = [d for c in by_cell.values() for d in c]
     datasets = sorted({f"{d.dataset.name} ({d.dataset.fingerprint[:10]})" for d in all_docs})
     machines = sorted({machine_label(d.env) for d in all_docs})
     commits = sorted({str(d.env.get("git_commit") or "?")[:12] for d in all_docs})
     seeds = sorted({s for c in cells for s in c.seeds})
-    return TableReport(resolved, cells, verdicts, datasets, machines, seeds, commits, problems, len(all_docs))
+    return TableReport(resolved, cells, verdicts, datasets, machines, seeds, commits, problems, len(all_docs),
+                       allow_unconverged)

@@ -45,7 +45,8 @@ def _ours_label(cell: CellReport) -> str:
     if not cell.seeds:
         return "ours: no results yet"
     tag = f"ours (n={len(cell.seeds)})"
-    return tag + " †" if cell.config_differs else tag
+    tag += " †" if cell.config_differs else ""
+    return tag + " ‡" if cell.unconverged else tag
 
 
 def table_rows(rep: TableReport, protocol: str) -> tuple[list[str], list[list[str]]]:
@@ -105,12 +106,16 @@ def protocol_lines(rep: TableReport, protocol: str) -> list[str]:
         lines.append("paper (not run): rows printed by the paper that xmrbench does not run: " + "; ".join(pending))
     if any(c.config_differs for c in rep.cells):
         lines.append("† results whose config differs from the recipe as now resolved (--set overrides or an edited recipe)")
+    behind = [c for c in rep.cells if c.unconverged and c.ours.get(protocol)]
+    if behind:
+        lines.append("‡ not converged (the best dev score still rose by the train.plateau_gain threshold or more over "
+                     "the last train.plateau_window epochs): " + "; ".join(f"{c.label}: {c.unconverged}" for c in behind))
     return lines
 
 
 def claim_rows(rep: TableReport) -> tuple[list[str], list[list[str]]]:
     header = ["claim", "metric", "verdict", "evidence"]
-    rows = [[cv.text, f"{cv.metric} ({cv.protocol})", cv.verdict, "; ".join(pv.evidence for pv in cv.pairs)]
+    rows = [[cv.text, f"{cv.metric} ({cv.protocol})", cv.label, "; ".join(pv.evidence for pv in cv.pairs)]
             for cv in rep.claims]
     return header, rows
 
@@ -121,7 +126,13 @@ TEST_NOTE = (
     "are equal across seeds (deterministic) has no p-value and holds only when its gap exceeds the minimum effect "
     "(one query's worth); a claim is contradicted if any pair is, else untested if any pair is, and holds only if "
     "every pair holds. 'query p' is a sign-flip randomization test over test queries pooled over seeds "
-    "(test-set noise only)."
+    "(test-set noise only). A pair with a side whose training has not converged is untested."
+)
+
+
+UNCONVERGED_INCLUDED = (
+    "--allow-unconverged: these verdicts include runs that have not converged; they may compare training "
+    "schedules rather than methods."
 )
 
 
@@ -137,6 +148,7 @@ def to_markdown(rep: TableReport) -> str:
         out += ["", "### claims", ""]
         header, rows = claim_rows(rep)
         out += [tabulate(rows, headers=header, tablefmt="github", disable_numparse=True), "", TEST_NOTE]
+        out += ["", UNCONVERGED_INCLUDED] if rep.allow_unconverged else []
     if rep.resolved.warnings:
         out += ["", "### lint of the paper's printed numbers", ""]
         out += [f"- {w}" for w in rep.resolved.warnings]

@@ -19,14 +19,15 @@ from typing import Any
 
 import torch
 
-from xmrbench.config import DataConfig
+from xmrbench.config import PLATEAU_DEFAULTS, DataConfig
+from xmrbench.core.convergence import Convergence, of_members, of_record
 from xmrbench.core.metrics.protocols import PROTOCOLS
 from xmrbench.data.dataset import RetrievalData
 from xmrbench.data.registry import DATASETS
 from xmrbench.engine.evaluate import encode, fold_similarities, metrics_from_similarities
 from xmrbench.engine.inputs import PreparedData
 from xmrbench.engine.train import Events, RunOutput, train_and_evaluate
-from xmrbench.errors import ConfigError
+from xmrbench.errors import ConfigError, StoreError
 from xmrbench.provenance.env import environment
 from xmrbench.provenance.fingerprint import run_fingerprint
 from xmrbench.recipe.resolve import Cell, ResolvedRecipe
@@ -154,6 +155,7 @@ def _result_doc(resolved, cell, seed, out: RunOutput, config: dict, data, prepar
         env=environment(device),
         created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         resumed_from_epoch=out.resumed_from_epoch,
+        convergence=out.convergence.to_dict() if out.convergence is not None else None,
     )
 
 
@@ -190,8 +192,18 @@ def _run_ensemble(resolved, cell, seed, *, store, cache, device) -> tuple[Result
         best_epoch=None,
         timing={"train_s": 0.0, "eval_s": time.perf_counter() - t0, "wall_s": time.perf_counter() - t0},
         n_params=sum(sum(p.numel() for p in m.parameters()) for m, _ in members),
+        convergence=of_members({m.id: _member_convergence(store, resolved, m, seed) for m in cell.members}),
     )
     config = {"ensemble": {m.id: m.config.to_dict() for m in cell.members}}
     first_prepared = members[0][1]
     doc = _result_doc(resolved, cell, seed, out, config, cache.data(cfg.data), first_prepared, device)
     return doc, store.write(doc)
+
+
+def _member_convergence(store, resolved, member, seed) -> Convergence | None:
+    """A member run's convergence record, from its result document (None: not recorded)."""
+    try:
+        doc = store.read(store.result_path(resolved.id, member.id, member.hash, seed))
+    except StoreError:
+        return None
+    return of_record(doc.convergence, doc.curves, doc.config.get("train", {}), PLATEAU_DEFAULTS)

@@ -5,8 +5,9 @@ one metric and protocol. Each pair is judged over seeds (paired by seed, see
 ``paired.seed_test``) and, where per-query ranks are stored, tested over queries
 (shown beside, never deciding). A pair is
 
-- *untested* when a side has no results, the two sides were measured under
-  different protocols, or they share fewer than two seeds;
+- *untested* when a side has no results, a side's training has not converged
+  (``unconverged``; unless the caller includes such runs on purpose), the two sides
+  were measured under different protocols, or they share fewer than two seeds;
 - *deterministic* when both sides are equal across seeds: no p-value exists, and
   the exact difference d decides against a minimum effect m (``min_effect``):
   *holds* when d > m, *contradicted* when d < -m, *not significant* when
@@ -39,6 +40,7 @@ PRECEDENCE = ("contradicted", "untested", "not significant", "holds")
 #: print (0.1 points for recalls, 0.1 for mean ranks, three decimals for mAP).
 FALLBACK_MIN_EFFECT = {"percent": 0.1, "rank": 0.1, "fraction": 0.001}
 _MIN_EFFECT_RTOL = 1e-6  # a gap must beat the minimum effect by more than float noise
+NOT_CONVERGED = "not converged"
 
 
 @dataclass
@@ -92,6 +94,15 @@ class ClaimVerdict:
     protocol: str
     verdict: str
     pairs: list[PairVerdict]
+
+    @property
+    def label(self) -> str:
+        """The verdict as a report prints it: an untested claim says why when every
+        untested pair waits for a model to converge."""
+        untested = [pv for pv in self.pairs if pv.verdict == "untested"]
+        if self.verdict == "untested" and untested and all((pv.reason or "").startswith(NOT_CONVERGED) for pv in untested):
+            return f"untested ({NOT_CONVERGED})"
+        return self.verdict
 
 
 def per_query_scores(metric: str, ranks: Mapping[str, Sequence[int]]) -> tuple[list[np.ndarray], list[float]] | None:
@@ -177,6 +188,7 @@ def judge(
     comparable: Mapping[tuple[str, str, str], bool] | None = None,
     alpha: float = ALPHA,
     min_effect: Mapping[str, float] | None = None,
+    unconverged: Mapping[str, str] | None = None,
 ) -> list[ClaimVerdict]:
     """Judge claims.
 
@@ -184,7 +196,10 @@ def judge(
     holds that cell's results. ``comparable[(cell_a, cell_b, protocol)]`` may mark
     pairs whose results were measured on different protocols (never compared).
     ``min_effect[metric]`` replaces ``default_min_effect`` for deterministic pairs.
+    ``unconverged[cell]``: why that cell's training has not converged; its pairs are
+    untested.
     """
+    unconverged = unconverged or {}
     lower_is_better = {k for k, spec in K.METRICS.items() if not spec.higher_is_better}
     pair_verdicts: list[tuple[int, PairVerdict]] = []
     for ci, (_cid, _text, metric, protocol, pairs) in enumerate(claims):
@@ -194,6 +209,8 @@ def judge(
             if a is None or b is None:
                 missing = better if a is None else worse
                 pv.reason = f"no results for {missing!r}"
+            elif better in unconverged or worse in unconverged:
+                pv.reason = "; ".join(f"{NOT_CONVERGED}: {c!r} ({unconverged[c]})" for c in (better, worse) if c in unconverged)
             elif comparable is not None and not comparable.get((better, worse, protocol), True):
                 pv.reason = "results measured under different protocols"
             else:

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 KIND = "xmrbench.result"
 
 
@@ -64,10 +64,15 @@ class ResultDoc(_Model):
     env: dict[str, Any] = {}
     created: str
     resumed_from_epoch: int | None = None
+    # whether the run converged (core/convergence.py: Convergence.to_dict); None: not
+    # recorded (a version-1 document; readers derive it from ``curves``)
+    convergence: dict[str, Any] | None = None
 
 
 #: version N -> function turning a version-N document (dict) into version N+1.
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    1: lambda doc: {**doc, "schema_version": 2, "convergence": None},  # convergence recorded from version 2
+}
 
 
 def migrate(doc: dict[str, Any]) -> dict[str, Any]:

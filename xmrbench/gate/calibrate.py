@@ -1,0 +1,113 @@
+"""Calibrating a profile by measurement: train each row once with a generous epoch budget
+and early stopping at its plateau, and report where its dev curve flattened.
+
+``xmrbench calibrate RECIPE`` runs the profile's cells (one seed) with
+``train.epochs = max_epochs`` and ``train.early_stop = true`` and tabulates, per row:
+the epoch at which the plateau criterion (core/convergence.py) was met, the seconds
+it took, the plateau's dev and test rsum, and the chance rsum of the test split. A
+row that reached its plateau within the budget gets a suggested epoch budget for the
+profile (the plateau epoch with a margin, early stopping kept on); one that did not,
+or took longer than ``budget_s``, is flagged: shrink its world or its dimensions
+before cutting epochs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from xmrbench.config import PLATEAU_DEFAULTS
+from xmrbench.core.convergence import of_record
+from xmrbench.errors import StoreError
+from xmrbench.gate.chance import chance_rsum
+from xmrbench.recipe.resolve import Cell, ResolvedRecipe
+from xmrbench.store.store import ResultStore
+
+#: a suggested budget is the plateau epoch times this, rounded up (seeds differ)
+MARGIN = 1.5
+
+
+def calibration_overrides(max_epochs: int) -> dict[str, Any]:
+    """The overrides a calibration run takes: a generous budget, stopped at the plateau."""
+    return {"train.epochs": max_epochs, "train.early_stop": True}
+
+
+def calibrated_cells(resolved: ResolvedRecipe) -> list[Cell]:
+    """The cells a calibration trains: every runnable cell that is not an ensemble."""
+    return [c for c in resolved.runnable_cells() if not c.members]
+
+
+@dataclass
+class CalibrationRow:
+    recipe: str
+    cell: str
+    model: str
+    converged: bool
+    epochs: int | None  # epochs trained (the plateau epoch when converged)
+    seconds: float  # training and evaluation, one CPU process
+    dev_rsum: float | None  # of the selected epoch
+    test_rsum: float | None
+    chance_rsum: float | None  # of the test split
+    reason: str
+    window: int = PLATEAU_DEFAULTS[0]
+
+    def suggested_epochs(self) -> int | None:
+        """The profile's epoch budget: the plateau epoch with a margin (None: no plateau)."""
+        if not self.converged or self.epochs is None:
+            return None
+        return max(self.window + 1, math.ceil(self.epochs * MARGIN))
+
+
+def calibration_rows(resolved: ResolvedRecipe, store: ResultStore, seed: int) -> list[CalibrationRow]:
+    """One row per calibrated cell whose run is stored (seed ``seed``)."""
+    out = []
+    for cell in calibrated_cells(resolved):
+        try:
+            doc = store.read(store.result_path(resolved.id, cell.id, cell.hash, seed))
+        except StoreError:
+            continue
+        record = of_record(doc.convergence, doc.curves, doc.config.get("train", {}), PLATEAU_DEFAULTS)
+        proto = next((p for p in doc.metrics if p != "dev" and "rsum" in doc.metrics[p]), None)
+        chance = None
+        if proto is not None:
+            fp = doc.protocols.get(proto, {})
+            n_images, cpi, folds = fp.get("images"), fp.get("captions_per_image") or 5, fp.get("folds") or 1
+            if n_images:  # a fold-averaged protocol ranks within each fold
+                chance = chance_rsum(int(n_images) // int(folds), int(cpi))
+        out.append(CalibrationRow(
+            recipe=resolved.id,
+            cell=cell.id,
+            model=doc.config.get("model", {}).get("name", "?"),
+            converged=bool(record and record.converged),
+            epochs=record.epochs if record is not None else None,
+            seconds=float(doc.timing.get("wall_s", 0.0)),
+            dev_rsum=doc.metrics.get("dev", {}).get("rsum"),
+            test_rsum=doc.metrics[proto]["rsum"] if proto else None,
+            chance_rsum=chance,
+            reason=record.reason if record is not None else "no convergence record",
+            window=(record.window if record is not None and record.window else PLATEAU_DEFAULTS[0]),
+        ))
+    return out
+
+
+def _num(x: float | None, digits: int = 1) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def to_markdown(rows: list[CalibrationRow], *, budget_s: float, max_epochs: int) -> str:
+    """The calibration table (docs/calibration.md's format)."""
+    head = ("| recipe | row | model | epochs to plateau | seconds | dev rsum | test rsum | chance rsum "
+            "| suggested epochs | note |")
+    lines = [head, "|" + "---|" * 10]
+    for r in rows:
+        note = "" if r.converged else f"no plateau within {max_epochs} epochs"
+        if r.seconds > budget_s:
+            note = "; ".join(filter(None, [note, f"over the {budget_s:.0f} s budget: shrink the world or the dimensions"]))
+        suggested = r.suggested_epochs()
+        lines.append(
+            f"| {r.recipe} | {r.cell} | {r.model} | {r.epochs if r.converged else '-'} | {r.seconds:.0f} "
+            f"| {_num(r.dev_rsum)} | {_num(r.test_rsum)} | {_num(r.chance_rsum)} "
+            f"| {suggested if suggested is not None else '-'} | {note} |"
+        )
+    return "\n".join(lines) + "\n"

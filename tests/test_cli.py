@@ -51,6 +51,8 @@ def test_reproduce_writes_complete_result_documents(smoke_store):
     assert doc["config"]["data"]["size"] == "tiny" and doc["curves"]["epoch"] == list(range(1, epochs + 1))
     assert {"train_s", "eval_s"} <= set(doc["timing"])
     assert doc["convergence"]["criterion"] == "plateau" and doc["convergence"]["epochs"] == epochs
+    cca = json.loads(next(f for f in files if f.name.startswith("cca-fv-hglmm-12")).read_text())
+    assert cca["convergence"] == {**cca["convergence"], "converged": True, "criterion": "closed form"}
     assert not list(smoke_store.rglob("*.tmp"))
     assert not list((smoke_store / "two-branch-table2" / ".work").glob("*"))  # checkpoints removed
     assert len(list((smoke_store / "two-branch-table2" / "models").glob("*.pt"))) == 16

@@ -165,3 +165,20 @@ def test_a_version_1_result_reads_and_is_judged_from_its_curves(store, capsys, t
     assert read.schema_version == 2 and read.convergence is None
     derived = of_record(read.convergence, read.curves, read.config["train"], PLATEAU_DEFAULTS)
     assert derived == Convergence.from_dict(doc["convergence"])  # the same record the run wrote
+
+
+def test_the_quick_profiles_match_the_calibration_table():
+    """Every row of docs/calibration.md's measured table trains, in its recipe's quick
+    profile, with early stopping and at least the suggested epoch budget."""
+    from pathlib import Path
+
+    from xmrbench.recipe.resolve import resolve
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "calibration.md").read_text()
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in doc.splitlines()
+            if line.startswith("| ") and line.count("|") == 11 and not line.startswith("| recipe")]
+    assert rows, "no measured rows in docs/calibration.md"
+    for recipe, row, _model, epochs, *_rest, suggested, _note in rows:
+        cell = next(c for c in resolve(recipe, profile="quick", require_data=False).cells if c.id == row)
+        assert cell.config.train.early_stop, (recipe, row)
+        assert cell.config.train.epochs >= int(suggested) > int(epochs), (recipe, row)

@@ -115,3 +115,19 @@ def test_the_learning_check_fails_when_the_loss_is_zero(raw, text, monkeypatch):
     for protocol in [p for p in ("test", "testall_5fold") if p in out.metrics]:
         with pytest.raises(AssertionError, match="is not above"):
             assert_learns(out.metrics[protocol], 20, factor=LEARNS)
+
+
+def test_early_stopping_ends_at_the_plateau_and_a_resume_does_not_train_on(tmp_path):
+    """``train.early_stop``: training ends at the first epoch whose curve meets the plateau
+    criterion; a run resumed from that epoch's checkpoint (killed before it could finish)
+    trains no further epoch."""
+    raw = {**RAW, "train": {**RAW["train"], "epochs": 30, "early_stop": True, "plateau_window": 2, "plateau_gain": 0.02}}
+    out = run(tmp_path, raw=raw)
+    scores, n = out.curves["dev_score"], len(out.curves["dev_score"])
+    assert 2 < n < 30 and out.convergence.converged and out.convergence.stopped_early
+    # the plateau criterion, written out: the best score of the last 2 epochs gained < 2 %
+    gain = lambda s: (max(s[-2:]) - max(s[:-2])) / abs(max(s[:-2]))  # noqa: E731
+    assert gain(scores) < 0.02 and all(gain(scores[:k]) >= 0.02 for k in range(3, n))
+    assert (tmp_path / "checkpoint.pt").is_file()  # the plateau epoch's checkpoint, left as if killed
+    resumed = run(tmp_path, raw=raw)
+    assert resumed.resumed_from_epoch == n and resumed.curves == out.curves and resumed.metrics == out.metrics

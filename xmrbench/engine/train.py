@@ -364,6 +364,8 @@ def train_and_evaluate(
                                  "delete it to start the run over", where=str(ckpt_path)) from None
 
     for epoch in range(start_epoch, cfg.train.epochs):
+        if cfg.train.early_stop and has_plateaued(curves["dev_score"], cfg.train.plateau_window, cfg.train.plateau_gain):
+            break  # resumed after the epoch that reached the plateau
         t0 = time.perf_counter()
         model.train()
         rng = np.random.default_rng([seed, epoch])

@@ -26,7 +26,7 @@ ALLOWED: dict[str, set[str]] = {
     "data": {"errors", "params", "registry", "config", "core"},
     "engine": {"errors", "params", "registry", "config", "core", "data"},
     "recipe": {"errors", "params", "registry", "papers", "config", "core", "data", "engine"},
-    "store": {"errors"},
+    "store": {"errors", "config", "core"},
     "provenance": {"xmrbench", "errors", "config", "core", "recipe"},
     "stats": {"errors", "core"},
     "runner": {"xmrbench", "errors", "params", "registry", "papers", "config", "core", "data", "engine", "recipe",

@@ -208,15 +208,13 @@ AllowUnconvergedOpt = Annotated[bool, typer.Option(
 
 def _converged(store, resolved, cell, seed: int) -> str:
     """A done run's convergence, for ``plan``: yes (how), or no and why."""
-    from xmrbench.config import PLATEAU_DEFAULTS
-    from xmrbench.core.convergence import of_record
     from xmrbench.errors import StoreError
 
     try:
         doc = store.read(store.result_path(resolved.id, cell.id, cell.hash, seed))
     except StoreError:
         return "?"
-    record = of_record(doc.convergence, doc.curves, doc.config.get("train", {}), PLATEAU_DEFAULTS)
+    record = doc.convergence_record()
     if record is None:
         return "?"
     return f"yes ({record.reason})" if record.converged else f"no ({record.reason})"

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from xmrbench.config import PLATEAU_DEFAULTS
-from xmrbench.core.convergence import of_record
 from xmrbench.errors import StoreError
 from xmrbench.gate.chance import chance_rsum
 from xmrbench.recipe.resolve import Cell, ResolvedRecipe
@@ -67,7 +66,7 @@ def calibration_rows(resolved: ResolvedRecipe, store: ResultStore, seed: int) ->
             doc = store.read(store.result_path(resolved.id, cell.id, cell.hash, seed))
         except StoreError:
             continue
-        record = of_record(doc.convergence, doc.curves, doc.config.get("train", {}), PLATEAU_DEFAULTS)
+        record = doc.convergence_record()
         proto = next((p for p in doc.metrics if p != "dev" and "rsum" in doc.metrics[p]), None)
         chance = None
         if proto is not None:

@@ -14,8 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from xmrbench.config import PLATEAU_DEFAULTS
-from xmrbench.core.convergence import Convergence, of_members, of_record
+from xmrbench.core.convergence import Convergence, of_members
 from xmrbench.core.metrics import keys as K
 from xmrbench.errors import XmrbenchError
 from xmrbench.papers import PAPERS
@@ -186,8 +185,7 @@ def collect_resolved(resolved: ResolvedRecipe, store: ResultStore, *, allow_unco
         chosen = [seen[s] for s in sorted(seen)]
         rep.seeds = sorted(seen)
         rep.docs = chosen
-        rep.convergence = {d.seed: of_record(d.convergence, d.curves, d.config.get("train", {}), PLATEAU_DEFAULTS)
-                           for d in chosen}
+        rep.convergence = {d.seed: d.convergence_record() for d in chosen}
         if cell.members:  # an ensemble written before records existed: judged by its members
             by_id = {c.id: c for c in cells}
             for seed, record in rep.convergence.items():

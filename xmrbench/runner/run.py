@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from xmrbench.config import PLATEAU_DEFAULTS, DataConfig
-from xmrbench.core.convergence import Convergence, of_members, of_record
+from xmrbench.config import DataConfig
+from xmrbench.core.convergence import Convergence, of_members
 from xmrbench.core.metrics.protocols import PROTOCOLS
 from xmrbench.data.dataset import RetrievalData
 from xmrbench.data.registry import DATASETS
@@ -206,4 +206,4 @@ def _member_convergence(store, resolved, member, seed) -> Convergence | None:
         doc = store.read(store.result_path(resolved.id, member.id, member.hash, seed))
     except StoreError:
         return None
-    return of_record(doc.convergence, doc.curves, doc.config.get("train", {}), PLATEAU_DEFAULTS)
+    return doc.convergence_record()

@@ -14,6 +14,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from xmrbench.config import PLATEAU_DEFAULTS
+from xmrbench.core.convergence import Convergence, of_record
+
 SCHEMA_VERSION = 2
 KIND = "xmrbench.result"
 
@@ -67,6 +70,11 @@ class ResultDoc(_Model):
     # whether the run converged (core/convergence.py: Convergence.to_dict); None: not
     # recorded (a version-1 document; readers derive it from ``curves``)
     convergence: dict[str, Any] | None = None
+
+    def convergence_record(self) -> Convergence | None:
+        """Whether this run converged: the record it carries, else derived from its curves
+        and train config (None: nothing to judge by, an ensemble written before records)."""
+        return of_record(self.convergence, self.curves, self.config.get("train", {}), PLATEAU_DEFAULTS)
 
 
 #: version N -> function turning a version-N document (dict) into version N+1.

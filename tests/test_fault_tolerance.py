@@ -273,6 +273,31 @@ def test_the_store_is_rechecked_under_the_lock(recipe, tmp_path):
     assert not store.lock_path(resolved.id, "b", resolved.cell("b").hash, 0).exists()
 
 
+def test_a_stored_run_killed_before_its_cleanup_is_tidied_on_the_next_reproduce(recipe, tmp_path):
+    """kill -9 between storing a result and removing its checkpoints and lock: the next
+    reproduce skips the run and removes what it left (unless another process holds it)."""
+    resolved = resolve(recipe, profile="smoke", seeds=[0], overrides={"train.epochs": 1})
+    store = ResultStore(tmp_path / "s")
+    cell = resolved.cell("a")
+    assert len(reproduce(resolved, store, device="cpu").ran) == 3
+    work = store.work_dir(resolved.id, "a", cell.hash, 0)
+    lock = store.lock_path(resolved.id, "a", cell.hash, 0)
+    work.mkdir(parents=True)
+    (work / "checkpoint.pt").write_bytes(b"left by a killed writer")
+    lock.write_text("")
+    holder = _hold(lock, 60)  # held: another process may still be finishing it
+    try:
+        reproduce(resolved, store, device="cpu")
+        assert work.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    summary = reproduce(resolved, store, device="cpu")
+    assert len(summary.skipped) == 3 and not summary.ran
+    assert not work.exists() and not lock.exists()
+
+
 class Warnings:
     def __init__(self):
         self.lines = []

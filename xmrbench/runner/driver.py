@@ -174,7 +174,7 @@ def reproduce(
         if state == "done" and not force:
             summary.skipped.append((cell.id, seed))
             reporter.run_skip(cell, seed, "done")
-            _drop_stale_lock(store.lock_path(resolved.id, cell.id, cell.hash, seed))  # type: ignore[arg-type]
+            _tidy_finished_run(store, resolved.id, cell.id, cell.hash, seed)  # type: ignore[arg-type]
             continue
         path = store.result_path(resolved.id, cell.id, cell.hash, seed)  # type: ignore[arg-type]
         if state == "corrupt":
@@ -203,12 +203,15 @@ def reproduce(
     return summary
 
 
-def _drop_stale_lock(path: Path) -> None:
-    """Remove the lock file of a stored run that nobody holds (its writer was killed
-    between storing the result and removing the lock)."""
-    if path.exists():
+def _tidy_finished_run(store: ResultStore, recipe_id: str, cell_id: str, cell_hash: str, seed: int) -> None:
+    """Remove the checkpoints and lock file of a stored run that nobody holds (its
+    writer was killed between storing the result and removing them)."""
+    path = store.lock_path(recipe_id, cell_id, cell_hash, seed)
+    work = store.work_dir(recipe_id, cell_id, cell_hash, seed)
+    if path.exists() or work.exists():
         lock = RunLock(path)
         if lock.acquire():
+            store.finish_run(recipe_id, cell_id, cell_hash, seed)
             lock.release(remove=True)
 
 

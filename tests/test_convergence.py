@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from xmrbench.config import PLATEAU_DEFAULTS, TrainConfig
@@ -55,12 +56,29 @@ def test_a_stored_run_without_a_record_is_judged_from_its_curves():
 def test_the_new_train_keys_enter_the_hash_only_when_set():
     base = {"model": {"name": "two_branch_embedding"}, "loss": {"name": "bidirectional_ranking"}}
     plain = validate_cell_config(base, where="t")
-    assert not {"plateau_window", "plateau_gain", "early_stop"} & set(plain.to_dict()["train"])
+    assert not {"plateau_window", "plateau_gain", "early_stop", "min_epoch_pairs"} & set(plain.to_dict()["train"])
     at_default = validate_cell_config({**base, "train": {"plateau_window": PLATEAU_DEFAULTS[0]}}, where="t")
     assert at_default.hash() == plain.hash()
-    for key, value in (("early_stop", True), ("plateau_window", 5), ("plateau_gain", 0.02)):
+    for key, value in (("early_stop", True), ("plateau_window", 5), ("plateau_gain", 0.02), ("min_epoch_pairs", 500)):
         assert validate_cell_config({**base, "train": {key: value}}, where="t").hash() != plain.hash(), key
     assert TrainConfig().plateau_window == PLATEAU_DEFAULTS[0]
+
+
+def test_an_epoch_of_a_small_training_set_repeats_it_to_its_minimum_size():
+    from xmrbench.engine.samplers import random_batches
+    from xmrbench.engine.train import epoch_batches
+
+    caption_image = np.repeat(np.arange(20), 5)  # 100 pairs
+    once = epoch_batches(random_batches, caption_image, 32, np.random.default_rng(0))
+    assert sorted(np.concatenate(once).tolist()) == list(range(100))
+    batches = epoch_batches(random_batches, caption_image, 32, np.random.default_rng(0), 250)
+    drawn = np.concatenate(batches)
+    assert len(drawn) == 300 and np.bincount(drawn).tolist() == [3] * 100  # three whole passes
+    assert [b.tolist() for b in batches[:len(once)]] == [b.tolist() for b in once]  # the first pass is the usual one
+    assert not np.array_equal(drawn[:100], drawn[100:200])  # each pass in a new order
+    again = epoch_batches(random_batches, caption_image, 32, np.random.default_rng(0), 250)
+    assert all(np.array_equal(a, b) for a, b in zip(batches, again))  # drawn from the epoch's generator alone
+    assert len(epoch_batches(random_batches, caption_image, 32, np.random.default_rng(0), 100)) == len(once)
 
 
 # ----------------------------------------------------------------------------- verdicts
@@ -152,6 +170,15 @@ def test_calibrate_finds_each_rows_plateau(store, capsys, tmp_path):
         assert "over the 0 s budget" in cells[9]
 
 
+def test_a_closed_form_row_is_tabulated_as_such():
+    from xmrbench.gate.calibrate import CalibrationRow, to_markdown
+
+    row = CalibrationRow("r", "cca", "cca", True, None, 1.0, 300.0, 296.0, 3.2, "fitted in closed form",
+                         criterion="closed form")
+    cells = [c.strip() for c in to_markdown([row], budget_s=120, max_epochs=40).splitlines()[2].strip("|").split("|")]
+    assert cells[3] == "closed form" and cells[8] == "-" and cells[9] == "converged by construction"
+
+
 def test_a_version_1_result_reads_and_is_judged_from_its_curves(store, capsys, tmp_path):
     from xmrbench.store.store import ResultStore
 
@@ -179,6 +206,9 @@ def test_the_quick_profiles_match_the_calibration_table():
             if line.startswith("| ") and line.count("|") == 11 and not line.startswith("| recipe")]
     assert rows, "no measured rows in docs/calibration.md"
     for recipe, row, _model, epochs, *_rest, suggested, _note in rows:
+        if epochs == "closed form":  # nothing to budget (CCA)
+            assert suggested == "-", (recipe, row)
+            continue
         cell = next(c for c in resolve(recipe, profile="quick", require_data=False).cells if c.id == row)
         assert cell.config.train.early_stop, (recipe, row)
         assert cell.config.train.epochs >= int(suggested) > int(epochs), (recipe, row)

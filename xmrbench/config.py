@@ -136,6 +136,10 @@ class TrainConfig(Strict):
     plateau_window: int = Field(PLATEAU_DEFAULTS[0], ge=1)
     plateau_gain: float = Field(PLATEAU_DEFAULTS[1], ge=0)
     early_stop: bool = False
+    # an epoch passes over the training pairs (in new orders) until it has drawn at least
+    # this many; None: once. A tiny training set (the sparse A3VSE corpora) then gets as
+    # many updates per epoch as a larger one, so its plateau is measured on the same scale
+    min_epoch_pairs: int | None = Field(None, ge=1)
 
     def to_dict(self) -> dict[str, Any]:
         """The hashed form: every key with its value, except later keys at their default."""
@@ -143,7 +147,7 @@ class TrainConfig(Strict):
 
 
 #: Train keys added after the first cell hashes were recorded (see ``HASHED_WHEN_SET``).
-TRAIN_HASHED_WHEN_SET = ("plateau_window", "plateau_gain", "early_stop")
+TRAIN_HASHED_WHEN_SET = ("plateau_window", "plateau_gain", "early_stop", "min_epoch_pairs")
 
 
 class EvalConfig(Strict):

@@ -32,7 +32,7 @@ from xmrbench.core.models.registry import MODELS
 from xmrbench.engine.evaluate import evaluate_split, selection_score
 from xmrbench.engine.inputs import PreparedData
 from xmrbench.engine.methods import DEFAULT_METHOD, METHODS, Progress, StepContext, Stream, TrainingMethod
-from xmrbench.engine.samplers import SAMPLERS
+from xmrbench.engine.samplers import SAMPLERS, Sampler
 from xmrbench.engine.tasks import evaluate_protocols
 from xmrbench.errors import StoreError, TrainingError
 
@@ -257,6 +257,19 @@ class _StreamBatches:
         return make_image_batch(self.split, index, self.device, self.extras)
 
 
+def epoch_batches(sampler: Sampler, caption_image: np.ndarray, batch_size: int, rng: np.random.Generator,
+                  min_pairs: int | None = None) -> list[np.ndarray]:
+    """One epoch's batches: the sampler's passes over the training pairs, repeated (each
+    in a new order from the same generator) until they hold at least ``min_pairs``."""
+    batches = sampler(caption_image, batch_size, rng)
+    drawn = sum(len(b) for b in batches)
+    while min_pairs is not None and 0 < drawn < min_pairs:
+        more = sampler(caption_image, batch_size, rng)
+        batches += more
+        drawn += sum(len(b) for b in more)
+    return batches
+
+
 def build_method(cfg: CellConfig, model: RetrievalModel, loss: torch.nn.Module | None) -> TrainingMethod:
     """The cell's training method (``method.name``, default: the model's)."""
     if cfg.method is not None:
@@ -369,7 +382,7 @@ def train_and_evaluate(
         t0 = time.perf_counter()
         model.train()
         rng = np.random.default_rng([seed, epoch])
-        batches = sampler(caption_image, cfg.train.batch_size, rng)
+        batches = epoch_batches(sampler, caption_image, cfg.train.batch_size, rng, cfg.train.min_epoch_pairs)
         for stream in streams:
             stream.new_epoch(seed, epoch)
         events.epoch_start(epoch, cfg.train.epochs, len(batches))

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from xmrbench.config import PLATEAU_DEFAULTS
+from xmrbench.core.convergence import CLOSED_FORM
 from xmrbench.errors import StoreError
 from xmrbench.gate.chance import chance_rsum
 from xmrbench.recipe.resolve import Cell, ResolvedRecipe
@@ -50,6 +51,7 @@ class CalibrationRow:
     chance_rsum: float | None  # of the test split
     reason: str
     window: int = PLATEAU_DEFAULTS[0]
+    criterion: str | None = None  # the record's (Convergence.criterion)
 
     def suggested_epochs(self) -> int | None:
         """The profile's epoch budget: the plateau epoch with a margin (None: no plateau)."""
@@ -86,6 +88,7 @@ def calibration_rows(resolved: ResolvedRecipe, store: ResultStore, seed: int) ->
             chance_rsum=chance,
             reason=record.reason if record is not None else "no convergence record",
             window=(record.window if record is not None and record.window else PLATEAU_DEFAULTS[0]),
+            criterion=record.criterion if record is not None else None,
         ))
     return out
 
@@ -104,8 +107,11 @@ def to_markdown(rows: list[CalibrationRow], *, budget_s: float, max_epochs: int)
         if r.seconds > budget_s:
             note = "; ".join(filter(None, [note, f"over the {budget_s:.0f} s budget: shrink the world or the dimensions"]))
         suggested = r.suggested_epochs()
+        epochs = r.epochs if r.converged and r.epochs is not None else "-"
+        if r.criterion == CLOSED_FORM:
+            epochs, note = CLOSED_FORM, "; ".join(filter(None, ["converged by construction", note]))
         lines.append(
-            f"| {r.recipe} | {r.cell} | {r.model} | {r.epochs if r.converged else '-'} | {r.seconds:.0f} "
+            f"| {r.recipe} | {r.cell} | {r.model} | {epochs} | {r.seconds:.0f} "
             f"| {_num(r.dev_rsum)} | {_num(r.test_rsum)} | {_num(r.chance_rsum)} "
             f"| {suggested if suggested is not None else '-'} | {note} |"
         )

@@ -233,9 +233,16 @@ def make_image_batch(split, image_index: np.ndarray, device: torch.device, extra
 class _StreamBatches:
     """One epoch's batches of a method's extra stream, drawn from ``(seed, epoch, stream number)``."""
 
-    def __init__(self, number: int, stream: Stream, prepared: PreparedData, cfg: CellConfig, device: torch.device,
-                 extras: tuple[str, ...]):
-        self.number, self.stream, self.device, self.extras = number, stream, device, extras
+    def __init__(self, number: int, name: str, stream: Stream, prepared: PreparedData, cfg: CellConfig,
+                 device: torch.device, extras: tuple[str, ...], label: str):
+        if stream.split not in prepared.data.split_names:
+            method = cfg.method.name if cfg.method is not None else "(default)"
+            have = ", ".join(prepared.data.split_names) or "none"
+            why = f"; {stream.absent}" if stream.absent else ""
+            raise TrainingError(f"stream {name!r} of training method {method!r} draws from split {stream.split!r}, "
+                                f"which the data lacks (it has: {have}){why}", where=label)
+        self.number, self.stream, self.device = number, stream, device
+        self.extras = tuple(dict.fromkeys((*extras, *stream.extras)))
         self.split = prepared.split(stream.split)
         self.batch_size = stream.batch_size or cfg.train.batch_size
         self.sampler = SAMPLERS[stream.sampler]
@@ -344,8 +351,10 @@ def train_and_evaluate(
         return _finish(model, prepared, cfg, {"epoch": [], "fit_s": [fit_s]}, best_dev, 0, eval_kw, t_start, None)
     method.setup()
     extras = tuple(dict.fromkeys((*type(model).batch_extras, *type(method).batch_extras)))
-    streams = [_StreamBatches(i + 1, s, prepared, cfg, device, extras) for i, s in enumerate(method.streams().values())]
-    stream_names = list(method.streams())
+    declared = method.streams()
+    streams = [_StreamBatches(i + 1, name, s, prepared, cfg, device, extras, label)
+               for i, (name, s) in enumerate(declared.items())]
+    stream_names = list(declared)
     sampler = SAMPLERS[cfg.train.sampler]
     caption_image = train.caption_image()
 

@@ -435,6 +435,13 @@ def _model_cases(name: str, draw: _Draw) -> dict[str, _ModelCase]:
         return {"": _region_case(name, params, draw)}
     if name == "dan":
         return {"": _region_case(name, dict(embed_dim=5, word_dim=4, steps=2), draw)}
+    if name == "a3vse":
+        params = dict(tokens6, heads=3, context_dim=4)
+        return {
+            "": _region_case(name, params, draw),
+            "project": _region_case(name, dict(params, head_combine="project"), draw),
+            "mean-pooling": _region_case(name, dict(params, pooling="mean"), draw),
+        }
     if name == "dpc":
         params = dict(tokens6, text_channels=4, text_blocks=2)
         model = _build(name, params, InputDims(image_dim=7, vocab_size=13), draw, split=SimpleNamespace(n_images=5))

@@ -104,19 +104,27 @@ def validate_cell_config(raw: Mapping[str, Any], *, where: str) -> CellConfig:
             raise ConfigError("required key is missing", where=where, key=section)
     model = _component(raw["model"], "model", MODELS, where)
     closed_form = MODELS[model.name].closed_form
+    method = _component(raw["method"], "method", METHODS, where) if raw.get("method") is not None else None
+    method_cls = METHODS[method.name] if method is not None else None
+    if method is not None and method_cls.gradient_based == closed_form:
+        how = "fitted in closed form" if closed_form else "trained by gradient descent"
+        raise ConfigError(f"method {method.name!r} does not fit model {model.name!r}, which is {how}", where=where,
+                          key="method.name")
+    if method_cls is not None and method_cls.models is not None and model.name not in method_cls.models:
+        raise ConfigError(f"method {method.name!r} trains model {', '.join(map(repr, method_cls.models))} only, "
+                          f"not {model.name!r}", where=where, key="method.name")
+    own_objective = method_cls is not None and not method_cls.uses_loss
     if raw["loss"] is None:
-        if not closed_form:
+        if not closed_form and not own_objective:
             raise ConfigError(f"model {model.name!r} is trained by gradient descent and needs a loss", where=where, key="loss")
         loss = None
     else:
         if closed_form:
             raise ConfigError(f"model {model.name!r} is fitted in closed form; set 'loss: null'", where=where, key="loss")
+        if own_objective:
+            raise ConfigError(f"method {method.name!r} trains with its own objective (set by method.*); "
+                              "set 'loss: null'", where=where, key="loss")
         loss = _component(raw["loss"], "loss", LOSSES, where)
-    method = _component(raw["method"], "method", METHODS, where) if raw.get("method") is not None else None
-    if method is not None and METHODS[method.name].gradient_based == closed_form:
-        how = "fitted in closed form" if closed_form else "trained by gradient descent"
-        raise ConfigError(f"method {method.name!r} does not fit model {model.name!r}, which is {how}", where=where,
-                          key="method.name")
     data = _data_config(raw.get("data", {}), where)
     rest = {k: raw[k] for k in ("train", "eval") if k in raw}
     try:

@@ -170,7 +170,9 @@ class A3VSEAdversary(nn.Module):
     of the four domains, ``(N_v, H)``, ``(N_vu, H)``, ``(N_t, H)``, ``(N_s, H)`` (batch
     sizes may differ), and the fraction of training done ``p`` in [0, 1]. A weight of 0
     switches its discriminator off (not evaluated, no term): Table 5's ablations without
-    one alignment type. Holds no state besides the discriminators' weights.
+    one alignment type. A domain may be None when every discriminator that reads it is
+    off (training without ``s``, say); otherwise that is a ``ValueError``. Holds no state
+    besides the discriminators' weights.
     """
 
     class Params(Params):
@@ -194,16 +196,20 @@ class A3VSEAdversary(nn.Module):
         """``lambda`` of discriminator ``name``."""
         return float(getattr(self.params, f"lambda_{name}"))
 
-    def forward(self, img_emb: Tensor, img_u_emb: Tensor, txt_emb: Tensor, sem_emb: Tensor, *,
+    def forward(self, img_emb: Tensor, img_u_emb: Tensor | None, txt_emb: Tensor, sem_emb: Tensor | None, *,
                 progress: float) -> AdversarialTerms:
         coef = progress_coefficient(progress, self.params.eta)
         domains = {"v": img_emb, "vu": img_u_emb, "t": txt_emb, "s": sem_emb}
-        reversed_ = {key: reverse_gradient(feats, coef) for key, feats in domains.items()}
+        reversed_ = {key: reverse_gradient(feats, coef) for key, feats in domains.items() if feats is not None}
         loss = img_emb.new_zeros(())
         log_likelihood: dict[str, Tensor] = {}
         for name, (a, b) in DOMAIN_PAIRS.items():
             if self.weight(name) == 0.0:
                 continue
+            missing = [key for key in (a, b) if key not in reversed_]
+            if missing:
+                raise ValueError(f"discriminator {name!r} (weight {self.weight(name)}) needs domain {missing[0]!r}, "
+                                 "which was not given")
             disc = self.discriminators[name]
             log_likelihood[name] = domain_log_likelihood(disc(reversed_[a]), disc(reversed_[b]))
             loss = loss - self.weight(name) * log_likelihood[name]

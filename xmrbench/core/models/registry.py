@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from xmrbench.core.models.a3vse import A3VSE
 from xmrbench.core.models.base import RetrievalModel
 from xmrbench.core.models.bfan import BFAN
 from xmrbench.core.models.cca import CCA
@@ -27,5 +28,6 @@ MODELS: Registry[type[RetrievalModel]] = Registry(
         "vsrn": VSRN,
         "dpc": DPC,
         "dan": DAN,
+        "a3vse": A3VSE,
     },
 )

@@ -414,6 +414,13 @@ def _model_cases(name: str, draw: _Draw) -> dict[str, _ModelCase]:
     if name == "vsepp":
         model = _build(name, tokens6, InputDims(image_dim=7, vocab_size=13), draw)
         return {"": _ModelCase(model, draw.normal(N_IMAGES, 7), _tokens(draw, 13, (3, 5, 2, 6, 4, 3)))}
+    if name == "order_embeddings":
+        cases = {}
+        for variant, penalty in (("", "norm"), ("squared", "squared")):
+            params = dict(tokens6, order_penalty=penalty, block_elements=20)  # tiles of 1 image x 3 captions
+            model = _build(name, params, InputDims(image_dim=7, vocab_size=13), draw)
+            cases[variant] = _ModelCase(model, draw.normal(N_IMAGES, 7), _tokens(draw, 13, (3, 5, 2, 6, 4, 3)))
+        return cases
     if name in ("two_branch_embedding", "two_branch_similarity"):
         params: dict[str, Any] = dict(hidden_dim=8, embed_dim=6)
         if name == "two_branch_similarity":

@@ -8,6 +8,7 @@ from xmrbench.core.models.bfan import BFAN
 from xmrbench.core.models.cca import CCA
 from xmrbench.core.models.dan import DAN
 from xmrbench.core.models.dpc import DPC
+from xmrbench.core.models.order import OrderEmbeddings
 from xmrbench.core.models.scan import SCAN
 from xmrbench.core.models.sg_baseline import SGBaseline
 from xmrbench.core.models.two_branch import TwoBranchEmbedding, TwoBranchSimilarity
@@ -29,5 +30,6 @@ MODELS: Registry[type[RetrievalModel]] = Registry(
         "dpc": DPC,
         "dan": DAN,
         "a3vse": A3VSE,
+        "order_embeddings": OrderEmbeddings,
     },
 )

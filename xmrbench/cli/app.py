@@ -413,7 +413,7 @@ def report(
 
         store = ResultStore(results)
         for rid in recipes:
-            for path in all_figures(collect(rid, store, profile=profile), plots):
+            for path in all_figures(collect(rid, store, profile=profile), plots, store):
                 err_console.print(f"wrote {path}")
 
 

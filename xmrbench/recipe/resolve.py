@@ -374,6 +374,10 @@ def resolve(
             for cid in (better, worse):
                 if cid not in known_cells:
                     raise RecipeError(f"claims.{claim.id}: no cell {cid!r}", where=where)
+    for fig in recipe.figures:
+        for panel in fig.panels:
+            if panel.cell not in known_cells:
+                raise RecipeError(f"figures.{fig.id}.panels: no cell {panel.cell!r}", where=where)
     warnings, acknowledged = lint_recipe_full(recipe)
     return ResolvedRecipe(
         recipe=recipe,

@@ -166,6 +166,12 @@ def _with_presets(row: Row, presets: dict[str, Preset]) -> Row:
     return row.model_copy(update={"set": merged_set, "profiles": merged_profiles})
 
 
+def _check_metric(value: str) -> str:
+    if value not in METRICS:
+        raise ValueError(f"unknown metric {value!r}; known: {', '.join(sorted(METRICS))}")
+    return value
+
+
 class Claim(Strict):
     """A directional statement of the paper, judged by a paired test over seeds."""
 
@@ -184,9 +190,56 @@ class Claim(Strict):
     @field_validator("metric")
     @classmethod
     def _metric(cls, value: str) -> str:
-        if value not in METRICS:
-            raise ValueError(f"unknown metric {value!r}; known: {', '.join(sorted(METRICS))}")
-        return value
+        return _check_metric(value)
+
+
+class FigurePanel(Strict):
+    """One panel of a ``tsne`` figure: a cell of the recipe and its caption."""
+
+    cell: str  # a cell id of this recipe (a row id, or row@point for a grid row)
+    title: str
+
+
+class Figure(Strict):
+    """A figure of the paper that ``xmrbench report --plots`` draws from the recipe's runs.
+
+    ``lines``: for each of ``rows`` (default: every runnable row) one line of ``metric``
+    on ``protocol`` (default: the first) against the grid key ``x``, mean over seeds with
+    a band from the lowest to the highest seed; ``hlines`` are labelled horizontal
+    reference lines (a number the paper prints, say). ``tsne``: one panel per cell, the
+    t-SNE map (scikit-learn, seeded) of the test embeddings of the first ``images`` test
+    images and all their captions, from the stored model of run ``seed``."""
+
+    id: str
+    kind: Literal["lines", "tsne"]
+    title: str
+    protocol: str | None = None
+    metric: str = "rsum"
+    x: str | None = None
+    x_label: str | None = None
+    rows: tuple[str, ...] = ()
+    hlines: dict[str, float] = {}  # label -> value
+    panels: tuple[FigurePanel, ...] = ()
+    images: int = Field(100, ge=2)
+    seed: int = 0
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        return _check_id(value, "figure id")
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, value: str) -> str:
+        return _check_metric(value)
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> Figure:
+        if self.kind == "lines" and not self.x:
+            raise ValueError(f"figure {self.id!r}: a 'lines' figure needs x, a grid key")
+        if self.kind == "tsne" and not self.panels:
+            raise ValueError(f"figure {self.id!r}: a 'tsne' figure needs panels")
+        return self
 
 
 class Recipe(Strict):
@@ -219,6 +272,7 @@ class Recipe(Strict):
     # learn, but spread too widely for a tolerance band above the learning bar). Listed by
     # every gate run; the row's other cells stay gated (docs/gate.md).
     not_gated: dict[str, str] = {}
+    figures: tuple[Figure, ...] = ()  # drawn by ``report --plots`` (README, "The paper's figures")
     notes: tuple[str, ...] = ()
 
     @field_validator("id")
@@ -305,6 +359,14 @@ class Recipe(Strict):
             self._check_values(f"rows.{row.id}.paper", row.paper)
         for cell_id, values in self.paper_values.items():
             self._check_values(f"paper_values.{cell_id}", values)
+        for fig in self.figures:
+            if fig.protocol is not None and fig.protocol not in self.protocols:
+                raise ValueError(f"figures.{fig.id}: protocol {fig.protocol!r} is not declared under 'protocols'")
+            if fig.kind == "lines" and fig.x not in self.grid:
+                raise ValueError(f"figures.{fig.id}: x {fig.x!r} is not a grid key of this recipe")
+            for row_id in fig.rows:
+                if row_id not in by_id or not by_id[row_id].run:
+                    raise ValueError(f"figures.{fig.id}.rows: {row_id!r} is not a runnable row")
         return self
 
     def _check_values(self, where: str, values: dict[str, Any]) -> None:

@@ -4,7 +4,10 @@
 - ``ranks``: histograms of the test ranks (log scale) per cell, both directions;
 - ``paper_vs_ours``: one bar group per cell and metric, paper beside ours (mean ± std),
   titled with the dataset ours was measured on;
-- ``sweep``: for sweep recipes, the first protocol's rsum against each swept value.
+- ``sweep``: for sweep recipes, the first protocol's rsum against each swept value;
+- the paper's own figures a recipe declares under ``figures`` (:func:`paper_figures`):
+  ``lines`` (a metric against a grid key, one line per row) and ``tsne`` (t-SNE maps of
+  the test embeddings of stored models, one panel per cell).
 
 Every figure names the dataset ours was measured on, so a synthetic-world figure is
 never mistaken for a Flickr30K or MS-COCO one.
@@ -22,9 +25,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from xmrbench.core.metrics import keys as K  # noqa: E402
+from xmrbench.recipe.schema import Figure  # noqa: E402
 from xmrbench.report.collect import TableReport  # noqa: E402
 from xmrbench.store.schema import ResultDoc  # noqa: E402
-from xmrbench.store.store import safe_name  # noqa: E402
+from xmrbench.store.store import ResultStore, safe_name  # noqa: E402
 
 
 def _subtitle(rep: TableReport) -> str:
@@ -147,7 +151,117 @@ def _point_value(rep: TableReport, cell_id: str, key: str):
     return rep.resolved.cell(cell_id).point.get(key)
 
 
-def all_figures(rep: TableReport, out_dir: Path) -> list[Path]:
+def lines_figure(rep: TableReport, fig: Figure, out_dir: Path) -> Path | None:
+    """A declared ``lines`` figure: ``fig.metric`` against the grid key ``fig.x``, one line
+    per row (mean over seeds, band from the lowest to the highest seed)."""
+    recipe = rep.recipe
+    proto = fig.protocol or recipe.default_protocol
+    rows = fig.rows or tuple(r.id for r in recipe.rows if r.run)
+    by_id = {c.id: c for c in rep.cells}
+    figure, ax = plt.subplots(figsize=(6.5, 4.5))
+    drawn = False
+    for row_id in rows:
+        xs, ys, lo, hi = [], [], [], []
+        for cell in rep.resolved.cells:
+            if cell.row.id != row_id or fig.x not in cell.point:
+                continue
+            docs = by_id[cell.id].docs if cell.id in by_id else []
+            values = [d.metrics[proto][fig.metric] for d in docs if fig.metric in d.metrics.get(proto, {})]
+            if values:
+                xs.append(cell.point[fig.x])
+                ys.append(float(np.mean(values)))
+                lo.append(min(values))
+                hi.append(max(values))
+        if xs:
+            order = np.argsort(xs)
+            xs_, ys_ = np.asarray(xs)[order], np.asarray(ys)[order]
+            line = ax.plot(xs_, ys_, marker="o", label=next(r.label for r in recipe.rows if r.id == row_id))[0]
+            ax.fill_between(xs_, np.asarray(lo)[order], np.asarray(hi)[order], alpha=0.15, color=line.get_color())
+            drawn = True
+    if not drawn:
+        plt.close(figure)
+        return None
+    for label, value in fig.hlines.items():
+        ax.axhline(value, linestyle="--", color="0.4", linewidth=1)
+        ax.annotate(label, (ax.get_xlim()[0], value), fontsize=7, color="0.3", va="bottom")
+    ax.set_xlabel(fig.x_label or fig.x)
+    ax.set_ylabel(f"{fig.metric} ({proto})")
+    ax.set_title(f"{recipe.id}: {fig.title}\n{_subtitle(rep)}", fontsize=9)
+    ax.legend(fontsize=7)
+    return _save(figure, out_dir / f"{safe_name(recipe.id)}-{safe_name(fig.id)}.png")
+
+
+def tsne_points(img_emb: np.ndarray, txt_emb: np.ndarray, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """2-D t-SNE coordinates of images and captions mapped together (scikit-learn,
+    seeded, cosine distances as the embeddings are compared by their dot product)."""
+    from sklearn.manifold import TSNE
+
+    both = np.concatenate([img_emb, txt_emb]).astype(np.float64)
+    perplexity = float(min(30.0, max(2.0, (len(both) - 1) / 3)))
+    xy = TSNE(n_components=2, perplexity=perplexity, metric="cosine", init="random",
+              random_state=seed).fit_transform(both)
+    return xy[: len(img_emb)], xy[len(img_emb):]
+
+
+def tsne_figure(rep: TableReport, fig: Figure, out_dir: Path, store: ResultStore) -> Path | None:
+    """A declared ``tsne`` figure: per panel, the stored model of run ``fig.seed`` of its
+    cell embeds the first ``fig.images`` images of the protocol's split and all their
+    captions; images blue, captions red (as the paper draws them), one grey segment per
+    image to each of its captions. Panels whose run is not stored are left out."""
+    import torch
+
+    from xmrbench.core.metrics.protocols import PROTOCOLS
+    from xmrbench.engine.evaluate import encode
+    from xmrbench.runner.run import DataCache
+    from xmrbench.runner.stored import load_member
+
+    recipe = rep.recipe
+    proto = PROTOCOLS[fig.protocol or recipe.default_protocol]
+    cache = DataCache()
+    panels = []
+    for panel in fig.panels:
+        cell = rep.resolved.cell(panel.cell)
+        if cell.config is None or not store.model_path(recipe.id, cell.id, cell.hash, fig.seed).is_file():
+            continue
+        model, prepared = load_member(store, rep.resolved, cell, fig.seed, cache, torch.device("cpu"))
+        split = prepared.split(proto.split, max_images=fig.images)
+        enc = encode(model, split, device=torch.device("cpu"), batch_size=256)
+        img = enc.img_emb.float().numpy() if isinstance(enc.img_emb, torch.Tensor) else None
+        txt = enc.txt_emb.float().numpy() if isinstance(enc.txt_emb, torch.Tensor) else None
+        if img is None or txt is None:  # a cross-attention model has no joint space to map
+            continue
+        panels.append((panel, split.captions_per_image, *tsne_points(img, txt, seed=fig.seed)))
+    if not panels:
+        return None
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.4))
+    for ax, (panel, per_image, img_xy, txt_xy) in zip(np.atleast_1d(axes), panels):
+        for i, (x, y) in enumerate(img_xy):
+            for j in range(i * per_image, min((i + 1) * per_image, len(txt_xy))):
+                ax.plot([x, txt_xy[j, 0]], [y, txt_xy[j, 1]], color="0.85", linewidth=0.4, zorder=1)
+        ax.scatter(txt_xy[:, 0], txt_xy[:, 1], s=6, color="tab:red", label="sentences", zorder=2)
+        ax.scatter(img_xy[:, 0], img_xy[:, 1], s=10, color="tab:blue", label="images", zorder=3)
+        ax.set_title(panel.title, fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    np.atleast_1d(axes)[0].legend(fontsize=7, loc="best")
+    figure.suptitle(f"{recipe.id}: {fig.title} (seed {fig.seed}, first {fig.images} test images)\n{_subtitle(rep)}",
+                    fontsize=9)
+    return _save(figure, out_dir / f"{safe_name(recipe.id)}-{safe_name(fig.id)}.png")
+
+
+def paper_figures(rep: TableReport, out_dir: Path, store: ResultStore | None = None) -> list[Path]:
+    """The figures the recipe declares (``figures``); ``tsne`` ones need the ``store``
+    that holds the runs' models."""
+    made = []
+    for fig in rep.recipe.figures:
+        if fig.kind == "lines":
+            made.append(lines_figure(rep, fig, out_dir))
+        elif store is not None:
+            made.append(tsne_figure(rep, fig, out_dir, store))
+    return [p for p in made if p is not None]
+
+
+def all_figures(rep: TableReport, out_dir: Path, store: ResultStore | None = None) -> list[Path]:
     """Every figure that the recipe's results support; returns the files written."""
     made = [curves(rep, out_dir), ranks(rep, out_dir), paper_vs_ours(rep, out_dir), sweep(rep, out_dir)]
-    return [p for p in made if p is not None]
+    return [p for p in made if p is not None] + paper_figures(rep, out_dir, store)

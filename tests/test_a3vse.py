@@ -157,9 +157,11 @@ def test_bad_inputs_and_parameters_are_rejected():
 # triplet alignment (Eq. 2-3)
 
 
-def naive_lp(a: list[list[float]], b: list[list[float]], margin: float, a_ids: list[int], b_ids: list[int]) -> float:
+def naive_lp(a: list[list[float]], b: list[list[float]], margin: float, a_ids: list[int], b_ids: list[int],
+             mean: bool = False) -> float:
     """Eq. 2 by loops: per positive pair, the hinge on the hardest negative text and on the
-    hardest negative image, each found by scanning the batch; averaged over the pairs."""
+    hardest negative image, each found by scanning the batch; summed over the pairs (or
+    averaged, Eq. 2's printed 1/L)."""
     pairs = [(i, j) for i in range(len(a)) for j in range(len(b)) if a_ids[i] == b_ids[j]]
     total = 0.0
     for i, j in pairs:
@@ -173,22 +175,28 @@ def naive_lp(a: list[list[float]], b: list[list[float]], margin: float, a_ids: l
             if a_ids[i2] != b_ids[j] and dot(a[i2], b[j]) > hard_a:
                 hard_a = dot(a[i2], b[j])
         total += max(0.0, margin - pos + hard_b) + max(0.0, margin - pos + hard_a)
-    return total / len(pairs)
+    return total / len(pairs) if mean else total
 
 
-def test_triplet_objective_by_hand():
-    """l^P of the annotated sims at margin 0.2 is 0.1 / 2; of the pseudo sims at 0.3,
-    (0.4 + 0.2 + 0.6) / 2; l^tri = 0.8 * 0.05 + 0.2 * 0.6 = 0.16."""
-    loss = A3VSETripletLoss(A3VSETripletLoss.Params())
+@pytest.mark.parametrize(("reduction", "expected"), [("sum", 0.32), ("mean", 0.16)])
+def test_triplet_objective_by_hand(reduction, expected):
+    """l^P of the annotated sims at margin 0.2 is 0.1 (summed over the two pairs); of the
+    pseudo sims at 0.3, 0.4 + 0.2 + 0.6 = 1.2; l^tri = 0.8 * 0.1 + 0.2 * 1.2 = 0.32, and
+    half of that when each l^P is averaged over its two pairs (Eq. 2's printed 1/L)."""
+    loss = A3VSETripletLoss(A3VSETripletLoss.Params(triplet_reduction=reduction))
     sims = torch.tensor([[0.9, 0.5], [0.3, 0.6]], dtype=torch.float64)
     sims_u = torch.tensor([[0.4, 0.5], [0.1, 0.2]], dtype=torch.float64)
     dummy = torch.zeros(2, 3, dtype=torch.float64)
     value = loss(dummy, dummy, dummy, dummy, sims=sims, sims_u=sims_u)
-    assert value.item() == pytest.approx(0.16, abs=1e-12)
+    assert value.item() == pytest.approx(expected, abs=1e-12)
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_triplet_objective_matches_naive_loops(seed):
+def test_the_triplet_sums_over_the_batch_by_default():
+    assert A3VSETripletLoss.Params().triplet_reduction == "sum"
+
+
+@pytest.mark.parametrize(("seed", "reduction"), [(0, "sum"), (1, "sum"), (2, "mean")])
+def test_triplet_objective_matches_naive_loops(seed, reduction):
     gen = torch.Generator().manual_seed(seed)
 
     def emb(n: int) -> torch.Tensor:
@@ -198,10 +206,12 @@ def test_triplet_objective_matches_naive_loops(seed):
     img, txt, img_u, sem = emb(3), emb(5), emb(4), emb(4)
     img_ids, txt_ids = [10, 11, 12], [10, 11, 12, 10, 12]  # two images with two captions each
     beta, alpha_vt, alpha_vs = 0.7, 0.4, 0.5
-    loss = A3VSETripletLoss(A3VSETripletLoss.Params(alpha_vt=alpha_vt, alpha_vs=alpha_vs, beta=beta))
+    loss = A3VSETripletLoss(A3VSETripletLoss.Params(alpha_vt=alpha_vt, alpha_vs=alpha_vs, beta=beta,
+                                                    triplet_reduction=reduction))
     value = loss(img, txt, img_u, sem, labels=(torch.tensor(img_ids), torch.tensor(txt_ids)))
-    expected = (beta * naive_lp(img.tolist(), txt.tolist(), alpha_vt, img_ids, txt_ids)
-                + (1 - beta) * naive_lp(img_u.tolist(), sem.tolist(), alpha_vs, list(range(4)), list(range(4))))
+    mean = reduction == "mean"
+    expected = (beta * naive_lp(img.tolist(), txt.tolist(), alpha_vt, img_ids, txt_ids, mean)
+                + (1 - beta) * naive_lp(img_u.tolist(), sem.tolist(), alpha_vs, list(range(4)), list(range(4)), mean))
     assert value.item() == pytest.approx(expected, abs=1e-12)
     assert value.item() > 0
     value.backward()

@@ -149,3 +149,27 @@ def test_sg_style_matching_retrieves_far_above_chance(world):
     rank = (scores >= scores[np.arange(len(truth)), truth][:, None]).sum(axis=1) - 1
     r10 = float((rank < 10).mean())
     assert r10 > 3 * 10 / split.n_images
+
+
+def test_vocab_texts_give_machine_made_words_their_own_ids():
+    """data.vocab_texts counts the words of the regional semantics and tags (training and
+    un-annotated images) besides the captions': a tag no caption uses is <unk> without
+    it and its own word with it; the run fingerprint says what the vocabulary holds."""
+    from xmrbench.config import DataConfig
+    from xmrbench.data.registry import DATASETS
+    from xmrbench.engine.inputs import PreparedData
+
+    base = {"name": "synthetic", "size": "tiny", "sparse_images": 0.2, "sparse_sentences": 5}
+    plain_cfg = DataConfig(**base)
+    with_cfg = DataConfig(**base, vocab_texts=("semantics", "tags"))
+    plain = PreparedData(DATASETS["synthetic"](plain_cfg), plain_cfg, "regions", "tokens")
+    both = PreparedData(DATASETS["synthetic"](with_cfg), with_cfg, "regions", "tokens")
+    unannotated = both.raw_split("unannotated")
+    tag_words = {w for tags in unannotated.extras["tags"] for tag, _ in tags for w in tag.split()}
+    only_tags = sorted(tag_words - set(plain.vocab.idx2word))
+    assert only_tags and set(only_tags) <= set(both.vocab.idx2word)
+    assert set(plain.vocab.idx2word) <= set(both.vocab.idx2word)
+    unk = plain.vocab.encode(only_tags[0])[1]
+    assert plain.vocab.idx2word[unk] == "<unk>" and both.vocab.idx2word[both.vocab.encode(only_tags[0])[1]] == only_tags[0]
+    assert both.vocabulary == "train captions, min_count=1 and the semantics and tags of the training images"
+    assert "vocab_texts" not in plain_cfg.to_dict() and with_cfg.to_dict()["vocab_texts"] == ["semantics", "tags"]

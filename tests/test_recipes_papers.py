@@ -25,7 +25,8 @@ from support import chance_rsum
 CELL = re.compile(r"(?<![\w.])(\d+(?:,\d{3})*(?:\.\d+)?)(?![\w.])(?:\s*\(([+-]\d+(?:\.\d+)?)\))?")
 
 PAPER_RECIPES = {
-    "a3vse": {"a3vse-table1", "a3vse-table2", "a3vse-table3", "a3vse-table4", "a3vse-table5"},
+    "a3vse": {"a3vse-table1", "a3vse-table2", "a3vse-table3", "a3vse-table4", "a3vse-table5", "a3vse-figure1",
+              "a3vse-figure3"},
     "aoq": {"aoq-table1", "aoq-table2", "aoq-table3", "aoq-table4", "aoq-table5"},
     "adapt": {"adapt-table1", "adapt-table2", "adapt-table3", "adapt-table4"},
     "acmr": {
@@ -40,7 +41,7 @@ PAPER_RECIPES = {
 ALL = sorted(set().union(*PAPER_RECIPES.values()))
 # model names the pending rows promise to the issues that will switch them on
 PROMISED_MODELS = {"scan", "bfan", "vsrn", "dpc", "dan", "cca", "sg_baseline", "vsepp",
-                   "two_branch_embedding", "two_branch_similarity"}
+                   "two_branch_embedding", "two_branch_similarity", "a3vse", "order_embeddings"}
 PROTOCOL_SHAPE = {  # protocol -> (split, folds)
     "test": ("test", 1), "dev": ("dev", 1), "testall": ("testall", 1), "testall_5fold": ("testall", 5),
 }

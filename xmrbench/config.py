@@ -38,7 +38,8 @@ def hashed_form(section: BaseModel, later_keys: tuple[str, ...]) -> dict[str, An
     added after the first hashes were recorded (``later_keys``) while at their default."""
     out = section.model_dump(mode="json")
     for key in later_keys:
-        if out[key] == type(section).model_fields[key].default:
+        default = type(section).model_fields[key].default
+        if out[key] == (list(default) if isinstance(default, tuple) else default):  # JSON has no tuples
             del out[key]
     return out
 
@@ -68,7 +69,7 @@ class DataConfig(Strict):
     root: str | None = None
     dataset: str | None = None  # what the directory holds (flickr30k, mscoco, ...), for the fingerprint
     captions_per_image: int = Field(5, ge=1)
-    # text processing (vocabulary built from the training captions only)
+    # text processing (vocabulary built from the training captions, and ``vocab_texts``)
     vocab_min_count: int = Field(1, ge=1)
     max_caption_len: int = Field(50, ge=1)
     # use only the first n training images (fast profiles); None = all
@@ -83,6 +84,10 @@ class DataConfig(Strict):
     # that initialise the model's token embedding (``RetrievalModel.word_embedding``),
     # aligned to the vocabulary; a relative path is looked up like vocab_file
     word_vectors: str | None = None
+    # machine-made texts whose words the vocabulary counts besides the training captions'
+    # (A3VSE encodes its regional semantics or image-level tags with the captions' word
+    # embedding): "semantics" and/or "tags" of the training and un-annotated images
+    vocab_texts: tuple[Literal["semantics", "tags"], ...] = ()
     # sparse corpora (A3VSE Sec. 4.1): keep a fraction of the training images with
     # sparse_sentences captions each; the other training images form the "unannotated" split
     sparse_images: float | None = Field(None, gt=0, le=1)
@@ -109,7 +114,7 @@ class DataConfig(Strict):
 
 #: Data keys added after the first cell hashes were recorded: in the hashed form only
 #: when a config sets them to something other than their default.
-HASHED_WHEN_SET = ("dev_from_train", "word_vectors", "tokenizer")
+HASHED_WHEN_SET = ("dev_from_train", "word_vectors", "tokenizer", "vocab_texts")
 
 
 #: ``train.plateau_window`` and ``train.plateau_gain`` of a config that does not set them

@@ -155,7 +155,8 @@ class DatasetKind:
 
 
 #: keys of the kinds whose texts are captions: the vocabulary, word vectors and the captions kept per image
-CAPTION_KEYS = ("vocab_min_count", "max_caption_len", "tokenizer", "vocab_file", "word_vectors", "sparse_sentences")
+CAPTION_KEYS = ("vocab_min_count", "max_caption_len", "tokenizer", "vocab_file", "word_vectors", "vocab_texts",
+                "sparse_sentences")
 #: keys of every kind: which training images are used
 IMAGE_KEYS = ("train_images", "sparse_images", "sparse_seed")
 

@@ -176,8 +176,11 @@ class PreparedData:
             self.vocab.tokenizer = self.cfg.tokenizer
             self.vocabulary = f"file {Path(loaded.path).name}, sha256 {loaded.sha256[:16]}"
         else:
-            self.vocab = Vocabulary.build(train.captions, min_count=self.cfg.vocab_min_count,
-                                          tokenizer=self.cfg.tokenizer)
+            texts = list(train.captions)
+            if self.cfg.vocab_texts:
+                texts += self._machine_texts()
+                self.vocabulary += f" and the {' and '.join(self.cfg.vocab_texts)} of the training images"
+            self.vocab = Vocabulary.build(texts, min_count=self.cfg.vocab_min_count, tokenizer=self.cfg.tokenizer)
         if self.cfg.tokenizer != "words":  # the default leaves the fingerprints of earlier runs alone
             self.vocabulary += f"; tokenizer {self.cfg.tokenizer}"
         if self.text_input == "tfidf":
@@ -187,6 +190,28 @@ class PreparedData:
             self.vocabulary += f"; word vectors {Path(self.cfg.word_vectors).name}, sha256 {self._vectors_sha256()[:16]}"
         if (self.image_input == "tags") != (self.text_input == "tags"):  # one tag index serves both sides
             raise DataError("the 'tags' input kind must be used for images and texts together")
+
+    def _machine_texts(self) -> list[str]:
+        """The texts of ``data.vocab_texts``, from the training split and the un-annotated
+        one (if any): each image's regional semantics as one string, each of its image-level
+        tags (any score) as one string."""
+        from xmrbench.data.sparse import UNANNOTATED
+
+        splits = [self.raw_split("train")]
+        if UNANNOTATED in self.data.split_names:
+            splits.append(self.raw_split(UNANNOTATED))
+        texts: list[str] = []
+        for split in splits:
+            for kind in self.cfg.vocab_texts:
+                values = split.extras.get(kind)
+                if values is None:
+                    raise DataError(f"data.vocab_texts names {kind!r}, but split {split.name!r} of dataset "
+                                    f"{self.data.name!r} has no {kind!r}")
+                if kind == "semantics":
+                    texts += [str(text) for text in values]
+                else:  # [[tag, score], ...] per image
+                    texts += [str(tag) for tags in values for tag, _ in tags]
+        return texts
 
     def _vectors_path(self) -> Path:
         from xmrbench.data.vocab_file import resolve_vocab_path

@@ -13,8 +13,19 @@ Four domains enter, all embedded by the model's shared encoders
     l^tri = beta l^P(G^v(v), G^t(t); alpha_vt) + (1 - beta) l^P(G^v(v^u), G^t(s); alpha_vs)
 
 with ``b^`` and ``a^`` the hardest negatives of the batch. Eq. 3 prints ``G^v(t)`` for
-the text branch; it means ``G^t(t)``. Eq. 2 averages over the L pairs (``1/L``), where
-VSE++ sums. Defaults (Sec. 4.3): ``alpha_vt = 0.2``, ``alpha_vs = 0.3``, ``beta = 0.8``.
+the text branch; it means ``G^t(t)``. Defaults (Sec. 4.3): ``alpha_vt = 0.2``,
+``alpha_vs = 0.3``, ``beta = 0.8``.
+
+**Sum or mean over the batch** (``triplet_reduction``). Eq. 2 prints ``1/L``, but the
+paper applies the loss "as in [6]", VSE++, whose loss sums the hinges over the batch,
+and it gives the six adversarial weights (summing to 1.9) on the scale of that sum.
+Read literally, the mean makes the adversarial gradient on the encoders two to five
+times the triplet's once ``gamma(p)`` nears 1; the encoders then never leave the
+near-collapsed state every such model starts in (all images at cosine ~0.95 to each
+other), and retrieval stays at chance. With the sum the adversary acts as the mild
+regulariser the paper's ablation shows (Table 5: removing ``L_adv`` costs 1.1 R@1).
+So ``sum`` is the default and ``mean`` the literal option; docs/errata.md holds the
+measurements.
 
 **Adversarial alignment** (:class:`A3VSEAdversary`, Eq. 4-8). Each discriminator
 ``D`` outputs the probability that a feature comes from the first of its two domains
@@ -67,8 +78,8 @@ from xmrbench.params import Params
 
 
 class A3VSETripletLoss(nn.Module):
-    """``l^tri`` of Eq. 3: the hardest-negative triplet loss ``l^P`` of Eq. 2 (mean over
-    pairs, both directions) on the annotated pairs at margin ``alpha_vt``, weighted by
+    """``l^tri`` of Eq. 3: the hardest-negative triplet loss ``l^P`` of Eq. 2 (summed or
+    averaged over the pairs, ``triplet_reduction``; both directions) on the annotated pairs at margin ``alpha_vt``, weighted by
     ``beta``, plus the same on the pseudo (image, regional semantics) pairs at margin
     ``alpha_vs``, weighted by ``1 - beta``.
 
@@ -80,12 +91,13 @@ class A3VSETripletLoss(nn.Module):
         alpha_vt: float = Field(0.2, ge=0)  # margin of the image-text pairs
         alpha_vs: float = Field(0.3, ge=0)  # margin of the image-semantics pairs
         beta: float = Field(0.8, ge=0, le=1)  # weight of the annotated pairs
+        triplet_reduction: Literal["sum", "mean"] = "sum"  # over the batch's pairs (module docstring)
         positives: Literal["image", "pair"] = "image"
 
     def __init__(self, params: A3VSETripletLoss.Params):
         super().__init__()
         self.params = params
-        rule = dict(reduction="mean", positives=params.positives)
+        rule = dict(reduction=params.triplet_reduction, positives=params.positives)
         self.annotated = HardestNegativeLoss(HardestNegativeLoss.Params(margin=params.alpha_vt, **rule))
         self.pseudo = HardestNegativeLoss(HardestNegativeLoss.Params(margin=params.alpha_vs, **rule))
 

@@ -312,3 +312,45 @@ def test_a_tiny_sparse_a3vse_cell_learns_end_to_end(tmp_path, capsys):
     assert doc["config"]["data"]["sparse_images"] == 0.2
     rsum, bar = doc["metrics"]["test"]["rsum"], 1.5 * chance_rsum(100)
     assert rsum > bar, f"test rsum {rsum:.1f} is not above 1.5 x chance ({bar:.1f}) after {seconds:.1f} s"
+
+
+@pytest.mark.parametrize("profile", ["smoke", "quick", "full"])
+def test_the_recipes_rows_are_table_5s_ablations_of_one_a3vse(profile):
+    """Every A3VSE row of the recipes trains the A3VSE model with its own objective, a
+    vocabulary that counts the machine-made texts, and Table 5's switches where the row
+    says so; the 100% rows pair the annotated images with their own semantics."""
+    from xmrbench.recipe.load import recipe_index
+    from xmrbench.recipe.resolve import resolve
+
+    index = recipe_index()
+    table5 = resolve(index["a3vse-table5"], profile=profile, require_data=False)
+    expected = {
+        "no-s": {"pseudo_text": "none"},
+        "swap-s-with-sg": {"pseudo_text": "global"},
+        "s-without-adv": {"adversarial": False},
+        "without-intra": {"align_intra": False},
+        "without-cross": {"align_cross": False},
+        "without-trans": {"align_trans": False},
+        "s-without-attention": {},
+        "full-model": {},
+    }
+    default = A3VSEMethod.Params().model_dump()
+    for cell in table5.runnable_cells():
+        cfg = cell.config
+        assert (cfg.model.name, cfg.method.name, cfg.loss) == ("a3vse", "a3vse", None)
+        assert cfg.data.vocab_texts == ("semantics", "tags")
+        assert (cfg.data.sparse_images, cfg.data.sparse_sentences) == (0.1, 5)
+        params = cfg.method.params.model_dump()
+        changed = {k: v for k, v in params.items() if v != default[k] and not k.startswith("disc_hidden")}
+        assert changed == expected[cell.id], cell.id
+        assert cfg.model.params.pooling == ("mean" if cell.id == "s-without-attention" else "attention")
+    assert {c.id for c in table5.runnable_cells()} == set(expected)
+    for rid, row in (("a3vse-table2", "a3vse-all"), ("a3vse-table4", "a3vse-all")):
+        cfg = resolve(index[rid], profile=profile, require_data=False).cell(row).config
+        assert cfg.method.params.pseudo_images == "train" and cfg.data.sparse_images is None
+    table1 = resolve(index["a3vse-table1"], profile=profile, require_data=False)
+    assert sum(c.row.id == "a3vse" for c in table1.runnable_cells()) == 9
+    if profile == "full":  # Sec. 4.3, with the learning rate read as docs/errata.md says
+        train = table1.runnable_cells()[0].config.train
+        assert (train.epochs, train.lr, train.lr_decay_every, train.batch_size) == (24, 5e-5, 16, 128)
+        assert (train.weight_decay, train.grad_clip) == (1e-6, 2.0)

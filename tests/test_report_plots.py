@@ -103,13 +103,15 @@ def _figure_recipe(tmp_path, text: str = FIGURES):
 
 def test_declared_figures_are_drawn_from_the_runs_and_their_stored_models(tmp_path):
     from xmrbench.report.plots import paper_figures, tsne_points
+    from xmrbench.runner.run import DataCache
+    from xmrbench.runner.stored import stored_embedder
 
     path = _figure_recipe(tmp_path)
     store = ResultStore(tmp_path / "store")
     reproduce(resolve(path, profile="smoke"), store, device=torch.device("cpu"))
     rep = collect(str(path), store)
-    assert paper_figures(rep, tmp_path / "none") == [tmp_path / "none" / "figure-test-lines.png"]  # tsne needs the store
-    files = paper_figures(rep, tmp_path / "figs", store)
+    assert paper_figures(rep, tmp_path / "none") == [tmp_path / "none" / "figure-test-lines.png"]  # tsne needs an embedder
+    files = paper_figures(rep, tmp_path / "figs", stored_embedder(store, DataCache()))
     assert [f.name for f in files] == ["figure-test-lines.png", "figure-test-maps.png"]
     for f in files:
         assert f.read_bytes()[:8] == PNG and f.stat().st_size > 5000
@@ -123,7 +125,7 @@ def test_declared_figures_are_drawn_from_the_runs_and_their_stored_models(tmp_pa
     for cell_id in ("a@lr=0.001", "b@lr=0.003"):
         cell = rep.resolved.cell(cell_id)
         store.model_path(rep.recipe.id, cell.id, cell.hash, 0).unlink()
-    assert [f.name for f in paper_figures(rep, tmp_path / "after", store)] == ["figure-test-lines.png"]
+    assert [f.name for f in paper_figures(rep, tmp_path / "after", stored_embedder(store, DataCache()))] == ["figure-test-lines.png"]
 
 
 def test_bad_figure_declarations_are_refused(tmp_path):

@@ -409,11 +409,13 @@ def report(
     if plots is not None:
         from xmrbench.report.collect import collect
         from xmrbench.report.plots import all_figures
+        from xmrbench.runner.run import DataCache
+        from xmrbench.runner.stored import stored_embedder
         from xmrbench.store.store import ResultStore
 
         store = ResultStore(results)
         for rid in recipes:
-            for path in all_figures(collect(rid, store, profile=profile), plots, store):
+            for path in all_figures(collect(rid, store, profile=profile), plots, stored_embedder(store, DataCache())):
                 err_console.print(f"wrote {path}")
 
 

@@ -15,7 +15,9 @@ never mistaken for a Flickr30K or MS-COCO one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -28,7 +30,7 @@ from xmrbench.core.metrics import keys as K  # noqa: E402
 from xmrbench.recipe.schema import Figure  # noqa: E402
 from xmrbench.report.collect import TableReport  # noqa: E402
 from xmrbench.store.schema import ResultDoc  # noqa: E402
-from xmrbench.store.store import ResultStore, safe_name  # noqa: E402
+from xmrbench.store.store import safe_name  # noqa: E402
 
 
 def _subtitle(rep: TableReport) -> str:
@@ -203,34 +205,27 @@ def tsne_points(img_emb: np.ndarray, txt_emb: np.ndarray, *, seed: int) -> tuple
     return xy[: len(img_emb)], xy[len(img_emb):]
 
 
-def tsne_figure(rep: TableReport, fig: Figure, out_dir: Path, store: ResultStore) -> Path | None:
+#: ``embed(resolved, cell, seed, split, images)`` -> (image embeddings, caption embeddings,
+#: captions per image), or None when that run has no stored model to embed with
+#: (``xmrbench.runner.stored.stored_embedder`` reads a store's models)
+Embedder = Callable[[Any, Any, int, str, int], "tuple[np.ndarray, np.ndarray, int] | None"]
+
+
+def tsne_figure(rep: TableReport, fig: Figure, out_dir: Path, embed: Embedder) -> Path | None:
     """A declared ``tsne`` figure: per panel, the stored model of run ``fig.seed`` of its
     cell embeds the first ``fig.images`` images of the protocol's split and all their
-    captions; images blue, captions red (as the paper draws them), one grey segment per
-    image to each of its captions. Panels whose run is not stored are left out."""
-    import torch
-
+    captions (``embed``); images blue, captions red (as the paper draws them), one grey
+    segment per image to each of its captions. Panels without a stored run are left out."""
     from xmrbench.core.metrics.protocols import PROTOCOLS
-    from xmrbench.engine.evaluate import encode
-    from xmrbench.runner.run import DataCache
-    from xmrbench.runner.stored import load_member
 
     recipe = rep.recipe
     proto = PROTOCOLS[fig.protocol or recipe.default_protocol]
-    cache = DataCache()
     panels = []
     for panel in fig.panels:
-        cell = rep.resolved.cell(panel.cell)
-        if cell.config is None or not store.model_path(recipe.id, cell.id, cell.hash, fig.seed).is_file():
-            continue
-        model, prepared = load_member(store, rep.resolved, cell, fig.seed, cache, torch.device("cpu"))
-        split = prepared.split(proto.split, max_images=fig.images)
-        enc = encode(model, split, device=torch.device("cpu"), batch_size=256)
-        img = enc.img_emb.float().numpy() if isinstance(enc.img_emb, torch.Tensor) else None
-        txt = enc.txt_emb.float().numpy() if isinstance(enc.txt_emb, torch.Tensor) else None
-        if img is None or txt is None:  # a cross-attention model has no joint space to map
-            continue
-        panels.append((panel, split.captions_per_image, *tsne_points(img, txt, seed=fig.seed)))
+        got = embed(rep.resolved, rep.resolved.cell(panel.cell), fig.seed, proto.split, fig.images)
+        if got is not None:
+            img, txt, per_image = got
+            panels.append((panel, per_image, *tsne_points(img, txt, seed=fig.seed)))
     if not panels:
         return None
     figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.4))
@@ -249,19 +244,19 @@ def tsne_figure(rep: TableReport, fig: Figure, out_dir: Path, store: ResultStore
     return _save(figure, out_dir / f"{safe_name(recipe.id)}-{safe_name(fig.id)}.png")
 
 
-def paper_figures(rep: TableReport, out_dir: Path, store: ResultStore | None = None) -> list[Path]:
-    """The figures the recipe declares (``figures``); ``tsne`` ones need the ``store``
-    that holds the runs' models."""
+def paper_figures(rep: TableReport, out_dir: Path, embed: Embedder | None = None) -> list[Path]:
+    """The figures the recipe declares (``figures``); ``tsne`` ones need ``embed``, which
+    reads the runs' stored models."""
     made = []
     for fig in rep.recipe.figures:
         if fig.kind == "lines":
             made.append(lines_figure(rep, fig, out_dir))
-        elif store is not None:
-            made.append(tsne_figure(rep, fig, out_dir, store))
+        elif embed is not None:
+            made.append(tsne_figure(rep, fig, out_dir, embed))
     return [p for p in made if p is not None]
 
 
-def all_figures(rep: TableReport, out_dir: Path, store: ResultStore | None = None) -> list[Path]:
+def all_figures(rep: TableReport, out_dir: Path, embed: Embedder | None = None) -> list[Path]:
     """Every figure that the recipe's results support; returns the files written."""
     made = [curves(rep, out_dir), ranks(rep, out_dir), paper_vs_ours(rep, out_dir), sweep(rep, out_dir)]
-    return [p for p in made if p is not None] + paper_figures(rep, out_dir, store)
+    return [p for p in made if p is not None] + paper_figures(rep, out_dir, embed)

@@ -64,3 +64,28 @@ def write_plain(payload: dict[str, Any], path: Path, *, what: str) -> None:
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise StoreError(f"cannot write {what} ({exc.strerror or exc})", where=str(path)) from None
+
+
+def stored_embedder(store: ResultStore, cache: Any, device: torch.device | None = None):
+    """``embed(resolved, cell, seed, split, images)`` for the report's t-SNE figures: the
+    embeddings of the first ``images`` images of ``split`` and of all their captions by
+    the stored model of run ``seed`` of ``cell``, as float arrays ``(n_img, D)``, ``(n_txt, D)``
+    with the captions per image; None when the run has no stored model, or its model has
+    no joint space (cross-attention models score pairs instead). ``cache`` is a
+    :class:`~xmrbench.runner.run.DataCache`."""
+    from xmrbench.engine.evaluate import encode
+
+    dev = device or torch.device("cpu")
+
+    def embed(resolved: ResolvedRecipe, cell: Cell, seed: int, split: str, images: int):
+        if cell.config is None or not store.model_path(resolved.id, cell.id, cell.hash, seed).is_file():  # type: ignore[arg-type]
+            return None
+        model, prepared = load_member(store, resolved, cell, seed, cache, dev)
+        part = prepared.split(split, max_images=images)
+        enc = encode(model, part, device=dev, batch_size=256)
+        if not isinstance(enc.img_emb, torch.Tensor) or not isinstance(enc.txt_emb, torch.Tensor):
+            return None
+        return enc.img_emb.float().cpu().numpy(), enc.txt_emb.float().cpu().numpy(), part.captions_per_image
+
+    return embed
+

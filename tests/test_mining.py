@@ -7,13 +7,10 @@ import pytest
 import torch
 
 from xmrbench.core.mining import hardest_captions, hardest_images
-from xmrbench.core.models.registry import MODELS
 from xmrbench.engine.evaluate import encode, similarity_matrix
-from xmrbench.engine.inputs import PreparedData
 from xmrbench.engine.miners import MINERS
-from xmrbench.recipe.config import validate_cell_config
 
-from toy import toy_data
+from toy import toy_model_and_split
 
 
 def naive_captions(sims: np.ndarray, caption_image: np.ndarray, k: int) -> np.ndarray:
@@ -63,12 +60,7 @@ def test_k_beyond_the_candidates_is_an_error():
 
 
 def test_the_miner_blocks_like_the_whole_matrix():
-    cfg = validate_cell_config({"model": {"name": "two_branch_embedding", "hidden_dim": 16, "embed_dim": 8},
-                                "loss": {"name": "bidirectional_ranking"}}, where="t")
-    prepared = PreparedData(toy_data(), cfg.data, "global", "tfidf")
-    torch.manual_seed(0)
-    model = MODELS["two_branch_embedding"](cfg.model.params, prepared.dims).eval()
-    split = prepared.split("train")
+    model, split = toy_model_and_split()
     miner = MINERS["hardest_negatives"](MINERS["hardest_negatives"].Params(k=7))
     out = miner.mine(model, split, device=torch.device("cpu"), batch_size=13, block_images=11)
     enc = encode(model, split, device=torch.device("cpu"), batch_size=64)

@@ -34,3 +34,19 @@ def toy_data(n_train: int = 60, n_test: int = 20) -> RetrievalData:
         "testall": toy_split("testall", n_test * 5, 3),
     }
     return RetrievalData(name="toy", fingerprint="toy0", loaders={k: (lambda v=v: v) for k, v in splits.items()})
+
+
+def toy_model_and_split():
+    """A small untrained embedding model (seeded, eval mode) and the toy training split."""
+    import torch
+
+    from xmrbench.core.models.registry import MODELS
+    from xmrbench.engine.inputs import PreparedData
+    from xmrbench.recipe.config import validate_cell_config
+
+    cfg = validate_cell_config({"model": {"name": "two_branch_embedding", "hidden_dim": 16, "embed_dim": 8},
+                                "loss": {"name": "bidirectional_ranking"}}, where="t")
+    prepared = PreparedData(toy_data(), cfg.data, "global", "tfidf")
+    torch.manual_seed(0)
+    model = MODELS["two_branch_embedding"](cfg.model.params, prepared.dims).eval()
+    return model, prepared.split("train")

@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 from xmrbench.registry import Registry
+
+
+@dataclass(frozen=True)
+class SweepParam:
+    """A parameter ``xmrbench sweep <paper> --<name> v1,v2`` varies: the config ``key`` of the
+    row ``row`` of recipe ``recipe`` (the paper's table that varies it); each value becomes a
+    copy of that row, beside the rows it needs. ``shape``: how several parameters of one
+    recipe combine by default, ``grid`` (every combination) or ``star`` (one at a time
+    around the row's own values, as a table that varies one parameter per line prints)."""
+
+    recipe: str
+    row: str
+    key: str
+    shape: Literal["grid", "star"] = "grid"
+    help: str = ""
 
 
 @dataclass(frozen=True)
@@ -17,6 +33,8 @@ class Paper:
     year: int
     in_scope: bool = True  # one of the five papers xmrbench reproduces in full
     sweep_recipe: str | None = None  # the recipe ``xmrbench sweep <paper>`` varies
+    # parameters with a table of their own: ``xmrbench sweep <paper> --<name>`` varies that table's row
+    sweeps: dict[str, SweepParam] = field(default_factory=dict)
 
 
 PAPERS: Registry[Paper] = Registry(
@@ -31,6 +49,14 @@ PAPERS: Registry[Paper] = Registry(
         "aoq": Paper(
             "aoq", "AOQ", "Adaptive Offline Quintuplet Loss for Image-Text Matching",
             "Tianlang Chen, Jiajun Deng, Jiebo Luo", "ECCV", 2020,
+            sweeps={
+                "h": SweepParam("aoq-table3", "vsrn-adapoffquin", "method.h",
+                                help="top-list size of the offline captions (images: h // 5), Table 3"),
+                "alpha": SweepParam("aoq-table5", "beta1.5-alpha0.3", "method.alpha", shape="star",
+                                    help="alpha of Eq. 5's adaptive weights, Table 5"),
+                "beta": SweepParam("aoq-table5", "beta1.5-alpha0.3", "method.beta", shape="star",
+                                   help="beta of Eq. 5's adaptive weights, Table 5"),
+            },
         ),
         "two_branch": Paper(
             "two_branch", "Two-branch",

@@ -6,11 +6,13 @@ from collections.abc import Callable
 
 import torch
 
+from xmrbench.bench.aoq import aoq_losses
 from xmrbench.bench.attention import attention
 from xmrbench.bench.contention import contention
 from xmrbench.bench.data import data
 from xmrbench.bench.harness import BenchResult
 from xmrbench.bench.kernels import machine, ranking, similarity
+from xmrbench.bench.mining import mining
 from xmrbench.registry import Registry
 
 BENCHMARKS: Registry[Callable[..., BenchResult]] = Registry(
@@ -22,6 +24,8 @@ BENCHMARKS: Registry[Callable[..., BenchResult]] = Registry(
         "attention": attention,
         "data": data,
         "contention": contention,
+        "mining": mining,
+        "aoq-losses": aoq_losses,
     },
 )
 

@@ -158,6 +158,46 @@ def show(
 
 
 @app.command()
+def candidates(
+    recipe: Annotated[str, typer.Argument(help="Recipe id or path.")],
+    row: Annotated[str, typer.Option("--row", help="A row that samples offline negatives (its artifact is exported).")],
+    out: Annotated[Path, typer.Option("--out", help="Directory to write i2t_NAME.npy and t2i_NAME.npy into.")],
+    name: Annotated[str, typer.Option("--name", help="NAME of the files (the authors' release uses coco, f30k).")] = "train",
+    seed: Annotated[int, typer.Option("--seed", help="The run's seed.")] = 0,
+    profile: ProfileOpt = "quick",
+    sets: SetOpt = None,
+    data_root: DataRootOpt = None,
+    results: ResultsOpt = Path("results"),
+) -> None:
+    """Export the offline candidate lists a row reads (AOQ), in the layout of the authors'
+    release (docs/formats/candidates.md); the row's method.candidate_files reads such files back."""
+    from xmrbench.data.candidates import write_candidates
+    from xmrbench.engine.train import load_plain
+    from xmrbench.errors import StoreError, UsageError
+    from xmrbench.store.store import ResultStore
+
+    resolved = _resolve(recipe, profile, str(seed), sets, data_root, None)
+    if row not in {c.id for c in resolved.cells}:
+        raise UsageError(f"{resolved.id}: no cell {row!r}")
+    cell = resolved.cell(row)
+    arts = cell.needs.artifacts if cell.needs is not None else ()
+    if not arts:
+        raise UsageError(f"{resolved.id}: row {row!r} reads no artifact (no needs.artifacts)")
+    ref = arts[0]
+    store = ResultStore(results)
+    path = store.artifact_path(ref.miner, ref.key(seed))
+    if not path.is_file():
+        raise StoreError(f"no stored {ref.miner} artifact of {ref.source.id} (seed {seed}); compute it with "
+                         f"xmrbench reproduce {resolved.id} --rows {row} --seeds {seed} --profile {profile}",
+                         where=str(path))
+    tensors = load_plain(path, what="artifact", map_location="cpu").get("tensors", {})
+    if "i2t" not in tensors or "t2i" not in tensors:
+        raise StoreError("the artifact holds no i2t / t2i lists", where=str(path))
+    a, b = write_candidates(out, name, tensors["i2t"], tensors["t2i"])
+    console.print(f"wrote {a} {tuple(tensors['i2t'].shape)} and {b} {tuple(tensors['t2i'].shape)}")
+
+
+@app.command()
 def plan(
     recipe: Annotated[str, typer.Argument(help="Recipe id or path.")],
     profile: ProfileOpt = "quick",
@@ -314,6 +354,8 @@ def sweep(
     seeds: SeedsOpt = None,
     sets: SetOpt = None,
     rows: Annotated[str | None, typer.Option("--rows", help="Comma-separated row ids to sweep (default: all runnable).")] = None,
+    shape: Annotated[str, typer.Option("--shape", help="A paper's own sweep parameters: grid (every combination), "
+                                       "star (one at a time around the table's row) or auto (the paper's table).")] = "auto",
     results: ResultsOpt = Path("results"),
     device: DeviceOpt = "auto",
     data_root: DataRootOpt = None,
@@ -326,18 +368,20 @@ def sweep(
     threads: ThreadsOpt = None,
     keep_going: KeepGoingOpt = False,
 ) -> None:
-    """A grid over any config parameter: xmrbench sweep two_branch --margin 0.05,0.1,0.2"""
+    """Vary config parameters: xmrbench sweep two_branch --margin 0.05,0.1,0.2 (a grid over a
+    recipe's rows) or xmrbench sweep aoq --h 200,500,1000 (a parameter the paper varies in a
+    table of its own: that table's row, once per value, beside the paper's printed rows)."""
     from xmrbench.runner.driver import plan_runs
     from xmrbench.runner.sweep import build_sweep
     from xmrbench.store.store import ResultStore
 
     resolved = build_sweep(
         target, ctx.args, profile=profile, seeds=_seeds(seeds), overrides=_overrides(sets, data_root),
-        rows=_rows(rows),
+        rows=_rows(rows), shape=shape,
     )
     console.print(f"[bold]{resolved.id}[/]: {len(resolved.cells)} cells x {len(resolved.seeds)} seeds")
     for cell in resolved.cells:
-        console.print(f"  {cell.id}  [{cell.hash}]")
+        console.print(f"  {cell.id}  [{cell.hash}]", markup=False, highlight=False)
     if dry_run:
         return
     runner, dev = _executor(executor, jobs, retries, address, device, threads)
@@ -410,12 +454,14 @@ def report(
         from xmrbench.report.collect import collect
         from xmrbench.report.plots import all_figures
         from xmrbench.runner.run import DataCache
-        from xmrbench.runner.stored import stored_embedder
+        from xmrbench.runner.stored import stored_embedder, stored_scorer
         from xmrbench.store.store import ResultStore
 
         store = ResultStore(results)
         for rid in recipes:
-            for path in all_figures(collect(rid, store, profile=profile), plots, stored_embedder(store, DataCache())):
+            cache = DataCache()  # one per recipe, shared by its embedder and scorer
+            embed, score = stored_embedder(store, cache), stored_scorer(store, cache)
+            for path in all_figures(collect(rid, store, profile=profile), plots, embed, score):
                 err_console.print(f"wrote {path}")
 
 

@@ -28,7 +28,8 @@ default in :class:`TrainingMethod` or ``RetrievalModel``.
 The contract itself (:class:`TrainingMethod`, :class:`Stream`, :class:`StepContext`,
 :class:`Progress`, the optimiser helpers and :class:`GradientMethod`) is in
 ``engine/training_method.py`` and re-exported here; this module holds the registry,
-``METHODS``, whose entries may live in modules beside it (``engine/a3vse_method.py``).
+``METHODS``, whose entries may live in modules beside it (``engine/a3vse_method.py``,
+``engine/aoq_method.py``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from __future__ import annotations
 from typing import Any
 
 from xmrbench.engine.a3vse_method import A3VSEMethod
+from xmrbench.engine.aoq_method import AOQMethod
 from xmrbench.engine.training_method import (
     GradientMethod,
     MethodParams,
@@ -52,6 +54,7 @@ __all__ = [
     "DEFAULT_METHOD",
     "METHODS",
     "A3VSEMethod",
+    "AOQMethod",
     "ClosedFormMethod",
     "GradientMethod",
     "MethodParams",
@@ -82,5 +85,6 @@ METHODS: Registry[type[TrainingMethod]] = Registry(
         "gradient": GradientMethod,
         "closed_form": ClosedFormMethod,
         "a3vse": A3VSEMethod,
+        "aoq": AOQMethod,
     },
 )

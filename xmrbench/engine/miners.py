@@ -12,6 +12,14 @@ Registered miners:
   split, for every image the ``k`` most similar captions of other images, and for
   every caption the ``k`` most similar other images, by the model's similarity
   (``{"i2t": (N_img, k), "t2i": (N_txt, k)}``, most similar first, ties by index).
+- ``offline_candidates``: the same lists at the widths of the authors' release
+  (``texts`` = 2,000 captions per image, ``images`` = 400 images per caption, each
+  clipped to the negatives a split has: ``N_txt`` less the captions of one image, and
+  ``N_img - 1``), mined in ONE pass over blocks of image rows with bounded memory
+  (:func:`~xmrbench.core.mining.mine_candidates`):
+  ``{"i2t": int32 (N_img, K_t), "t2i": int32 (N_txt, K_i)}``, most similar first, ties
+  by index. :mod:`xmrbench.data.candidates` reads and writes them as the release's
+  ``.npy`` files (docs/formats/candidates.md).
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ from typing import Any, ClassVar
 import torch
 from pydantic import Field
 
-from xmrbench.core.mining import hardest_captions, hardest_images
+from xmrbench.core.mining import MINING_BLOCK_IMAGES, hardest_captions, hardest_images, mine_candidates
 from xmrbench.core.models.base import RetrievalModel
 from xmrbench.engine.evaluate import encode, similarity_matrix
 from xmrbench.engine.inputs import PreparedSplit
@@ -71,9 +79,38 @@ class HardestNegatives(Miner):
         return {"i2t": torch.cat(i2t), "t2i": torch.cat(t2i)}
 
 
+class OfflineCandidates(Miner):
+    """AOQ's candidate lists at the release widths, in one pass with bounded memory.
+
+    The blocks of image rows are ``min(block_images, MINING_BLOCK_IMAGES)`` images, so the
+    memory stays within :func:`~xmrbench.core.mining.mining_memory_bound` whatever the
+    evaluation's block size.
+    """
+
+    class Params(Params):
+        texts: int = Field(2000, ge=1)  # captions per image (clipped to the captions of other images)
+        images: int = Field(400, ge=1)  # images per caption (clipped to the other images)
+
+    def mine(self, model: RetrievalModel, split: PreparedSplit, *, device: torch.device, batch_size: int,
+             block_images: int) -> dict[str, Any]:
+        caption_image = torch.from_numpy(split.caption_image()).long()
+        n_img, n_txt = split.n_images, split.n_captions
+        most_own = int(torch.bincount(caption_image, minlength=n_img).max()) if n_txt else 0
+        k_texts = min(self.params.texts, n_txt - most_own)  # type: ignore[attr-defined]
+        k_images = min(self.params.images, n_img - 1)  # type: ignore[attr-defined]
+        enc = encode(model, split, device=device, batch_size=batch_size)
+        i2t, t2i = mine_candidates(
+            lambda rows: similarity_matrix(model, enc, block_images=block_images, img_slice=rows),
+            n_images=n_img, caption_image=caption_image, k_texts=k_texts, k_images=k_images,
+            block_images=max(1, min(block_images, MINING_BLOCK_IMAGES)),
+        )
+        return {"i2t": i2t, "t2i": t2i}
+
+
 MINERS: Registry[type[Miner]] = Registry(
     "miner",
     {
         "hardest_negatives": HardestNegatives,
+        "offline_candidates": OfflineCandidates,
     },
 )

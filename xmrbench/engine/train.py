@@ -419,8 +419,10 @@ def train_and_evaluate(
             ("dev_rsum", dev_metrics["rsum"]),
             ("lr", lr),
             ("epoch_s", epoch_s),
+            # R@1 per direction where the task has it (AOQ Figure 4 plots them per epoch)
+            *((f"dev_{k}", dev_metrics[k]) for k in ("i2t_r1", "t2i_r1") if k in dev_metrics),
         ):
-            curves[key].append(value)
+            curves.setdefault(key, []).append(value)
         if ckpt_path is not None:
             _atomic_torch_save(
                 {

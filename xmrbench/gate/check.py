@@ -63,12 +63,15 @@ class ReferenceRefused(XmrbenchError):
 def gate_cells(resolved: ResolvedRecipe, *, all_cells: bool) -> list[Cell]:
     """The runnable cells the gate judges (declared ``not_gated`` cells left out).
 
-    The CI set (``all_cells=False``): every runnable row; of a row crossed with grid or
-    zip axes, only its first and last gated point. ``all_cells``: every runnable cell.
+    The CI set (``all_cells=False``): every runnable row, or the recipe's ``ci_rows`` when
+    it names some; of a row crossed with grid or zip axes, only its first and last gated
+    point. ``all_cells``: every runnable cell.
     """
     gated = [c for c in resolved.runnable_cells() if not resolved.not_gated(c)]
     if all_cells:
         return gated
+    if resolved.recipe.ci_rows:
+        gated = [c for c in gated if c.row.id in resolved.recipe.ci_rows]
     by_row: dict[str, list[Cell]] = {}
     for cell in gated:
         by_row.setdefault(cell.row.id, []).append(cell)

@@ -362,6 +362,10 @@ def resolve(
                 raise RecipeError(f"{section}: no row or cell {cid!r}", where=where)
             if not why.strip():
                 raise RecipeError(f"{section}.{cid}: give {what}", where=where)
+    runnable_rows = {c.row.id for c in cells if c.runnable}
+    for rid in recipe.ci_rows:
+        if rid not in runnable_rows:
+            raise RecipeError(f"ci_rows: {rid!r} is not a runnable row", where=where)
     for cell in cells:
         if _declared(recipe.near_chance, cell) and _declared(recipe.not_gated, cell):
             raise RecipeError(f"{cell.id}: declared both near_chance and not_gated; the gate checks one or the other",
@@ -482,7 +486,7 @@ def with_axes(recipe: Recipe, grid: Mapping[str, Sequence[Any]], *, rows: Sequen
             raise UsageError(f"--rows: no row {missing[0]!r} in {recipe.id}")
     if not keep:
         raise UsageError(f"{recipe.id}: no runnable row to sweep")
-    suffix = "+".join(f"{k.rsplit('.', 1)[-1]}" for k in grid)
+    suffix = "_".join(f"{k.rsplit('.', 1)[-1]}" for k in grid)
     data = recipe.model_dump()
     data.update(
         id=f"{recipe.id}.sweep-{suffix}",
@@ -492,6 +496,7 @@ def with_axes(recipe: Recipe, grid: Mapping[str, Sequence[Any]], *, rows: Sequen
         grid={**recipe.grid, **{k: list(v) for k, v in grid.items()}},
         paper_values={},
         claims=[],
+        ci_rows=[r for r in recipe.ci_rows if r in {k.id for k in keep}],
     )
     try:
         return Recipe(**data)

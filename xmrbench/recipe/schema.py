@@ -208,10 +208,15 @@ class Figure(Strict):
     a band from the lowest to the highest seed; ``hlines`` are labelled horizontal
     reference lines (a number the paper prints, say). ``tsne``: one panel per cell, the
     t-SNE map (scikit-learn, seeded) of the test embeddings of the first ``images`` test
-    images and all their captions, from the stored model of run ``seed``."""
+    images and all their captions, from the stored model of run ``seed``. ``curves``:
+    one subplot per stored training curve named in ``series`` (``dev_i2t_r1``, say),
+    one line per cell of ``rows`` against the epoch, mean over seeds with a min..max
+    band. ``cross_rank``: per cell of ``rows``, the positive pairs of the protocol's
+    split counted by cross-retrieval rank (``xmrbench/core/metrics/cross_rank.py``),
+    scored by the stored model of run ``seed``."""
 
     id: str
-    kind: Literal["lines", "tsne"]
+    kind: Literal["lines", "tsne", "curves", "cross_rank"]
     title: str
     protocol: str | None = None
     metric: str = "rsum"
@@ -220,6 +225,7 @@ class Figure(Strict):
     rows: tuple[str, ...] = ()
     hlines: dict[str, float] = {}  # label -> value
     panels: tuple[FigurePanel, ...] = ()
+    series: tuple[str, ...] = ()  # curves: keys of the runs' stored ``curves``, one subplot each
     images: int = Field(100, ge=2)
     seed: int = 0
 
@@ -239,6 +245,10 @@ class Figure(Strict):
             raise ValueError(f"figure {self.id!r}: a 'lines' figure needs x, a grid key")
         if self.kind == "tsne" and not self.panels:
             raise ValueError(f"figure {self.id!r}: a 'tsne' figure needs panels")
+        if self.kind == "curves" and not self.series:
+            raise ValueError(f"figure {self.id!r}: a 'curves' figure needs series, stored curve keys (dev_i2t_r1, ...)")
+        if self.series and self.kind != "curves":
+            raise ValueError(f"figure {self.id!r}: series belongs to a 'curves' figure, not a {self.kind!r} one")
         return self
 
 
@@ -272,6 +282,9 @@ class Recipe(Strict):
     # learn, but spread too widely for a tolerance band above the learning bar). Listed by
     # every gate run; the row's other cells stay gated (docs/gate.md).
     not_gated: dict[str, str] = {}
+    # the rows the regression gate's CI set judges (default: every runnable row); a table of
+    # many expensive rows names a representative few, and ``xmrbench check --all`` judges all
+    ci_rows: tuple[str, ...] = ()
     figures: tuple[Figure, ...] = ()  # drawn by ``report --plots`` (README, "The paper's figures")
     notes: tuple[str, ...] = ()
 
@@ -364,6 +377,10 @@ class Recipe(Strict):
                 raise ValueError(f"figures.{fig.id}: protocol {fig.protocol!r} is not declared under 'protocols'")
             if fig.kind == "lines" and fig.x not in self.grid:
                 raise ValueError(f"figures.{fig.id}: x {fig.x!r} is not a grid key of this recipe")
+            proto = fig.protocol or next(iter(self.protocols), None)
+            if fig.kind == "cross_rank" and proto is not None and PROTOCOLS[proto].task != "image_text":
+                raise ValueError(f"figures.{fig.id}: a 'cross_rank' figure needs an image-text protocol, "
+                                 f"not {proto!r} (task {PROTOCOLS[proto].task!r})")
             for row_id in fig.rows:
                 if row_id not in by_id or not by_id[row_id].run:
                     raise ValueError(f"figures.{fig.id}.rows: {row_id!r} is not a runnable row")

@@ -6,8 +6,10 @@
   titled with the dataset ours was measured on;
 - ``sweep``: for sweep recipes, the first protocol's rsum against each swept value;
 - the paper's own figures a recipe declares under ``figures`` (:func:`paper_figures`):
-  ``lines`` (a metric against a grid key, one line per row) and ``tsne`` (t-SNE maps of
-  the test embeddings of stored models, one panel per cell).
+  ``lines`` (a metric against a grid key, one line per row), ``tsne`` (t-SNE maps of
+  the test embeddings of stored models, one panel per cell), ``curves`` (stored training
+  curves against the epoch, one subplot per curve) and ``cross_rank`` (the positive
+  pairs of a split counted by cross-retrieval rank, scored by stored models).
 
 Every figure names the dataset ours was measured on, so a synthetic-world figure is
 never mistaken for a Flickr30K or MS-COCO one.
@@ -25,8 +27,11 @@ matplotlib.use("Agg")  # files only; never a window
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from xmrbench.core.metrics import keys as K  # noqa: E402
+from xmrbench.core.metrics.cross_rank import CROSS_RANK_BINS, cross_rank_counts, cross_retrieval_ranks  # noqa: E402
+from xmrbench.recipe.resolve import Cell  # noqa: E402
 from xmrbench.recipe.schema import Figure  # noqa: E402
 from xmrbench.report.collect import TableReport  # noqa: E402
 from xmrbench.store.schema import ResultDoc  # noqa: E402
@@ -244,19 +249,138 @@ def tsne_figure(rep: TableReport, fig: Figure, out_dir: Path, embed: Embedder) -
     return _save(figure, out_dir / f"{safe_name(recipe.id)}-{safe_name(fig.id)}.png")
 
 
-def paper_figures(rep: TableReport, out_dir: Path, embed: Embedder | None = None) -> list[Path]:
-    """The figures the recipe declares (``figures``); ``tsne`` ones need ``embed``, which
-    reads the runs' stored models."""
+def _figure_cells(rep: TableReport, fig: Figure) -> list[Cell]:
+    """The runnable cells of the figure's ``rows`` (default: every runnable row), in order."""
+    rows = fig.rows or tuple(r.id for r in rep.recipe.rows if r.run)
+    return [cell for row_id in rows for cell in rep.resolved.cells if cell.row.id == row_id and cell.runnable]
+
+
+#: axis labels of the stored curves a ``curves`` figure usually draws (others: the key)
+_CURVE_LABELS = {"dev_i2t_r1": "i2t R@1 (dev)", "dev_t2i_r1": "t2i R@1 (dev)", "dev_rsum": "rsum (dev)",
+                 "dev_score": "selection score (dev)", "train_loss": "training loss"}
+
+
+def curves_data(rep: TableReport, fig: Figure) -> dict[str, list[tuple[Cell, np.ndarray, np.ndarray]]]:
+    """Per stored curve of ``fig.series`` that some cell has: (cell, epochs ``(E,)``, values
+    ``(S, E)`` over its S seeds, cut to the shortest), per cell of ``fig.rows`` in order.
+    Cells whose results lack the curve (older results, ensembles) are left out."""
+    by_id = {c.id: c for c in rep.cells}
+    drawn: dict[str, list[tuple[Cell, np.ndarray, np.ndarray]]] = {}
+    for key in fig.series:
+        for cell in _figure_cells(rep, fig):
+            docs = by_id[cell.id].docs if cell.id in by_id else []
+            have = [d for d in docs if d.curves.get(key) and d.curves.get("epoch")]
+            if have:
+                n = min(min(len(d.curves[key]), len(d.curves["epoch"])) for d in have)
+                values = np.array([d.curves[key][:n] for d in have], dtype=float)
+                drawn.setdefault(key, []).append((cell, np.asarray(have[0].curves["epoch"][:n]), values))
+    return drawn
+
+
+def curves_figure(rep: TableReport, fig: Figure, out_dir: Path) -> Path | None:
+    """A declared ``curves`` figure (AOQ Figure 4): one subplot per stored curve in
+    ``fig.series``, one line per cell of ``fig.rows`` against the epoch (mean over seeds,
+    band from the lowest to the highest seed). Cells without the curve are left out
+    (:func:`curves_data`); None when nothing is left to draw."""
+    recipe = rep.recipe
+    drawn = curves_data(rep, fig)
+    if not drawn:
+        return None
+    by_id = {c.id: c for c in rep.cells}
+    dev_images = {n for lines in drawn.values() for cell, _, _ in lines for d in by_id[cell.id].docs
+                  if (n := d.config.get("eval", {}).get("dev_images"))}  # the dev subsets measured on
+    figure, axes = plt.subplots(1, len(drawn), figsize=(5.2 * len(drawn), 4.2), squeeze=False, layout="constrained")
+    for ax, (key, lines) in zip(axes[0], drawn.items()):
+        for cell, epochs, values in lines:
+            line = ax.plot(epochs, values.mean(0), label=cell.label)[0]
+            if len(values) > 1:
+                ax.fill_between(epochs, values.min(0), values.max(0), alpha=0.2, color=line.get_color())
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(_CURVE_LABELS.get(key, key))
+        ax.set_title(key, fontsize=8)
+        ax.legend(fontsize=7)
+    dev = f" (dev: first {'/'.join(map(str, sorted(dev_images)))} images)" if dev_images else ""
+    figure.suptitle(f"{recipe.id}: {fig.title}{dev}\n{_subtitle(rep)}", fontsize=9)
+    return _save(figure, out_dir / f"{safe_name(recipe.id)}-{safe_name(fig.id)}.png")
+
+
+#: ``score(resolved, cell, seed, split)`` -> the similarity matrix ``(N_img, N_txt)`` of
+#: the whole split (rows = images, ``N_txt = c * N_img``), or None when that run has no
+#: stored model (``xmrbench.runner.stored.stored_scorer`` reads a store's models)
+Scorer = Callable[[Any, Any, int, str], "np.ndarray | None"]
+
+
+def cross_rank_data(rep: TableReport, fig: Figure, score: Scorer) -> list[tuple[Cell, np.ndarray, int]]:
+    """Per cell of ``fig.rows`` with a stored run ``fig.seed``: (cell, positive pairs per
+    bin of ``CROSS_RANK_BINS`` ``(len(bins),)``, captions per image ``c``), with ``c`` read
+    off the matrix (``N_txt // N_img``). Cells without a stored model are left out."""
+    from xmrbench.core.metrics.protocols import PROTOCOLS
+
+    proto = PROTOCOLS[fig.protocol or rep.recipe.default_protocol]
+    out = []
+    for cell in _figure_cells(rep, fig):
+        sims = score(rep.resolved, cell, fig.seed, proto.split)
+        if sims is None:
+            continue
+        per_image = sims.shape[1] // max(1, sims.shape[0])
+        out.append((cell, cross_rank_counts(cross_retrieval_ranks(sims, per_image)), per_image))
+    return out
+
+
+def cross_rank_figure(rep: TableReport, fig: Figure, out_dir: Path, score: Scorer) -> Path | None:
+    """A declared ``cross_rank`` figure (AOQ Figure 6): for each cell of ``fig.rows``, the
+    positive pairs of the protocol's whole split counted per cross-retrieval rank bin
+    (1, 2-5, 6-10, 11-50, 51-200, > 200; rank ``max(c r_i - (c - 1), r_t)``, ties
+    against the pair), as grouped bars, from the stored model of run ``fig.seed``
+    (``score``). None when no cell has a stored model."""
+    from xmrbench.core.metrics.protocols import PROTOCOLS
+
+    data = cross_rank_data(rep, fig, score)
+    if not data:
+        return None
+    recipe = rep.recipe
+    proto = PROTOCOLS[fig.protocol or recipe.default_protocol]
+    x = np.arange(len(CROSS_RANK_BINS))
+    width = 0.8 / len(data)
+    figure, ax = plt.subplots(figsize=(6 + 0.8 * len(data), 4.5))
+    for k, (cell, counts, _) in enumerate(data):
+        bars = ax.bar(x - 0.4 + width * (k + 0.5), counts, width=width, label=cell.label)
+        ax.bar_label(bars, fontsize=6)
+    per_image = sorted({c for _, _, c in data})
+    pairs = sorted({int(counts.sum()) for _, counts, _ in data})
+    ax.set_xticks(x, [name for name, _, _ in CROSS_RANK_BINS])
+    ax.set_xlabel(f"cross-retrieval rank max(c·r_i − (c−1), r_t), c = {', '.join(map(str, per_image))}; "
+                  "ties count against the pair")
+    ax.set_ylabel("positive pairs")
+    ax.legend(fontsize=7)
+    ax.set_title(f"{recipe.id}: {fig.title}\n{proto.split} split, {', '.join(map(str, pairs))} positive pairs, "
+                 f"seed {fig.seed} | {_subtitle(rep)}", fontsize=9)
+    return _save(figure, out_dir / f"{safe_name(recipe.id)}-{safe_name(fig.id)}.png")
+
+
+def paper_figures(
+    rep: TableReport, out_dir: Path, embed: Embedder | None = None, score: Scorer | None = None
+) -> list[Path]:
+    """The figures the recipe declares (``figures``); ``tsne`` ones need ``embed`` and
+    ``cross_rank`` ones ``score``, which read the runs' stored models (without them those
+    figures are skipped)."""
     made = []
     for fig in rep.recipe.figures:
         if fig.kind == "lines":
             made.append(lines_figure(rep, fig, out_dir))
-        elif embed is not None:
+        elif fig.kind == "curves":
+            made.append(curves_figure(rep, fig, out_dir))
+        elif fig.kind == "tsne" and embed is not None:
             made.append(tsne_figure(rep, fig, out_dir, embed))
+        elif fig.kind == "cross_rank" and score is not None:
+            made.append(cross_rank_figure(rep, fig, out_dir, score))
     return [p for p in made if p is not None]
 
 
-def all_figures(rep: TableReport, out_dir: Path, embed: Embedder | None = None) -> list[Path]:
+def all_figures(
+    rep: TableReport, out_dir: Path, embed: Embedder | None = None, score: Scorer | None = None
+) -> list[Path]:
     """Every figure that the recipe's results support; returns the files written."""
     made = [curves(rep, out_dir), ranks(rep, out_dir), paper_vs_ours(rep, out_dir), sweep(rep, out_dir)]
-    return [p for p in made if p is not None] + paper_figures(rep, out_dir, embed)
+    return [p for p in made if p is not None] + paper_figures(rep, out_dir, embed, score)

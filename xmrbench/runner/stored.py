@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from xmrbench.core.models.registry import MODELS
@@ -89,3 +90,36 @@ def stored_embedder(store: ResultStore, cache: Any, device: torch.device | None 
 
     return embed
 
+
+
+def stored_scorer(store: ResultStore, cache: Any, device: torch.device | None = None):
+    """``score(resolved, cell, seed, split)`` for the report's cross-rank figures: the
+    similarity matrix ``(N_img, N_txt)`` (float32, rows = images) of the whole ``split``
+    by the stored model of run ``seed`` of ``cell``; an ensemble cell averages its
+    members' matrices (same seed), as its evaluation does. None when the run (or any
+    member's) has no stored model. ``cache`` is a :class:`~xmrbench.runner.run.DataCache`."""
+    from xmrbench.engine.evaluate import encode, similarity_matrix
+
+    dev = device or torch.device("cpu")
+
+    def score(resolved: ResolvedRecipe, cell: Cell, seed: int, split: str):
+        runs = list(cell.members) or [cell]
+        for run in runs:
+            if run.config is None or not store.model_path(resolved.id, run.id, run.hash, seed).is_file():  # type: ignore[arg-type]
+                return None
+        cfg = cell.config  # an ensemble carries its first member's evaluation settings
+
+        def member(run: Cell) -> np.ndarray:
+            model, prepared = load_member(store, resolved, run, seed, cache, dev)
+            part = prepared.split(split)
+            enc = encode(model, part, device=dev, batch_size=cfg.eval.batch_size)  # type: ignore[union-attr]
+            return similarity_matrix(model, enc, block_images=cfg.eval.block_images).numpy()  # type: ignore[union-attr]
+
+        total = member(runs[0])
+        for run in runs[1:]:
+            total += member(run)
+        if len(runs) > 1:
+            total /= len(runs)
+        return total
+
+    return score

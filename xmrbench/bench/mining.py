@@ -1,0 +1,175 @@
+"""Offline mining benchmark: both candidate lists in one pass, against the GEMM floor.
+
+Random L2-normalised embeddings (d = 2048) stand in for a trained model's: ``--quick``
+30,000 captions x 6,000 images, ``--full`` 150,000 captions x 30,000 images (MS-COCO's
+training split is 113K images x 567K captions, Flickr30K's 29K x 145K). Caption ``j``
+belongs to image ``j // 5``. :func:`~xmrbench.core.mining.mine_candidates` mines the
+release widths (2,000 captions per image, 400 images per caption) over blocks of
+dot products ``img[rows] @ txt.T``.
+
+Reported:
+
+- the mining time and its floor: the ``2 N_img N_txt d`` FLOPs of the similarity
+  matrix at the GEMM rate measured on the same block shape in the same process, and
+  their ratio (1 would mean the top-k bookkeeping were free);
+- the peak memory beyond the embeddings, *measured*: the mining runs in a fresh child
+  process, which allocates the embeddings, resets its resident-set high-water mark
+  (``/proc/self/clear_refs``; after a warm-up on a tiny problem, so that code pages
+  and the GEMM's buffers are in the base, and after handing the allocator's cached
+  free memory back), reads its RSS, mines, and reads the
+  high-water mark again; the difference sits next to
+  :func:`~xmrbench.core.mining.mining_memory_bound`
+  (on a GPU: ``torch.cuda.max_memory_allocated`` less the memory allocated before).
+
+Numbers only: nothing here asserts a time.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+DIM = 2048
+CAPTIONS_PER_IMAGE = 5
+K_TEXTS, K_IMAGES = 2000, 400
+QUICK_CAPTIONS, QUICK_IMAGES = 30_000, 6_000
+FULL_CAPTIONS, FULL_IMAGES = 150_000, 30_000
+GEMM_REPEATS = 3
+
+
+def _embeddings(n: int, dim: int, gen: Any, device: Any) -> Any:
+    """``(n, dim)`` float32 rows drawn from N(0, 1) and L2-normalised, filled in slices
+    (so that drawing them never takes more memory than a slice beyond the result)."""
+    import torch
+
+    out = torch.empty((n, dim), dtype=torch.float32, device=device)
+    for lo in range(0, n, 4096):
+        rows = torch.randn(min(4096, n - lo), dim, generator=gen)
+        out[lo : lo + len(rows)] = torch.nn.functional.normalize(rows, dim=1).to(device)
+    return out
+
+
+def _trim_heap() -> None:
+    """Hand the C allocator's cached free memory back to the system (glibc; best effort), so
+    that the base RSS holds no freed memory the mining would then reuse unseen."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def run_mining(n_captions: int, n_images: int, dim: int, k_texts: int, k_images: int,
+               device: str = "cpu", seed: int = 0) -> dict[str, Any]:
+    """In this process: mine random embeddings once; seconds, the GEMM rate and memory.
+
+    Meant to run in a fresh child process (see :func:`mining`), so that its memory
+    high-water mark is the mining's alone.
+    """
+    import gc
+
+    import torch
+
+    from xmrbench.bench.data import _peak_rss_mb, _reset_peak_rss
+    from xmrbench.core.mining import MINING_BLOCK_IMAGES, mine_candidates
+
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    gen = torch.Generator().manual_seed(seed)
+    img = _embeddings(n_images, dim, gen, dev)
+    txt = _embeddings(n_captions, dim, gen, dev)
+    caption_image = torch.arange(n_captions) // CAPTIONS_PER_IMAGE
+    block = MINING_BLOCK_IMAGES
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(dev)
+
+    # a warm-up on a tiny problem first: the code pages of every kernel and the GEMM's
+    # buffers are then in the base, and the difference is the mining's data
+    small = min(n_images, 64)
+    small_txt = int((caption_image < small).sum())
+    mine_candidates(lambda rows: img[rows] @ txt[:small_txt].T, n_images=small,
+                    caption_image=caption_image[:small_txt], k_texts=min(k_texts, small_txt - CAPTIONS_PER_IMAGE),
+                    k_images=min(k_images, small - 1), block_images=block)
+    gc.collect()
+    _trim_heap()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(dev)
+        base_mb = torch.cuda.memory_allocated(dev) / 2**20
+    base_rss_mb = _reset_peak_rss()
+    t0 = time.perf_counter()
+    i2t, t2i = mine_candidates(lambda rows: img[rows] @ txt.T, n_images=n_images, caption_image=caption_image,
+                               k_texts=k_texts, k_images=k_images, block_images=block)
+    sync()
+    seconds = time.perf_counter() - t0
+    peak_rss_mb = _peak_rss_mb()
+    peak_mb = torch.cuda.max_memory_allocated(dev) / 2**20 - base_mb if cuda else peak_rss_mb - base_rss_mb
+    shapes = [tuple(i2t.shape), tuple(t2i.shape)]
+    del i2t, t2i
+    rows = min(block, n_images)
+    times = []
+    for _ in range(GEMM_REPEATS + 1):  # the first is a warm-up
+        t = time.perf_counter()
+        out = img[:rows] @ txt.T
+        sync()
+        times.append(time.perf_counter() - t)
+        del out
+    gemm_s = statistics.median(times[1:])
+    return {"seconds": seconds, "gemm_block_s": gemm_s, "gemm_rate": 2.0 * rows * n_captions * dim / gemm_s,
+            "block": block, "block_rows": rows, "peak_mb": peak_mb, "peak_rss_mb": peak_rss_mb,
+            "base_rss_mb": base_rss_mb, "threads": torch.get_num_threads(), "shapes": shapes,
+            "memory": "GPU allocated" if cuda else "RSS"}
+
+
+def _child(n_captions: int, n_images: int, dim: int, k_texts: int, k_images: int, device: str) -> dict[str, Any]:
+    code = ("import json, sys; from xmrbench.bench.mining import run_mining; "
+            "a = sys.argv[1:]; print(json.dumps(run_mining(*map(int, a[:5]), device=a[5])))")
+    args = [str(v) for v in (n_captions, n_images, dim, k_texts, k_images)] + [device]
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"mining benchmark child failed: {done.stderr.strip()[-500:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def mining(device: Any, *, quick: bool) -> Any:
+    """One-pass mining of both candidate lists: time against the GEMM floor, measured peak
+    memory against :func:`~xmrbench.core.mining.mining_memory_bound`.
+
+    Returns a :class:`~xmrbench.bench.harness.BenchResult`. (This module imports no torch at
+    load time, so the child process starts light.)
+    """
+    from xmrbench.bench.harness import BenchResult, Timing
+    from xmrbench.core.mining import mining_memory_bound
+
+    n_txt, n_img = (QUICK_CAPTIONS, QUICK_IMAGES) if quick else (FULL_CAPTIONS, FULL_IMAGES)
+    k_texts = min(K_TEXTS, n_txt - CAPTIONS_PER_IMAGE)
+    k_images = min(K_IMAGES, n_img - 1)
+    dev = "cuda" if getattr(device, "type", str(device)) == "cuda" else "cpu"
+    res = BenchResult("mining", f"offline candidate lists ({k_texts} captions per image, {k_images} images per "
+                                f"caption) of {n_img:,} images x {n_txt:,} captions, d = {DIM}, one pass")
+    st = _child(n_txt, n_img, DIM, k_texts, k_images, dev)
+    flops = 2.0 * n_img * n_txt * DIM
+    floor_s = flops / st["gemm_rate"]
+    res.timings.append(Timing("mine_candidates (dot-product blocks included)", st["seconds"], 1, work=flops,
+                              unit="flop"))
+    res.timings.append(Timing(f"GEMM of one block ({st['block_rows']} x {DIM} x {n_txt})", st["gemm_block_s"],
+                              GEMM_REPEATS, work=2.0 * st["block_rows"] * n_txt * DIM, unit="flop"))
+    bound_mb = mining_memory_bound(n_txt, k_texts, k_images, st["block"], 4, n_images=n_img,
+                                   captions_per_image=CAPTIONS_PER_IMAGE, threads=st["threads"]) / 2**20
+    res.ratios["GEMM floor of the whole matrix (s)"] = floor_s
+    res.ratios["mining time / GEMM floor"] = st["seconds"] / floor_s
+    res.ratios["peak memory beyond the embeddings, measured (MiB)"] = st["peak_mb"]
+    res.ratios["mining_memory_bound (MiB)"] = bound_mb
+    res.ratios["measured / bound"] = st["peak_mb"] / bound_mb
+    res.notes.append(f"{st['threads']} torch threads on {dev}; blocks of {st['block']} images; memory measured as "
+                     f"{st['memory']} in a child process (RSS there after the embeddings: {st['base_rss_mb']:.0f} MB)")
+    res.notes.append(f"results: i2t {tuple(st['shapes'][0])}, t2i {tuple(st['shapes'][1])} int32")
+    res.peak_rss_mb = st["peak_rss_mb"]
+    return res

@@ -163,3 +163,16 @@ def test_exported_lists_read_back_train_the_same_model(tmp_path, capsys):
     assert code != 0
     line = [ln for ln in (out + err).splitlines() if "t2i_tiny.npy" in ln]
     assert line and "500" in line[0] and "1000" in line[0] and "Traceback" not in out + err
+
+
+def test_the_gate_runs_the_first_round_its_judged_cells_read():
+    """aoq-table1's round-one VSRN is not gated itself, but every judged second round reads
+    its lists: the CI set runs it."""
+    from xmrbench.gate.check import cells_to_run, gate_cells
+
+    resolved = resolve("aoq-table1", profile="smoke")
+    judged = gate_cells(resolved, all_cells=False)
+    assert "vsrn" not in {c.id for c in judged} and "vsrn-adapoffquin" in {c.id for c in judged}
+    run = {c.id for c in cells_to_run(resolved, judged)}
+    assert {"vsrn", "scan-t2i-adapoffquin", "scan-i2t-adapoffquin"} <= run
+    assert "bfan-prob-offtri" not in run  # rows outside the CI set stay out

@@ -81,8 +81,16 @@ def gate_cells(resolved: ResolvedRecipe, *, all_cells: bool) -> list[Cell]:
 
 
 def cells_to_run(resolved: ResolvedRecipe, judged: Sequence[Cell]) -> list[Cell]:
-    """``judged`` and the members of its ensembles (a member may itself be not gated)."""
-    ids = {c.id for c in judged} | {m.id for c in judged for m in c.members}
+    """``judged`` and every cell they depend on: the members of its ensembles and the
+    earlier training stages they read (a first round, say), transitively; such a cell
+    runs even when it is not gated itself."""
+    ids: set[str] = set()
+    todo = list(judged)
+    while todo:
+        cell = todo.pop()
+        if cell.id not in ids:
+            ids.add(cell.id)
+            todo.extend(cell.dependencies)
     return [c for c in resolved.runnable_cells() if c.id in ids]
 
 

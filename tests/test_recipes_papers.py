@@ -28,7 +28,7 @@ PAPER_RECIPES = {
     "a3vse": {"a3vse-table1", "a3vse-table2", "a3vse-table3", "a3vse-table4", "a3vse-table5", "a3vse-figure1",
               "a3vse-figure3"},
     "aoq": {"aoq-table1", "aoq-table2", "aoq-table3", "aoq-table4", "aoq-table5"},
-    "adapt": {"adapt-table1", "adapt-table2", "adapt-table3", "adapt-table4"},
+    "adapt": {"adapt-table1", "adapt-table2", "adapt-table3", "adapt-table4", "adapt-figure3"},
     "acmr": {
         "acmr-table2-shallow", "acmr-table2-deep", "acmr-table3-pascal", "acmr-table3-nuswide",
         "acmr-table4", "acmr-table5-wikipedia", "acmr-table5-pascal",
@@ -41,7 +41,7 @@ PAPER_RECIPES = {
 ALL = sorted(set().union(*PAPER_RECIPES.values()))
 # model names the pending rows promise to the issues that will switch them on
 PROMISED_MODELS = {"scan", "bfan", "vsrn", "dpc", "dan", "cca", "sg_baseline", "vsepp",
-                   "two_branch_embedding", "two_branch_similarity", "a3vse", "order_embeddings"}
+                   "two_branch_embedding", "two_branch_similarity", "a3vse", "order_embeddings", "adapt"}
 PROTOCOL_SHAPE = {  # protocol -> (split, folds)
     "test": ("test", 1), "dev": ("dev", 1), "testall": ("testall", 1), "testall_5fold": ("testall", 5),
 }
@@ -95,6 +95,8 @@ def test_numbers_are_printed_in_order_on_one_line(rid):
     lines = _lines(require_papers())
     recipe = _recipe(rid)
     sources = [(row.id, row.paper) for row in recipe.rows] + list(recipe.paper_values.items())
+    if recipe.kind == "figure" and not any(values for _, values in sources):
+        return  # a figure that prints no numbers (ADAPT's Figure 3): nothing to find
     checked, missing = 0, []
     for cell_id, values in sources:
         for proto, metrics in normalized_values(recipe, values).items():

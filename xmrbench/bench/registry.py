@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import torch
 
+from xmrbench.bench.adapt import adapt
 from xmrbench.bench.aoq import aoq_losses
 from xmrbench.bench.attention import attention
 from xmrbench.bench.contention import contention
@@ -26,6 +27,7 @@ BENCHMARKS: Registry[Callable[..., BenchResult]] = Registry(
         "contention": contention,
         "mining": mining,
         "aoq-losses": aoq_losses,
+        "adapt": adapt,
     },
 )
 

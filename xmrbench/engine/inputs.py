@@ -28,6 +28,8 @@ from xmrbench.data.dataset import RetrievalData, Split
 from xmrbench.errors import DataError
 
 TEXT_INPUTS = ("tokens", "tfidf", "tags", "features")
+#: ``data.word_vectors`` prefix naming the synthetic world's GloVe stand-in: ``synthetic:DIM``
+SYNTHETIC_VECTORS = "synthetic:"
 
 
 class _TokenText:
@@ -214,9 +216,20 @@ class PreparedData:
         return texts
 
     def _vectors_path(self) -> Path:
+        """The word-vector file: ``data.word_vectors`` resolved like ``vocab_file``, or, for
+        ``synthetic:DIM``, the synthetic world's GloVe stand-in of that size (generated once
+        into the cache from ``data.world_seed``; docs/synthetic_world.md)."""
         from xmrbench.data.vocab_file import resolve_vocab_path
 
-        return resolve_vocab_path(self.cfg.word_vectors, self.cfg.root)  # type: ignore[arg-type]
+        spec = str(self.cfg.word_vectors)
+        if spec.startswith(SYNTHETIC_VECTORS):
+            from xmrbench.data.synthetic.wordvec import load_synthetic_word_vectors
+
+            dim = spec[len(SYNTHETIC_VECTORS):]
+            if not dim.isdigit() or int(dim) < 1:
+                raise DataError(f"data.word_vectors {spec!r}: write synthetic:DIM with a positive size, e.g. synthetic:300")
+            return load_synthetic_word_vectors(seed=self.cfg.world_seed, dim=int(dim))[1]
+        return resolve_vocab_path(spec, self.cfg.root)
 
     def _vectors_sha256(self) -> str:
         import hashlib

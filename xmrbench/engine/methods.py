@@ -29,7 +29,7 @@ The contract itself (:class:`TrainingMethod`, :class:`Stream`, :class:`StepConte
 :class:`Progress`, the optimiser helpers and :class:`GradientMethod`) is in
 ``engine/training_method.py`` and re-exported here; this module holds the registry,
 ``METHODS``, whose entries may live in modules beside it (``engine/a3vse_method.py``,
-``engine/aoq_method.py``).
+``engine/aoq_method.py``, ``engine/adapt_method.py``).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from __future__ import annotations
 from typing import Any
 
 from xmrbench.engine.a3vse_method import A3VSEMethod
+from xmrbench.engine.adapt_method import ADAPTMethod
 from xmrbench.engine.aoq_method import AOQMethod
 from xmrbench.engine.training_method import (
     GradientMethod,
@@ -54,6 +55,7 @@ __all__ = [
     "DEFAULT_METHOD",
     "METHODS",
     "A3VSEMethod",
+    "ADAPTMethod",
     "AOQMethod",
     "ClosedFormMethod",
     "GradientMethod",
@@ -85,6 +87,7 @@ METHODS: Registry[type[TrainingMethod]] = Registry(
         "gradient": GradientMethod,
         "closed_form": ClosedFormMethod,
         "a3vse": A3VSEMethod,
+        "adapt": ADAPTMethod,
         "aoq": AOQMethod,
     },
 )

@@ -19,6 +19,7 @@ the signature of :func:`image_text` and one line in the registry.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -84,11 +85,15 @@ def evaluate_protocols(
     batch_size: int,
     block_images: int,
     sentence: bool,
+    seconds: dict[str, float] | None = None,
 ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, list[int]]]]:
-    """Metrics and per-query ranks of every protocol, each by its task's evaluator."""
+    """Metrics and per-query ranks of every protocol, each by its task's evaluator;
+    ``seconds``, when given, receives each protocol's wall-clock time (encoding, the
+    similarity matrices and the ranking: ADAPT's Figure 3 plots it)."""
     metrics, ranks = {}, {}
     for name in protocols:
         proto = PROTOCOLS[name]
+        t0 = time.perf_counter()
         metrics[name], ranks[name] = TASKS[proto.task](
             model,
             prepared.split(proto.split),
@@ -98,6 +103,8 @@ def evaluate_protocols(
             block_images=block_images,
             sentence=sentence,
         )
+        if seconds is not None:
+            seconds[name] = time.perf_counter() - t0
     return metrics, ranks
 
 

@@ -291,6 +291,9 @@ def _load_word_vectors(model: RetrievalModel, prepared: PreparedData, name: str,
     """Initialise the model's token embedding with ``data.word_vectors`` (when set)."""
     vectors = prepared.word_vectors()
     if vectors is None:
+        if model.requires_word_vectors:
+            raise TrainingError(f"model {name!r} as configured needs pretrained word vectors: set data.word_vectors "
+                                "(a GloVe text file, or synthetic:DIM for the synthetic world's)", where=label)
         return
     embedding = model.word_embedding()
     if embedding is None:
@@ -459,11 +462,13 @@ def train_and_evaluate(
 def _finish(model, prepared, cfg, curves, best_dev, best_epoch, eval_kw, t_start, resumed) -> RunOutput:
     """Evaluate the selected model on the cell's protocols and package the output."""
     t0 = time.perf_counter()
+    protocol_s: dict[str, float] = {}
     metrics, ranks = evaluate_protocols(
-        model, prepared, cfg.eval.protocols, sentence=cfg.eval.sentence_retrieval, **eval_kw
+        model, prepared, cfg.eval.protocols, sentence=cfg.eval.sentence_retrieval, seconds=protocol_s, **eval_kw
     )
     t_eval = time.perf_counter() - t0
-    metrics["dev"] = best_dev
+    if "dev" not in cfg.eval.protocols:  # a "dev" protocol (the whole split) keeps its own numbers
+        metrics["dev"] = best_dev
     if "fit_s" in curves:
         convergence = closed_form()
     else:
@@ -478,6 +483,7 @@ def _finish(model, prepared, cfg, curves, best_dev, best_epoch, eval_kw, t_start
             "train_s": float(sum(curves.get("epoch_s", curves.get("fit_s", [])))),
             "eval_s": t_eval,
             "wall_s": time.perf_counter() - t_start,  # this process only (excludes epochs before a resume)
+            **{f"eval_{name}_s": sec for name, sec in protocol_s.items()},
         },
         n_params=sum(p.numel() for p in model.parameters()),
         resumed_from_epoch=resumed,

@@ -319,15 +319,16 @@ def _set_parameters(model: torch.nn.Module, draw: _Draw) -> None:
 
     Weights ``N(0, 1 / fan_in)`` (``fan_in`` = the product of all but the first
     dimension), other vectors ``N(0, 0.1^2)``; batch norms get scale ``1 + N(0, 0.2^2)``,
-    shift and running mean ``N(0, 0.1^2)`` and running variance ``U(0.5, 1.5)``.
+    shift and running mean ``N(0, 0.1^2)`` and running variance ``U(0.5, 1.5)``; a 0-d
+    tensor (a temperature) keeps its configured value.
     """
     with torch.no_grad():
         for module in model.modules():
             norm = isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
             tensors = [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
             for name, tensor in tensors:
-                if not tensor.is_floating_point():
-                    continue
+                if not tensor.is_floating_point() or tensor.dim() == 0:
+                    continue  # counters, and scalars such as a temperature, keep their configured value
                 shape = tuple(tensor.shape)
                 if norm and name == "weight":
                     value = 1.0 + draw.normal(*shape, scale=0.2)
@@ -442,6 +443,13 @@ def _model_cases(name: str, draw: _Draw) -> dict[str, _ModelCase]:
         return {"": _region_case(name, params, draw)}
     if name == "dan":
         return {"": _region_case(name, dict(embed_dim=5, word_dim=4, steps=2), draw)}
+    if name == "adapt":
+        params = dict(tokens6, glove_dim=3)
+        return {
+            "": _region_case(name, params, draw),
+            "i2t": _region_case(name, dict(params, direction="i2t"), draw),
+            "no-fovea": _region_case(name, dict(params, fovea=False), draw),
+        }
     if name == "a3vse":
         params = dict(tokens6, heads=3, context_dim=4)
         return {

@@ -213,10 +213,12 @@ class Figure(Strict):
     one line per cell of ``rows`` against the epoch, mean over seeds with a min..max
     band. ``cross_rank``: per cell of ``rows``, the positive pairs of the protocol's
     split counted by cross-retrieval rank (``xmrbench/core/metrics/cross_rank.py``),
-    scored by the stored model of run ``seed``."""
+    scored by the stored model of run ``seed``. ``speed_accuracy``: per metric of ``series``
+    (default: i2t and t2i R@1) one panel, each cell of ``rows`` a marker at (seconds its
+    runs took to evaluate ``protocol``, mean metric), its area by parameter count."""
 
     id: str
-    kind: Literal["lines", "tsne", "curves", "cross_rank"]
+    kind: Literal["lines", "tsne", "curves", "cross_rank", "speed_accuracy"]
     title: str
     protocol: str | None = None
     metric: str = "rsum"
@@ -247,8 +249,9 @@ class Figure(Strict):
             raise ValueError(f"figure {self.id!r}: a 'tsne' figure needs panels")
         if self.kind == "curves" and not self.series:
             raise ValueError(f"figure {self.id!r}: a 'curves' figure needs series, stored curve keys (dev_i2t_r1, ...)")
-        if self.series and self.kind != "curves":
-            raise ValueError(f"figure {self.id!r}: series belongs to a 'curves' figure, not a {self.kind!r} one")
+        if self.series and self.kind not in ("curves", "speed_accuracy"):
+            raise ValueError(f"figure {self.id!r}: series belongs to a 'curves' or 'speed_accuracy' figure, "
+                             f"not a {self.kind!r} one")
         return self
 
 

@@ -8,8 +8,10 @@
 - the paper's own figures a recipe declares under ``figures`` (:func:`paper_figures`):
   ``lines`` (a metric against a grid key, one line per row), ``tsne`` (t-SNE maps of
   the test embeddings of stored models, one panel per cell), ``curves`` (stored training
-  curves against the epoch, one subplot per curve) and ``cross_rank`` (the positive
-  pairs of a split counted by cross-retrieval rank, scored by stored models).
+  curves against the epoch, one subplot per curve), ``cross_rank`` (the positive
+  pairs of a split counted by cross-retrieval rank, scored by stored models) and
+  ``speed_accuracy`` (a metric against the evaluation time the runs measured, marker
+  area by parameter count).
 
 Every figure names the dataset ours was measured on, so a synthetic-world figure is
 never mistaken for a Flickr30K or MS-COCO one.
@@ -359,6 +361,57 @@ def cross_rank_figure(rep: TableReport, fig: Figure, out_dir: Path, score: Score
     return _save(figure, out_dir / f"{safe_name(recipe.id)}-{safe_name(fig.id)}.png")
 
 
+def speed_accuracy_data(rep: TableReport, fig: Figure) -> list[tuple[Cell, float, dict[str, float], int]]:
+    """Per cell of ``fig.rows`` with results: (cell, mean seconds of the protocol's test
+    evaluation over its seeds, mean of each metric of ``fig.series`` (default: i2t and
+    t2i R@1), parameter count). Runs that did not record the protocol's time are left out."""
+    proto = fig.protocol or rep.recipe.default_protocol
+    metrics = fig.series or (K.I2T_R1, K.T2I_R1)
+    by_id = {c.id: c for c in rep.cells}
+    out = []
+    for cell in _figure_cells(rep, fig):
+        docs = [d for d in (by_id[cell.id].docs if cell.id in by_id else [])
+                if f"eval_{proto}_s" in d.timing and all(m in d.metrics.get(proto, {}) for m in metrics)]
+        if not docs:
+            continue
+        seconds = float(np.mean([d.timing[f"eval_{proto}_s"] for d in docs]))
+        means = {m: float(np.mean([d.metrics[proto][m] for d in docs])) for m in metrics}
+        out.append((cell, seconds, means, int(docs[0].n_params or 0)))
+    return out
+
+
+def speed_accuracy_figure(rep: TableReport, fig: Figure, out_dir: Path) -> Path | None:
+    """A declared ``speed_accuracy`` figure (ADAPT Figure 3): per metric of ``fig.series``
+    (default: i2t and t2i R@1) one panel, each cell of ``fig.rows`` a marker at (seconds of
+    the protocol's evaluation as its runs measured them: encoding, the whole similarity
+    matrix and the ranks; metric), its area proportional to the parameter count; ``hlines``
+    as dashed reference lines. None when no cell recorded its evaluation time."""
+    data = speed_accuracy_data(rep, fig)
+    if not data:
+        return None
+    recipe = rep.recipe
+    proto = fig.protocol or recipe.default_protocol
+    metrics = list(data[0][2])
+    largest = max(n for *_, n in data) or 1
+    threads = sorted({d.env.get("torch_threads") for cell, *_ in data for d in
+                      next(c for c in rep.cells if c.id == cell.id).docs if d.env.get("torch_threads")})
+    figure, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4.5), squeeze=False, layout="constrained")
+    for ax, metric in zip(axes[0], metrics):
+        for cell, seconds, means, n_params in data:
+            ax.scatter(seconds, means[metric], s=30 + 600 * n_params / largest, alpha=0.6, label=cell.label)
+            ax.annotate(f"{n_params / 1e6:.2f}M", (seconds, means[metric]), fontsize=6, xytext=(4, 4),
+                        textcoords="offset points")
+        for label, value in fig.hlines.items():
+            ax.axhline(value, linestyle="--", color="0.4", linewidth=1)
+            ax.annotate(label, (ax.get_xlim()[0], value), fontsize=7, color="0.3", va="bottom")
+        ax.set_xlabel(f"seconds to evaluate {proto} (similarity matrix and ranks)")
+        ax.set_ylabel(f"{metric} ({proto})")
+        ax.legend(fontsize=6)
+    where = f"; torch threads {', '.join(map(str, threads))}" if threads else ""
+    figure.suptitle(f"{recipe.id}: {fig.title}\nmarker area ~ parameters{where} | {_subtitle(rep)}", fontsize=9)
+    return _save(figure, out_dir / f"{safe_name(recipe.id)}-{safe_name(fig.id)}.png")
+
+
 def paper_figures(
     rep: TableReport, out_dir: Path, embed: Embedder | None = None, score: Scorer | None = None
 ) -> list[Path]:
@@ -371,6 +424,8 @@ def paper_figures(
             made.append(lines_figure(rep, fig, out_dir))
         elif fig.kind == "curves":
             made.append(curves_figure(rep, fig, out_dir))
+        elif fig.kind == "speed_accuracy":
+            made.append(speed_accuracy_figure(rep, fig, out_dir))
         elif fig.kind == "tsne" and embed is not None:
             made.append(tsne_figure(rep, fig, out_dir, embed))
         elif fig.kind == "cross_rank" and score is not None:

@@ -115,9 +115,10 @@ def _save_model(payload: dict[str, Any], path: Path) -> None:
 def _result_doc(resolved, cell, seed, out: RunOutput, config: dict, data, prepared, device) -> ResultDoc:
     image_input, text_input = prepared.image_input, prepared.text_input
     protocols = {}
+    declared = cell.config.eval.protocols if cell.config else ()
     for name in out.metrics:
-        if name == "dev":
-            continue
+        if name == "dev" and name not in declared:
+            continue  # the selection metrics on the first eval.dev_images images, not a protocol
         split = prepared.split(PROTOCOLS[name].split)
         protocols[name] = run_fingerprint(
             name,
@@ -184,7 +185,8 @@ def _run_ensemble(resolved, cell, seed, *, store, cache, device) -> tuple[Result
             raise ConfigError(f"protocol {name!r} measures task {proto.task!r}; an ensemble averages image-text "
                               "similarity matrices only", where=f"{resolved.id}/{cell.id}")
         metrics[name], ranks[name] = averaged(proto.split, proto.folds)
-    metrics["dev"], _ = averaged("dev", 1, cfg.eval.dev_images)
+    if "dev" not in cfg.eval.protocols:  # a "dev" protocol (the whole split) keeps its own numbers
+        metrics["dev"], _ = averaged("dev", 1, cfg.eval.dev_images)
     out = RunOutput(
         metrics=metrics,
         ranks=ranks if cfg.eval.store_ranks else {},

@@ -24,7 +24,8 @@ defaults), so the training engine calls them without asking whether they exist:
 - ``batch_extras`` (class attribute): names of per-image or per-caption arrays of the
   split's ``extras`` the model wants in ``TrainBatch.extras`` (class labels, say);
 - ``word_embedding()``: the token embedding pretrained word vectors initialise
-  (``data.word_vectors``), or None for a model without one (the default).
+  (``data.word_vectors``), or None for a model without one (the default);
+  ``requires_word_vectors``: True for a model that cannot train without them.
 
 How the parameters are optimised (one optimiser or several, alternating steps,
 coefficients that change with training progress) is not the model's business but
@@ -193,6 +194,12 @@ class RetrievalModel(nn.Module):
     def word_embedding(self) -> nn.Embedding | None:
         """The embedding of token ids that pretrained word vectors initialise; default: None."""
         return None
+
+    @property
+    def requires_word_vectors(self) -> bool:
+        """True when the model cannot train without ``data.word_vectors`` (a frozen pretrained
+        embedding would otherwise stay random); default: False."""
+        return False
 
     def fit(self, split: Any) -> None:
         """Closed-form fit on the prepared training ``split`` (models with ``closed_form = True``)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from xmrbench.core.models.a3vse import A3VSE
+from xmrbench.core.models.adapt import ADAPT
 from xmrbench.core.models.base import RetrievalModel
 from xmrbench.core.models.bfan import BFAN
 from xmrbench.core.models.cca import CCA
@@ -31,5 +32,6 @@ MODELS: Registry[type[RetrievalModel]] = Registry(
         "dan": DAN,
         "a3vse": A3VSE,
         "order_embeddings": OrderEmbeddings,
+        "adapt": ADAPT,
     },
 )

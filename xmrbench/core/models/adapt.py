@@ -163,15 +163,15 @@ class ADAPT(RetrievalModel):
 
     # --- similarity ----------------------------------------------------------------
 
-    def _sides(self, img_emb: torch.Tensor, txt_emb: Padded) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
-        """(values, lengths, query vectors, the pooled other side): for t2i the regions
-        are adapted by each caption's mean word vector; for i2t the words by each
-        image's mean region vector."""
+    def _sides(self, img_emb: torch.Tensor, txt_emb: Padded) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """(values, lengths, query vectors): for t2i the regions are adapted by each
+        caption's mean word vector; for i2t the words by each image's mean region vector.
+        The query vectors are also what each adapted vector is compared with."""
         if self.params.direction == "t2i":
             mask = txt_emb.mask().to(txt_emb.data.dtype)
             query = (txt_emb.data * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
-            return img_emb, None, query, txt_emb.data
-        return txt_emb.data, txt_emb.lengths, img_emb.mean(1), img_emb
+            return img_emb, None, query
+        return txt_emb.data, txt_emb.lengths, img_emb.mean(1)
 
     def _adaptation(self, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         gamma, beta = self.fc_gamma(query), self.fc_beta(query)
@@ -184,7 +184,7 @@ class ADAPT(RetrievalModel):
 
     def similarity(self, img_emb: torch.Tensor, txt_emb: Padded) -> torch.Tensor:
         """``img_emb (N_img, R, D)``, ``txt_emb`` Padded ``(N_txt, L, D)`` -> ``(N_img, N_txt)``."""
-        values, lengths, query, _ = self._sides(img_emb, txt_emb)
+        values, lengths, query = self._sides(img_emb, txt_emb)
         gamma, beta = self._adaptation(query)
         sims = fovea_sims(values, lengths, gamma, beta, l2norm(query), self._lam(),
                           budget_bytes=self.params.sim_memory_mb * 2**20)
@@ -192,7 +192,7 @@ class ADAPT(RetrievalModel):
 
     def pair_scores(self, img_emb: torch.Tensor, txt_emb: Padded) -> torch.Tensor:
         """Aligned pairs: ``img_emb (P, R, D)``, ``txt_emb`` Padded ``(P, L, D)`` -> ``(P,)``."""
-        values, lengths, query, _ = self._sides(img_emb, txt_emb)
+        values, lengths, query = self._sides(img_emb, txt_emb)
         gamma, beta = self._adaptation(query)
         return fovea_pair_scores(values, lengths, gamma, beta, l2norm(query), self._lam())
 

@@ -3,7 +3,14 @@ the terminal summary when the paper-text checks were skipped."""
 
 from __future__ import annotations
 
-import pytest
+import os
+
+# One OpenMP/torch thread per test process, set before anything imports torch: the suite
+# runs one pytest-xdist worker per CPU (pyproject.toml), and tiny models gain nothing from
+# a second thread. Children inherit it; tests of the thread policy set their own.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
 
 from papers import SKIP_PREFIX
 from toy import toy_data

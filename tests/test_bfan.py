@@ -125,7 +125,7 @@ def test_base_recipe_resolves_with_the_presets(tmp_path):
 def test_bfan_ens_runs_end_to_end(tmp_path, capsys, one_thread):
     recipe = _write_recipe(tmp_path)
     store = tmp_path / "results"
-    code, _, err = cli(["reproduce", str(recipe), "--profile", "smoke", "--results", str(store), "--no-report", "--quiet"], capsys)
+    code, _, err = cli(["reproduce", str(recipe), "--profile", "smoke", "--seeds", "0", "--results", str(store), "--no-report", "--quiet"], capsys)
     assert code == 0, err
     docs = {json.loads(p.read_text())["cell"]["id"]: json.loads(p.read_text()) for p in (store / "bfan-ens-test").glob("*.json")}
     assert set(docs) == {"bfan-equal", "bfan-prob", "bfan-ens"}

@@ -141,7 +141,7 @@ def test_two_threads_give_identical_numbers_with_repeated_index_gathers(tmp_path
     from support import base_recipe
 
     cfg = resolve(base_recipe(tmp_path, "vsrn", "aoq", "vsrn"), profile="smoke").cells[0].config
-    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 2})})
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 1})})
     prepared = PreparedData(DATASETS[cfg.data.name](cfg.data), cfg.data, "regions", "tokens")
     threads = torch.get_num_threads()
     torch.set_num_threads(2)

@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.feature_extraction.text import TfidfTransformer
 
 from xmrbench.core.text.vocab import Vocabulary
 
@@ -18,6 +17,9 @@ class TfidfFeaturizer:
     """
 
     def __init__(self, vocab: Vocabulary, train_texts: Sequence[str]):
+        # imported here: scikit-learn takes seconds to import, and most runs never build tf-idf
+        from sklearn.feature_extraction.text import TfidfTransformer
+
         self.vocab = vocab
         self._transformer = TfidfTransformer(norm="l2", use_idf=True, smooth_idf=True, sublinear_tf=False)
         self._transformer.fit(vocab.counts_matrix(train_texts))

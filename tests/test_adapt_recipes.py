@@ -78,6 +78,7 @@ figures:
 """
 
 
+@pytest.mark.slow
 def test_adapt_trains_and_its_figures_are_drawn(tmp_path, capsys):
     path = tmp_path / "adapt-figs.yaml"
     path.write_text(RECIPE)

@@ -173,6 +173,7 @@ def straight(tmp_path_factory) -> Path:
     return tmp / "results"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kill", ["round1:1", "mine", "finetune:1", "scratch:1"])
 def test_a_kill_at_any_point_resumes_without_recomputing_finished_stages(tmp_path, kill, straight):
     _recipe(tmp_path)

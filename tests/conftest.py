@@ -31,11 +31,13 @@ def pytest_collection_modifyitems(items):
     """Files with more tests marked ``slow`` first (a stable sort, the same in every
     worker): the suite's workers take a file at a time, and cheap files at the end fill
     the gaps instead of one worker finishing a long file alone."""
+    def file(item) -> str:
+        return item.nodeid.split("::")[0]
+
     slow: dict[str, int] = {}
     for item in items:
-        slow[item.nodeid.split("::")[0]] = slow.get(item.nodeid.split("::")[0], 0) + (
-            item.get_closest_marker("slow") is not None)
-    items.sort(key=lambda item: -slow[item.nodeid.split("::")[0]])
+        slow[file(item)] = slow.get(file(item), 0) + (item.get_closest_marker("slow") is not None)
+    items.sort(key=lambda item: -slow[file(item)])
 
 
 @pytest.fixture(autouse=True)

@@ -187,7 +187,7 @@ def test_a_kill_at_every_point_resumes_without_recomputing_finished_stages(tmp_p
     for k, kill in enumerate([*KILLS, None]):
         finished = {p.name: p.stat().st_mtime_ns for p in (store / "stages-test").glob("*.json")}
         artifacts = {p.name: p.stat().st_mtime_ns for p in (store / "_artifacts").glob("*.pt")}
-        before = _log(log) if log.exists() else []
+        before = _log(log)
         done = _drive(tmp_path, store, log, kill)
         if kill is None:
             assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-2000:]

@@ -17,7 +17,8 @@ class TfidfFeaturizer:
     """
 
     def __init__(self, vocab: Vocabulary, train_texts: Sequence[str]):
-        # imported here: scikit-learn takes seconds to import, and most runs never build tf-idf
+        # imported here: scikit-learn takes seconds to import, and commands that build no
+        # tf-idf features (report, list, plan) need not pay for it
         from sklearn.feature_extraction.text import TfidfTransformer
 
         self.vocab = vocab

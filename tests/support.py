@@ -4,8 +4,10 @@ train-then-reload check every trainable model goes through."""
 from __future__ import annotations
 
 import sys
+import types
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from xmrbench.gate.chance import chance_rsum  # the chance level every learning test compares with
@@ -116,3 +118,32 @@ def train_and_check_reload(cfg, prepared, tmp_path: Path, *, min_ratio: float = 
     metrics, _ = metrics_from_similarities([sims[0]], captions_per_image=5)
     assert metrics == out.metrics["test"]
     return out
+
+
+class VectorPairs:
+    """The part of a prepared training split that the closed-form and autoencoder models read
+    in their tests: image vectors, text vectors, caption -> image, and the raw split's
+    ``extras`` (``labels`` when given). ``dtype`` None keeps the arrays' own (float64 for
+    the tests that compare with naive computations)."""
+
+    def __init__(self, images, texts, caption_image, labels=None, dtype: torch.dtype | None = torch.float32):
+        self.images = torch.as_tensor(images, dtype=dtype)
+        self.texts = torch.as_tensor(texts, dtype=dtype)
+        self._caption_image = np.asarray(caption_image, dtype=np.int64)
+        self.name = "train"
+        self.split = types.SimpleNamespace(extras={} if labels is None else {"labels": labels})
+
+    @property
+    def n_images(self) -> int:
+        return len(self.images)
+
+    def caption_image(self) -> np.ndarray:
+        return self._caption_image
+
+    def image_batch(self, index) -> torch.Tensor:
+        return self.images[torch.as_tensor(np.asarray(index))]
+
+    def text_batch(self, index):
+        from xmrbench.core.models.base import TextBatch
+
+        return TextBatch(vectors=self.texts[torch.as_tensor(np.asarray(index))])

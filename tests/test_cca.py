@@ -16,31 +16,10 @@ from xmrbench.engine.train import train_and_evaluate
 from xmrbench.errors import ConfigError, TrainingError
 from xmrbench.recipe.config import validate_cell_config
 
-from support import assert_learns
+from support import VectorPairs, assert_learns
 from toy import toy_data
 
-
-class PairSplit:
-    """The part of a PreparedSplit that CCA reads: images, caption vectors, caption -> image."""
-
-    def __init__(self, images: np.ndarray, texts: np.ndarray, caption_image: np.ndarray):
-        self.images = torch.as_tensor(images, dtype=torch.float32)
-        self.texts = torch.as_tensor(texts, dtype=torch.float32)
-        self._caption_image = np.asarray(caption_image, dtype=np.int64)
-        self.name = "train"
-
-    @property
-    def n_images(self) -> int:
-        return len(self.images)
-
-    def caption_image(self) -> np.ndarray:
-        return self._caption_image
-
-    def image_batch(self, index: np.ndarray) -> torch.Tensor:
-        return self.images[torch.as_tensor(np.asarray(index))]
-
-    def text_batch(self, index: np.ndarray) -> TextBatch:
-        return TextBatch(vectors=self.texts[torch.as_tensor(np.asarray(index))])
+PairSplit = VectorPairs  # images, texts, caption -> image
 
 
 def correlated_views(rng: np.random.Generator, n_images: int, dx: int, dy: int, *, shared: int = 3):

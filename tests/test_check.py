@@ -348,7 +348,8 @@ def test_every_committed_reference_is_clearly_above_chance_and_current():
             assert entry["expect"] == ("near_chance" if resolved.near_chance(cell) else "learns")
             for proto, check in entry["checks"].items():
                 chance = C.chance_level(check["metric"], images=check["images"],
-                                        captions_per_image=check["captions_per_image"], folds=check["folds"])
+                                        captions_per_image=check["captions_per_image"], folds=check["folds"],
+                                        runs=[entry["runs"][str(s)][proto] for s in doc["seeds"]])
                 floor = FLOOR_QUERIES * C.resolution(check["metric"], images=check["images"],
                                                      captions_per_image=check["captions_per_image"],
                                                      folds=check["folds"])

@@ -93,6 +93,10 @@ def test_every_component_has_goldens(fresh):
     for model in MODELS:
         assert f"model/{model}/sims" in names, model
     assert {"model/vsrn/auxiliary_loss", "model/dpc/auxiliary_loss", "model/cca/correlations"} <= names
+    assert {"model/cca3v/eigenvalues", "model/corr_ae/objective", "model/corr_ae/objective/grad_images",
+            "model/acmr/label_logits", "model/acmr/modality_logits"} <= names
+    for term in ("imi", "imi/multi-label-mean", "imd", "imd/multi-label", "adv", "reg"):
+        assert f"loss/acmr/{term}/value" in names, term
     for kernel in ("cosine", "scan/t2i-avg", "scan/t2i-lse", "scan/i2t-avg", "scan/i2t-lse", "bfan/equal", "bfan/prob"):
         assert f"sim/{kernel}" in names and any(n.startswith(f"sim/{kernel}/grad") for n in names), kernel
     for metric in ("retrieval/i2t_ranks", "retrieval/ties", "retrieval/folds", "sentence/ranks",

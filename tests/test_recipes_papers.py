@@ -32,6 +32,7 @@ PAPER_RECIPES = {
     "acmr": {
         "acmr-table2-shallow", "acmr-table2-deep", "acmr-table3-pascal", "acmr-table3-nuswide",
         "acmr-table4", "acmr-table5-wikipedia", "acmr-table5-pascal",
+        "acmr-figure3", "acmr-figure4", "acmr-figure5", "acmr-figure6",
     },
     "two_branch": {
         "two-branch-table1", "two-branch-table2", "two-branch-table3", "two-branch-table4-flickr30k",
@@ -41,9 +42,10 @@ PAPER_RECIPES = {
 ALL = sorted(set().union(*PAPER_RECIPES.values()))
 # model names the pending rows promise to the issues that will switch them on
 PROMISED_MODELS = {"scan", "bfan", "vsrn", "dpc", "dan", "cca", "sg_baseline", "vsepp",
-                   "two_branch_embedding", "two_branch_similarity", "a3vse", "order_embeddings", "adapt"}
+                   "two_branch_embedding", "two_branch_similarity", "a3vse", "order_embeddings", "adapt", "acmr", "cca3v", "corr_ae"}
 PROTOCOL_SHAPE = {  # protocol -> (split, folds)
     "test": ("test", 1), "dev": ("dev", 1), "testall": ("testall", 1), "testall_5fold": ("testall", 5),
+    "test_labels": ("test", 1),
 }
 
 

@@ -59,8 +59,8 @@ class DataConfig(Strict):
     (``dev_from_train``, as ``CellConfig.method``).
     """
 
-    name: str = "synthetic"  # dataset registry name: synthetic | precomp | labelled | entities
-    # synthetic world
+    name: str = "synthetic"  # dataset registry name: synthetic | synthetic_labelled | precomp | labelled | entities
+    # synthetic world (synthetic_labelled: tiny, or small = the labelled set's own sizes)
     size: Literal["tiny", "small", "medium"] = "small"
     world_seed: int = Field(0, ge=0)
     region_dim: int = Field(128, ge=1)
@@ -97,6 +97,8 @@ class DataConfig(Strict):
     # drawn with a fixed seed, as the dev split the model is selected on; None = the
     # directory's own dev split
     dev_from_train: int | None = Field(None, ge=1)
+    # synthetic labelled sets: the deep features, or Wikipedia's shallow ones (ACMR Table 2)
+    variant: Literal["deep", "shallow"] = "deep"
 
     @model_validator(mode="after")
     def _sparse_sentences_fit(self) -> DataConfig:
@@ -114,7 +116,7 @@ class DataConfig(Strict):
 
 #: Data keys added after the first cell hashes were recorded: in the hashed form only
 #: when a config sets them to something other than their default.
-HASHED_WHEN_SET = ("dev_from_train", "word_vectors", "tokenizer", "vocab_texts")
+HASHED_WHEN_SET = ("dev_from_train", "word_vectors", "tokenizer", "vocab_texts", "variant")
 
 
 #: ``train.plateau_window`` and ``train.plateau_gain`` of a config that does not set them
@@ -134,7 +136,9 @@ class TrainConfig(Strict):
     lr_decay: float = Field(0.1, gt=0, le=1)
     lr_decay_every: int | None = Field(None, ge=1)  # epochs; None = constant learning rate
     grad_clip: float | None = Field(2.0, gt=0)  # max gradient norm; None = no clipping
-    select_by: Literal["rsum", "r1_r5"] = "rsum"  # dev metric for model selection
+    # dev metric for model selection; "map": the dev split is scored by label mAP (the
+    # ``label`` task: ACMR's datasets), the others by image-sentence recall
+    select_by: Literal["rsum", "r1_r5", "map"] = "rsum"
     # convergence (core/convergence.py): a run has converged when its best dev selection
     # score gained less than ``plateau_gain`` (relative) over its last ``plateau_window``
     # epochs; ``early_stop`` ends training there, ``epochs`` being then the maximum

@@ -71,6 +71,14 @@ PAPERS: Registry[Paper] = Registry(
         "acmr": Paper(
             "acmr", "ACMR", "Adversarial Cross-Modal Retrieval",
             "Bokun Wang, Yang Yang, Xing Xu, Alan Hanjalic, Heng Tao Shen", "ACM Multimedia", 2017,
+            sweeps={
+                "alpha": SweepParam("acmr-figure6", "full-acmr", "method.alpha", shape="star",
+                                    help="weight of L_imi in Eq. 8, Figure 6(a)"),
+                "beta": SweepParam("acmr-figure6", "full-acmr", "method.beta", shape="star",
+                                   help="weight of L_imd in Eq. 8, Figure 6(a)"),
+                "k": SweepParam("acmr-figure6", "full-acmr", "method.k", shape="star",
+                                help="embedding steps per modality-classifier step (Algorithm 1), Figure 6(b)"),
+            },
         ),
         "vsepp": Paper(
             "vsepp", "VSE++", "VSE++: Improving Visual-Semantic Embeddings with Hard Negatives",

@@ -361,6 +361,8 @@ def sweep(
     data_root: DataRootOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run/--no-dry-run", help="Only show the cells.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet/--no-quiet", help="No progress bars.")] = False,
+    plots: Annotated[Path | None, typer.Option("--plots", help="Write the sweep's figure (PNG) into this "
+                                               "directory: one panel per parameter swept one at a time.")] = None,
     executor: ExecutorOpt = "local",
     jobs: JobsOpt = None,
     retries: RetriesOpt = None,
@@ -391,9 +393,18 @@ def sweep(
         _execute(resolved, store, executor=runner, device=dev, force=False, keep_going=keep_going, quiet=quiet, total=todo)
     finally:
         runner.close()
-    from xmrbench.runner.sweep import sweep_table
+    from xmrbench.runner.sweep import headline_metric, sweep_series, sweep_table
 
     console.print(sweep_table(resolved, store))
+    if plots is not None:
+        from xmrbench.report.plots import star_sweep_figure
+        from xmrbench.store.store import safe_name
+
+        series, datasets = sweep_series(resolved, store)
+        path = star_sweep_figure(series, title=resolved.recipe.title, metric=headline_metric(resolved.recipe),
+                                 protocol=resolved.recipe.default_protocol, datasets=datasets,
+                                 path=plots / f"{safe_name(resolved.id)}.png")
+        console.print(f"wrote {path}" if path else "no swept parameter with stored results to plot")
 
 
 def _print_reports(recipes: list[str], results: Path, *, profile: str | None, fmt: str, out: Path | None,
@@ -470,7 +481,7 @@ def evaluate(
     sims: Annotated[Path, typer.Option("--sims", help="Similarity matrix .npy: rows = images (queries), columns = captions (gallery).")],
     captions_per_image: Annotated[int, typer.Option("--captions-per-image", help="Caption j describes image j // this.")] = 5,
     protocol: Annotated[str, typer.Option("--protocol", help="all (the whole matrix) or 5fold (mean of 5 consecutive folds).")] = "all",
-    query_labels: Annotated[Path | None, typer.Option("--query-labels", help="Labels of the rows (.npy): (N,) ints or (N, C) multi-hot.")] = None,
+    query_labels: Annotated[Path | None, typer.Option("--query-labels", help="Labels of the rows (.npy): (N,) ints or (N, C) multi-hot. With labels: mAP over the whole list (map = i2t_map, t2i_map, avg_map), the released ACMR mAP@50 (*_map50) and precision at K = 50..1000 (*_pK).")] = None,
     gallery_labels: Annotated[Path | None, typer.Option("--gallery-labels", help="Labels of the columns (.npy).")] = None,
     as_json: Annotated[bool, typer.Option("--json/--no-json", help="Print a JSON object.")] = False,
 ) -> None:

@@ -28,7 +28,7 @@ class _EpochEvents:
         self.progress.update(
             self.task,
             completed=epoch + 1,
-            description=f"  {self.prefix}epoch {epoch + 1}: loss {stats['loss']:.3f}, dev rsum {stats['dev_rsum']:.1f}",
+            description=f"  {self.prefix}epoch {epoch + 1}: loss {stats['loss']:.3f}, {_dev(stats)}",
         )
 
     def warn(self, message: str) -> None:
@@ -105,3 +105,10 @@ class RichReporter:
 
     def warn(self, message: str) -> None:
         self.console.print(f"[yellow]warning:[/] {message}", soft_wrap=True, highlight=False)
+
+
+def _dev(stats: dict[str, float]) -> str:
+    """The dev score of an epoch: rsum (image-sentence) or mean mAP (label task)."""
+    if "dev_rsum" in stats:
+        return f"dev rsum {stats['dev_rsum']:.1f}"
+    return f"dev mAP {stats.get('dev_avg_map', float('nan')):.3f}"

@@ -61,6 +61,31 @@ def build_labelled(cfg: DataConfig) -> RetrievalData:
     return apply_sparse(data, cfg)
 
 
+def build_synthetic_labelled(cfg: DataConfig) -> RetrievalData:
+    """A synthetic labelled set in the shape of one of ACMR's datasets (``data.dataset``:
+    wikipedia, pascal, nus-wide-10k, mscoco; ``data.variant``: deep, or shallow for
+    Wikipedia), generated once into the cache in the labelled layout and read back by the
+    loader real labelled sets take. ``data.size``: tiny (at most 200 training and 100
+    test instances) or small (the dataset's own sizes, acmr.md Table 1);
+    ``data.world_seed`` seeds the generator; ``data.dev_from_train`` holds out the dev
+    split the model is selected on (the sets have none of their own)."""
+    from xmrbench.data.labelled import labelled_retrieval_data
+    from xmrbench.data.synthetic.labelled import synthetic_labelled_dir
+
+    if not cfg.dataset:
+        raise DataError("data.name is 'synthetic_labelled' but no data.dataset was given "
+                        "(wikipedia, pascal, nus-wide-10k or mscoco)")
+    if cfg.size == "medium":
+        raise DataError("data.size 'medium' does not exist for synthetic labelled sets: use tiny or small")
+    if cfg.dev_from_train is None:
+        raise DataError("data.name is 'synthetic_labelled' but no data.dev_from_train was given: the synthetic "
+                        "labelled sets have no dev split, so hold out that many training instances to select on")
+    root = synthetic_labelled_dir(cfg.dataset, variant=cfg.variant, seed=cfg.world_seed,
+                                  size="tiny" if cfg.size == "tiny" else "paper")
+    data = labelled_retrieval_data(root, dev_from_train=cfg.dev_from_train, dataset=f"synthetic-{cfg.dataset}")
+    return apply_sparse(data, cfg)
+
+
 def build_entities(cfg: DataConfig) -> RetrievalData:
     """Phrase-region annotations with region proposals (the Flickr30K Entities style
     layout, ``docs/formats/entities.md``) under ``data.root``: image-caption splits with
@@ -167,6 +192,8 @@ DATASETS: Registry[DatasetKind] = Registry(
                                  ("size", "world_seed", "region_dim", "global_dim", *CAPTION_KEYS, *IMAGE_KEYS)),
         "precomp": DatasetKind(build_precomp, ("root", "dataset", "captions_per_image", *CAPTION_KEYS, *IMAGE_KEYS)),
         "labelled": DatasetKind(build_labelled, ("root", "dataset", "dev_from_train", *IMAGE_KEYS)),
+        "synthetic_labelled": DatasetKind(build_synthetic_labelled,
+                                          ("dataset", "variant", "size", "world_seed", "dev_from_train", *IMAGE_KEYS)),
         "entities": DatasetKind(build_entities, ("root", "dataset", "captions_per_image", *CAPTION_KEYS, *IMAGE_KEYS)),
     },
 )

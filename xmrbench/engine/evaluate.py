@@ -126,4 +126,6 @@ def selection_score(metrics: dict[str, float], select_by: str) -> float:
         return metrics[K.RSUM]
     if select_by == "r1_r5":  # AOQ: R@1 + R@5 in both directions
         return metrics[K.I2T_R1] + metrics[K.I2T_R5] + metrics[K.T2I_R1] + metrics[K.T2I_R5]
+    if select_by == "map":  # label-based retrieval (ACMR): the mean of both directions' mAP
+        return metrics[K.AVG_MAP]
     raise ValueError(f"unknown selection metric {select_by!r}")

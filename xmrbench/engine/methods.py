@@ -37,8 +37,10 @@ from __future__ import annotations
 from typing import Any
 
 from xmrbench.engine.a3vse_method import A3VSEMethod
+from xmrbench.engine.acmr_method import ACMRMethod
 from xmrbench.engine.adapt_method import ADAPTMethod
 from xmrbench.engine.aoq_method import AOQMethod
+from xmrbench.engine.corr_ae_method import CorrAEMethod
 from xmrbench.engine.training_method import (
     GradientMethod,
     MethodParams,
@@ -55,6 +57,7 @@ __all__ = [
     "DEFAULT_METHOD",
     "METHODS",
     "A3VSEMethod",
+    "ACMRMethod",
     "ADAPTMethod",
     "AOQMethod",
     "ClosedFormMethod",
@@ -89,5 +92,7 @@ METHODS: Registry[type[TrainingMethod]] = Registry(
         "a3vse": A3VSEMethod,
         "adapt": ADAPTMethod,
         "aoq": AOQMethod,
+        "acmr": ACMRMethod,
+        "corr_ae": CorrAEMethod,
     },
 )

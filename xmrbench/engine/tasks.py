@@ -4,9 +4,12 @@
   relevant to its own image only (R@K, medr, meanr, rsum; folds averaged);
 - ``label``: label-based cross-modal retrieval (ACMR): every image queries every
   text and the reverse, an item relevant when it shares a class with the query;
-  mAP over the whole ranked list (``core/metrics/labels.py``, ties pessimistic). The
-  split's ``extras["labels"]`` holds one class per image, or a multi-hot row; each
-  caption carries its image's labels;
+  mAP over the whole ranked list (protocol ``test_labels``) or the released ACMR
+  code's mAP@50 (``test_labels_map50``, ``Protocol.map_at``), under distinct keys,
+  and the precision-scope points ``i2t_p50`` ... ``t2i_p1000`` up to the gallery size
+  (``core/metrics/labels.py:label_metrics``, ties pessimistic). The split's
+  ``extras["labels"]`` holds one class per image, or a multi-hot row; each caption
+  carries its image's labels;
 - ``sentence``: sentence-to-sentence retrieval (two-branch Table 4): every caption
   queries the other captions, relevant when they describe the same image (s2s R@K);
 - ``phrase``: phrase localization (two-branch Table 1): every phrase of a caption
@@ -26,7 +29,7 @@ import numpy as np
 import torch
 
 from xmrbench.core.metrics import keys as K
-from xmrbench.core.metrics.labels import average_precision, relevance_from_labels
+from xmrbench.core.metrics.labels import label_metrics, relevance_from_labels
 from xmrbench.core.metrics.phrase import correct_rank
 from xmrbench.core.metrics.protocols import PROTOCOLS, Protocol
 from xmrbench.core.metrics.sentence import sentence_metrics
@@ -50,7 +53,12 @@ def image_text(model: RetrievalModel, split: PreparedSplit, protocol: Protocol, 
 
 def label(model: RetrievalModel, split: PreparedSplit, protocol: Protocol, *, device: torch.device,
           batch_size: int, block_images: int, sentence: bool) -> tuple[Metrics, Ranks]:
-    """Image-query and text-query mAP by label agreement, and their mean."""
+    """Image-query and text-query mAP by label agreement (whole list, or mAP@50 where the
+    protocol's ``map_at`` is 50), their mean, and precision at K = 50, 100, ..., 1000
+    for K up to the gallery size of each direction (:func:`label_metrics`); with the
+    whole-list mAP also its chance level on this split, ``i2t_map_chance``,
+    ``t2i_map_chance``, ``avg_map_chance`` (the expected mAP of a random ranking, from
+    the labels: :func:`xmrbench.core.metrics.labels.chance_label_map`)."""
     labels = split.split.extras.get("labels")
     if labels is None:
         raise DataError(f"split {split.name!r} has no labels (extras 'labels'); protocol {protocol.name!r} needs them")
@@ -61,9 +69,12 @@ def label(model: RetrievalModel, split: PreparedSplit, protocol: Protocol, *, de
     enc = encode(model, split, device=device, batch_size=batch_size)
     sims = similarity_matrix(model, enc, block_images=block_images)
     rel = relevance_from_labels(img_labels, txt_labels)
-    i2t = float(average_precision(sims, rel).mean())
-    t2i = float(average_precision(sims.t().contiguous(), rel.t().contiguous()).mean())
-    return {K.I2T_MAP: i2t, K.T2I_MAP: t2i, K.AVG_MAP: (i2t + t2i) / 2}, {}
+    metrics = label_metrics(sims, rel, maps=(protocol.map_at,))
+    if protocol.map_at is None:  # the whole-list mAP's chance level on this split, for the gate's learning bar
+        from xmrbench.core.metrics.labels import chance_label_map
+
+        metrics.update(chance_label_map(rel))
+    return metrics, {}
 
 
 def sentence(model: RetrievalModel, split: PreparedSplit, protocol: Protocol, *, device: torch.device,

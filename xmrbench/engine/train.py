@@ -27,13 +27,14 @@ import torch
 from xmrbench.config import CellConfig
 from xmrbench.core.convergence import Convergence, closed_form, has_plateaued, of_curve
 from xmrbench.core.losses.registry import LOSSES
+from xmrbench.core.metrics.protocols import PROTOCOLS
 from xmrbench.core.models.base import RetrievalModel, TrainBatch
 from xmrbench.core.models.registry import MODELS
 from xmrbench.engine.evaluate import evaluate_split, selection_score
 from xmrbench.engine.inputs import PreparedData
 from xmrbench.engine.methods import DEFAULT_METHOD, METHODS, Progress, StepContext, Stream, TrainingMethod
 from xmrbench.engine.samplers import SAMPLERS, Sampler
-from xmrbench.engine.tasks import evaluate_protocols
+from xmrbench.engine.tasks import TASKS, evaluate_protocols
 from xmrbench.errors import StoreError, TrainingError
 
 CHECKPOINT_VERSION = 2  # 2: optimiser state under 'method' (the training method's own)
@@ -350,7 +351,7 @@ def train_and_evaluate(
         t0 = time.perf_counter()
         method.fit(train)
         fit_s = time.perf_counter() - t0
-        best_dev, _ = evaluate_split(model, dev, **eval_kw)
+        best_dev = _evaluate_dev(model, dev, cfg.train.select_by, eval_kw)
         return _finish(model, prepared, cfg, {"epoch": [], "fit_s": [fit_s]}, best_dev, 0, eval_kw, t_start, None)
     method.setup()
     extras = tuple(dict.fromkeys((*type(model).batch_extras, *type(method).batch_extras)))
@@ -361,7 +362,7 @@ def train_and_evaluate(
     sampler = SAMPLERS[cfg.train.sampler]
     caption_image = train.caption_image()
 
-    curves: dict[str, list[float]] = {"epoch": [], "train_loss": [], "dev_score": [], "dev_rsum": [], "lr": [], "epoch_s": []}
+    curves: dict[str, list[float]] = {"epoch": [], "train_loss": [], "dev_score": [], "lr": [], "epoch_s": []}
     best_state: dict[str, Any] | None = None
     best_score, best_epoch = -float("inf"), None
     best_dev: dict[str, float] = {}
@@ -409,7 +410,7 @@ def train_and_evaluate(
             events.batch_end(b, value)
         lr = method.lr()
         method.end_epoch()
-        dev_metrics, _ = evaluate_split(model, dev, **eval_kw)
+        dev_metrics = _evaluate_dev(model, dev, cfg.train.select_by, eval_kw)
         score = selection_score(dev_metrics, cfg.train.select_by)
         if score > best_score:
             best_score, best_epoch, best_dev = score, epoch + 1, dev_metrics
@@ -419,11 +420,13 @@ def train_and_evaluate(
             ("epoch", epoch + 1),
             ("train_loss", total / max(1, len(batches))),
             ("dev_score", score),
-            ("dev_rsum", dev_metrics["rsum"]),
             ("lr", lr),
             ("epoch_s", epoch_s),
-            # R@1 per direction where the task has it (AOQ Figure 4 plots them per epoch)
-            *((f"dev_{k}", dev_metrics[k]) for k in ("i2t_r1", "t2i_r1") if k in dev_metrics),
+            # the dev split's rsum (image-sentence) or mean mAP (label task), and R@1 per
+            # direction where the task has it (AOQ Figure 4 plots them per epoch)
+            *((f"dev_{k}", dev_metrics[k]) for k in ("rsum", "avg_map", "i2t_r1", "t2i_r1") if k in dev_metrics),
+            # the method's own per-epoch values (ACMR Figure 5: its embedding and adversarial losses)
+            *method.epoch_curves().items(),
         ):
             curves.setdefault(key, []).append(value)
         if ckpt_path is not None:
@@ -445,18 +448,29 @@ def train_and_evaluate(
                 },
                 ckpt_path,
             )
-        events.epoch_end(epoch, {"loss": curves["train_loss"][-1], "dev_rsum": dev_metrics["rsum"]})
+        events.epoch_end(epoch, {"loss": curves["train_loss"][-1],
+                                 **{f"dev_{k}": dev_metrics[k] for k in ("rsum", "avg_map") if k in dev_metrics}})
         if cfg.train.early_stop and has_plateaued(curves["dev_score"], cfg.train.plateau_window, cfg.train.plateau_gain):
             break
         if stop_requested is not None and stop_requested() and epoch + 1 < cfg.train.epochs:
             raise KeyboardInterrupt
 
     if best_state is None:  # no training epoch: evaluate the initial model
-        best_dev, _ = evaluate_split(model, dev, **eval_kw)
+        best_dev = _evaluate_dev(model, dev, cfg.train.select_by, eval_kw)
         best_epoch = 0
     else:
         model.load_state_dict(best_state)
     return _finish(model, prepared, cfg, curves, best_dev, best_epoch, eval_kw, t_start, resumed)
+
+
+def _evaluate_dev(model: RetrievalModel, dev: Any, select_by: str, eval_kw: dict[str, Any]) -> dict[str, float]:
+    """The dev split's metrics for model selection: label mAP (``select_by: map``, the
+    ``label`` task ACMR's datasets are scored by) or image-sentence recall (the others)."""
+    if select_by == "map":
+        metrics, _ = TASKS["label"](model, dev, PROTOCOLS["test_labels"], sentence=False, **eval_kw)
+        return metrics
+    metrics, _ = evaluate_split(model, dev, **eval_kw)
+    return metrics
 
 
 def _finish(model, prepared, cfg, curves, best_dev, best_epoch, eval_kw, t_start, resumed) -> RunOutput:

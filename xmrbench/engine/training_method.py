@@ -156,6 +156,12 @@ class TrainingMethod:
         """The learning rate to log for the epoch (default: NaN, none)."""
         return math.nan
 
+    def epoch_curves(self) -> dict[str, float]:
+        """Values the method logs once per epoch besides the loss ``step`` returns (ACMR:
+        the means of its embedding and adversarial losses), keyed by curve name; called
+        after ``end_epoch``. Default: none."""
+        return {}
+
     def state_dict(self) -> dict[str, Any]:
         """Everything besides model and loss weights a checkpoint needs to resume exactly."""
         return {}

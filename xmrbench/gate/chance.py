@@ -11,16 +11,40 @@ the top K of ``n * cpi`` captions; for a uniformly random ranking that probabili
 image is among the top K of ``n`` with probability ``K / n``. Averaging over folds of
 equal size does not change the expectation, so a ``k``-fold protocol has the chance
 level of one fold.
+
+Label mAP (``i2t_map``, ``t2i_map``, ``avg_map``): a query with ``R`` relevant items in a
+gallery of ``N`` ranked uniformly at random has the expected average precision
+
+    E[AP] = (1/N) * [H_N + (R - 1) / (N - 1) * (N - H_N)],   H_N = 1 + 1/2 + ... + 1/N.
+
+(AP = (1/R) * sum_k rel_k * P@k = (1/R) * sum_k (1/k) * sum_{j <= k} rel_j * rel_k; at a
+random position ``E[rel_k] = R/N`` and, for ``j != k``, ``E[rel_j * rel_k] = R(R-1)/(N(N-1))``,
+so the sum is ``(R/N) * H_N + R(R-1)/(N(N-1)) * sum_k (k-1)/k``, and ``sum_k (k-1)/k = N - H_N``.)
+A query with no relevant item has AP 0, as :func:`xmrbench.core.metrics.labels.average_precision`
+scores it. The chance mAP of a split is the mean of E[AP] over its queries, so it depends
+on the labels, not only on the sizes: the ``label`` task records it with every
+whole-list mAP (``i2t_map_chance``, ``t2i_map_chance``, ``avg_map_chance``,
+:func:`chance_label_map`), and the gate reads it from the runs' own metrics.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
 
 from xmrbench.core.metrics import keys as K
+from xmrbench.core.metrics.labels import chance_average_precision, chance_label_map  # noqa: F401 (the gate's chance levels)
 from xmrbench.errors import ConfigError
 
 RECALL_KS = (1, 5, 10)
+#: Each label mAP key and the key of its chance level, which the ``label`` task records beside it.
+MAP_CHANCE_KEYS: dict[str, str] = {
+    K.I2T_MAP: K.I2T_MAP_CHANCE,
+    K.T2I_MAP: K.T2I_MAP_CHANCE,
+    K.AVG_MAP: K.AVG_MAP_CHANCE,
+}
 
 
 def chance_i2t_recall(n_images: int, captions_per_image: int, k: int) -> float:
@@ -47,25 +71,58 @@ def rsum_resolution(n_images: int, captions_per_image: int = 5) -> float:
     return 3 * 100.0 / n_images + 3 * 100.0 / (n_images * captions_per_image)
 
 
-def headline_metric(metrics: dict[str, float]) -> str:
-    """The metric the learning checks judge for one protocol's metrics (rsum for image-sentence retrieval)."""
+def headline_metric(metrics: Mapping[str, float]) -> str:
+    """The metric the learning checks judge for one protocol's metrics: rsum for
+    image-sentence retrieval, ``avg_map`` for label retrieval (the whole-list mAP)."""
     if K.RSUM in metrics:
         return K.RSUM
+    if K.AVG_MAP in metrics:
+        return K.AVG_MAP
     raise ConfigError(f"no chance level is known for a protocol with the metrics {', '.join(sorted(metrics))} "
-                      "(xmrbench/gate/chance.py knows rsum)")
+                      "(xmrbench/gate/chance.py knows rsum and the whole-list label mAP avg_map)")
 
 
-def chance_level(metric: str, *, images: int, captions_per_image: int, folds: int = 1) -> float:
-    """Chance level of ``metric`` on a split of ``images`` images scored in ``folds`` equal folds."""
+def chance_level(metric: str, *, images: int, captions_per_image: int, folds: int = 1,
+                 runs: Sequence[Mapping[str, float]] = ()) -> float:
+    """Chance level of ``metric`` on a split of ``images`` images scored in ``folds`` equal folds.
+
+    A label mAP's chance level depends on the split's labels: it is read from ``runs``, the
+    protocol's metrics of the runs being judged (the mean of their recorded chance levels).
+    """
     if folds < 1 or images % folds:
         raise ValueError(f"{images} images do not split into {folds} equal folds")
     if metric == K.RSUM:
         return chance_rsum(images // folds, captions_per_image)
+    if metric in MAP_CHANCE_KEYS:
+        key = MAP_CHANCE_KEYS[metric]
+        if not runs:
+            raise ConfigError(f"the chance level of {metric} depends on the split's labels: pass the runs' metrics")
+        if any(key not in run for run in runs):
+            raise ConfigError(f"a run's metrics lack {key}, the chance level of {metric}: it was computed before "
+                              "the label task recorded it; run it again")
+        return float(np.mean([float(run[key]) for run in runs]))
     raise ConfigError(f"no chance level is known for metric {metric!r}")
+
+
+def map_resolution(n_images: int, n_texts: int) -> float:
+    """How far one image query and one text query can move ``avg_map``: a query's AP lies in
+    [0, 1], so one image query moves ``i2t_map`` by at most 1/n_images, one text query
+    ``t2i_map`` by at most 1/n_texts, and ``avg_map`` is their mean."""
+    return (1.0 / n_images + 1.0 / n_texts) / 2
 
 
 def resolution(metric: str, *, images: int, captions_per_image: int, folds: int = 1) -> float:
     """The change of ``metric`` that one image query and one caption query can cause (per fold)."""
+    if folds < 1 or images % folds:
+        raise ValueError(f"{images} images do not split into {folds} equal folds")
+    n_images = images // folds
+    n_texts = n_images * captions_per_image
     if metric == K.RSUM:
-        return rsum_resolution(images // folds, captions_per_image)
+        return rsum_resolution(n_images, captions_per_image)
+    if metric == K.AVG_MAP:
+        return map_resolution(n_images, n_texts)
+    if metric == K.I2T_MAP:
+        return 1.0 / n_images
+    if metric == K.T2I_MAP:
+        return 1.0 / n_texts
     raise ConfigError(f"no resolution is known for metric {metric!r}")

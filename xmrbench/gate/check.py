@@ -35,6 +35,7 @@ from xmrbench.gate.learning import (
     REFERENCE_SEEDS,
     LearningCheck,
     band_problem,
+    fmt,
     tolerance,
 )
 from xmrbench.gate.references import read_reference, reference_path, write_reference
@@ -198,14 +199,15 @@ def reference_doc(resolved: ResolvedRecipe, runs: Sequence[CellRuns]) -> tuple[d
             first = cr.metrics[resolved.seeds[0]][proto]
             metric = C.headline_metric(first)
             values = [float(cr.metrics[s][proto][metric]) for s in resolved.seeds]
-            chance = C.chance_level(metric, **split)
+            chance = C.chance_level(metric, **split, runs=[cr.metrics[s][proto] for s in resolved.seeds])
             floor = FLOOR_QUERIES * C.resolution(metric, **split)
             tol = tolerance(values, n_gate=len(GATE_SEEDS), floor=floor)
             mean = float(np.mean(values))
-            problem = band_problem(expect=expect, mean=mean, tol=tol, bar=BAR * chance, chance=chance)
+            problem = band_problem(expect=expect, mean=mean, tol=tol, bar=BAR * chance, chance=chance, metric=metric)
             if problem:
-                refused.append(f"{resolved.id}: row {cell.row.id!r} (cell {cell.id}): {proto} {metric} {mean:.1f} "
-                               f"± {np.std(values, ddof=1):.1f} over seeds {_seeds(resolved.seeds)}: {problem}")
+                refused.append(f"{resolved.id}: row {cell.row.id!r} (cell {cell.id}): {proto} {metric} "
+                               f"{fmt(mean, metric)} ± {fmt(float(np.std(values, ddof=1)), metric)} over seeds "
+                               f"{_seeds(resolved.seeds)}: {problem}")
             checks[proto] = {
                 "metric": metric, **split, "values": values, "mean": mean,
                 "sd": float(np.std(values, ddof=1)), "floor": floor, "tolerance": tol, "chance": chance,

@@ -236,6 +236,7 @@ def _loss_goldens(out: _Entries, jitter: float) -> None:
                 out.add(f"{prefix}/sims_value", value, SMOOTH, f"{what} on a given sims matrix: value")
                 out.add(f"{prefix}/grad_sims", grad_sims, SMOOTH, f"{what} on a given sims matrix: d/d sims")
     _instance_loss_goldens(out, jitter)
+    _acmr_loss_goldens(out, jitter)
 
 
 def _instance_loss_goldens(out: _Entries, jitter: float) -> None:
@@ -254,6 +255,64 @@ def _instance_loss_goldens(out: _Entries, jitter: float) -> None:
         out.add(f"{prefix}/value", value, SMOOTH, f"{what}: value")
         out.add(f"{prefix}/grad_img_logits", grad_a, SMOOTH, f"{what}: d/d img_logits")
         out.add(f"{prefix}/grad_txt_logits", grad_b, SMOOTH, f"{what}: d/d txt_logits")
+
+
+#: The ACMR loss batch: 4 images, 6 texts, the text's image as in the model batches.
+#: Single labels (classes of the images) and multi-hot labels (4 classes); a text
+#: carries its image's labels. Every anchor has positives and negatives.
+_ACMR_IMAGE_CLASSES = (0, 1, 1, 2)
+_ACMR_IMAGE_MULTI_HOT = ((1, 0, 1, 0), (0, 1, 0, 0), (1, 1, 0, 0), (0, 0, 1, 1))
+
+
+def _acmr_loss_goldens(out: _Entries, jitter: float) -> None:
+    """ACMR's loss terms (not registered retrieval losses: they read labels, logits and
+    weights): ``L_imi`` (sum and mean), ``L_imd`` (single and multi-hot labels), ``L_reg``
+    and ``L_adv``, with gradients w.r.t. both of their inputs."""
+    from xmrbench.core.losses import acmr
+
+    draw = _Draw(1200, jitter)
+    caption_image = torch.tensor(_CAPTION_IMAGE)
+    single = torch.tensor(_ACMR_IMAGE_CLASSES)
+    multi = torch.tensor(_ACMR_IMAGE_MULTI_HOT)
+    labels = {
+        "single": (acmr.label_matrix(single, 3), acmr.label_matrix(single[caption_image], 3)),
+        "multi": (acmr.label_matrix(multi, 4), acmr.label_matrix(multi[caption_image], 4)),
+    }
+    # projections in (-1, 1), as the projectors' tanh gives them
+    img_emb, txt_emb = draw.uniform(-1.0, 1.0, 4, 5), draw.uniform(-1.0, 1.0, 6, 5)
+    for setting, kind, kw in (
+        ("", "single", dict(lam=0.05, margin=1.65, reduction="sum")),
+        ("multi-label-mean", "multi", dict(lam=0.5, margin=1.75, reduction="mean")),
+    ):
+        prefix = f"loss/acmr/imi/{setting}".rstrip("/")
+        what = f"ACMR L_imi ({kind} labels, lambda {kw['lam']}, margin {kw['margin']}, {kw['reduction']})"
+        a, b = _leaf(img_emb), _leaf(txt_emb)
+        value = acmr.imi_loss(a, b, *labels[kind], **kw)
+        grad_a, grad_b = _grad_of(value, a, b)
+        out.add(f"{prefix}/value", value, SMOOTH, f"{what}: value")
+        out.add(f"{prefix}/grad_img", grad_a, SMOOTH, f"{what}: d/d img_emb")
+        out.add(f"{prefix}/grad_txt", grad_b, SMOOTH, f"{what}: d/d txt_emb")
+    for kind, n_classes in (("single", 3), ("multi", 4)):
+        prefix = "loss/acmr/imd" if kind == "single" else "loss/acmr/imd/multi-label"
+        what = f"ACMR L_imd ({kind} labels)"
+        a, b = _leaf(draw.normal(4, n_classes)), _leaf(draw.normal(6, n_classes))
+        value = acmr.imd_loss(a, b, *labels[kind])
+        grad_a, grad_b = _grad_of(value, a, b)
+        out.add(f"{prefix}/value", value, SMOOTH, f"{what}: value")
+        out.add(f"{prefix}/grad_img_logits", grad_a, SMOOTH, f"{what}: d/d img_logits (label classifier)")
+        out.add(f"{prefix}/grad_txt_logits", grad_b, SMOOTH, f"{what}: d/d txt_logits (label classifier)")
+    a, b = _leaf(draw.normal(4, 2)), _leaf(draw.normal(6, 2))
+    value = acmr.adversarial_loss(a, b)
+    grad_a, grad_b = _grad_of(value, a, b)
+    out.add("loss/acmr/adv/value", value, SMOOTH, "ACMR L_adv: value")
+    out.add("loss/acmr/adv/grad_img_logits", grad_a, SMOOTH, "ACMR L_adv: d/d img_logits (modality classifier)")
+    out.add("loss/acmr/adv/grad_txt_logits", grad_b, SMOOTH, "ACMR L_adv: d/d txt_logits (modality classifier)")
+    weights = [_leaf(draw.normal(*shape)) for shape in ((6, 7), (4, 6), (5, 9), (4, 5))]
+    value = acmr.reg_loss(weights)
+    grads = _grad_of(value, *weights)
+    out.add("loss/acmr/reg/value", value, SMOOTH, "ACMR L_reg of four weight matrices: value")
+    out.add("loss/acmr/reg/grad_weights", torch.cat([g.ravel() for g in grads]), SMOOTH,
+            "ACMR L_reg: d/d each weight matrix (6x7, 4x6, 5x9, 4x5), concatenated")
 
 
 # ---------------------------------------------------------------------------------
@@ -352,12 +411,15 @@ def _tokens(draw: _Draw, vocab: int, lengths: Iterable[int]):
 
 
 class _PairSplit:
-    """What ``fit`` reads of a prepared training split: images, caption vectors, caption -> image."""
+    """What ``fit`` and ``prepare_training`` read of a prepared training split: images,
+    caption vectors, caption -> image, and the split's per-image ``extras`` (labels)."""
 
     name = "train"
 
-    def __init__(self, images: torch.Tensor, texts: torch.Tensor, caption_image: np.ndarray):
+    def __init__(self, images: torch.Tensor, texts: torch.Tensor, caption_image: np.ndarray,
+                 extras: dict[str, Any] | None = None):
         self.images, self.texts, self._caption_image = images, texts, caption_image
+        self.split = SimpleNamespace(extras=dict(extras or {}))
 
     @property
     def n_images(self) -> int:
@@ -475,6 +537,46 @@ def _model_cases(name: str, draw: _Draw) -> dict[str, _ModelCase]:
         test_latent = draw.normal(N_IMAGES, 3)
         test_images = test_latent @ draw.normal(3, 6) + 0.5 * draw.normal(N_IMAGES, 6)
         return {"": _ModelCase(model, test_images, TextBatch(vectors=draw.normal(N_CAPTIONS, 5)))}
+    if name == "cca3v":
+        # as for cca, plus three classes that shift the weakest latent factor: the label
+        # view correlates with the other two, so it shapes the fitted space
+        n = 60
+        caption_image = np.repeat(np.arange(n), 2)
+        labels = np.arange(n) % 3
+        latent = draw.normal(n, 3) * torch.tensor([3.0, 2.0, 1.0])
+        latent[:, 2] += 2.0 * torch.from_numpy(labels - 1.0)
+        images = latent @ draw.normal(3, 6) + 0.5 * draw.normal(n, 6)
+        texts = latent[caption_image] @ draw.normal(3, 5) + 0.5 * draw.normal(2 * n, 5)
+        split = _PairSplit(images, texts, caption_image, extras={"labels": labels})
+        model = _build(name, dict(dim=3, reg=0.1), InputDims(image_dim=6, vocab_size=0, text_dim=5),
+                       draw, split=split)
+        test_latent = draw.normal(N_IMAGES, 3)
+        test_images = test_latent @ draw.normal(3, 6) + 0.5 * draw.normal(N_IMAGES, 6)
+        return {"": _ModelCase(model, test_images, TextBatch(vectors=draw.normal(N_CAPTIONS, 5)))}
+    if name == "corr_ae":
+        # features with their own offset and scale per dimension, so that the fitted
+        # input scaling (per view or per feature) matters
+        n = 10
+        offsets_img, scales_img = draw.normal(7, scale=2.0), draw.uniform(0.5, 3.0, 7)
+        offsets_txt, scales_txt = draw.normal(9, scale=2.0), draw.uniform(0.5, 3.0, 9)
+        split = _PairSplit(draw.normal(n, 7) * scales_img + offsets_img,
+                           draw.normal(2 * n, 9) * scales_txt + offsets_txt, np.repeat(np.arange(n), 2))
+        cases = {}
+        for variant, extra in (("", {}), ("euclidean", dict(similarity="euclidean")),
+                               ("feature-scaling", dict(input_scaling="feature"))):
+            params = dict(code_dim=5, hidden_dims=(6,), **extra)
+            model = _build(name, params, InputDims(image_dim=7, vocab_size=0, text_dim=9), draw, split=split)
+            model.prepare_training(split)  # the input scaling is fitted, not drawn: refit what the draw set
+            images = draw.normal(N_IMAGES, 7) * scales_img + offsets_img
+            texts = draw.normal(N_CAPTIONS, 9) * scales_txt + offsets_txt
+            cases[variant] = _ModelCase(model, images, TextBatch(vectors=texts))
+        return cases
+    if name == "acmr":
+        # the label classifier is sized by the training split's labels: 4 classes
+        split = SimpleNamespace(name="train", split=SimpleNamespace(extras={"labels": np.array([0, 3, 1, 2, 3])}))
+        params = dict(image_hidden=6, text_hidden=5, dim=4, adversary_hidden=3)
+        model = _build(name, params, InputDims(image_dim=7, vocab_size=0, text_dim=9), draw, split=split)
+        return {"": _ModelCase(model, draw.normal(N_IMAGES, 7), TextBatch(vectors=draw.normal(N_CAPTIONS, 9)))}
     if name == "sg_baseline":
         tags = 8
         scores = draw.uniform(0.0, 1.0, N_IMAGES, tags) * (draw.integers(0, 3, N_IMAGES, tags) > 0)
@@ -508,6 +610,17 @@ def _model_goldens(out: _Entries, jitter: float) -> None:
             out.add(f"{prefix}/pair_scores", pairs, SMOOTH, f"{what}: scores of 4 aligned pairs")
             if name == "cca":
                 out.add(f"{prefix}/correlations", model.correlations, SMOOTH, f"{what}: canonical correlations")
+            if name == "cca3v":
+                out.add(f"{prefix}/eigenvalues", model.eigenvalues, SMOOTH,
+                        f"{what}: top generalised eigenvalues of the three-view problem")
+            if name == "acmr":
+                with torch.no_grad():
+                    label_logits = torch.cat([model.label_logits(img_emb), model.label_logits(txt_emb)])
+                    modality_logits = torch.cat([model.modality_logits(img_emb), model.modality_logits(txt_emb)])
+                out.add(f"{prefix}/label_logits", label_logits, SMOOTH,
+                        f"{what}: label classifier logits (4 classes) of the 4 image, then the 6 text embeddings")
+                out.add(f"{prefix}/modality_logits", modality_logits, SMOOTH,
+                        f"{what}: modality classifier logits of the 4 image, then the 6 text embeddings")
             if variant == "":
                 _auxiliary_goldens(out, name, model, case, what)
 
@@ -523,6 +636,15 @@ def _auxiliary_goldens(out: _Entries, name: str, model: Any, case: _ModelCase, w
     images = _leaf(case.images)
     img_emb = model.encode_images(images)
     txt_emb = model.encode_texts(case.text)
+    if name == "corr_ae":  # its training objective is the model's own
+        terms = model.objective(images, case.text, labels[1])
+        grads = [_grad_of(getattr(model.objective(images, case.text, labels[1]), part), images)[0].ravel()
+                 for part in ("recon_img", "corr", "total")]  # L_T does not depend on the images
+        out.add(f"model/{name}/objective", torch.stack([terms.recon_img, terms.recon_txt, terms.corr, terms.total]),
+                SMOOTH, f"{what}: objective terms [L_I, L_T, L_C, L] (eval mode)")
+        out.add(f"model/{name}/objective/grad_images", torch.cat(grads), SMOOTH,
+                f"{what}: d L_I, d L_C and d L / d image features, concatenated")
+        return
     batch = TrainBatch(images=images, text=case.text, labels=labels, image_ids=torch.tensor([0, 3, 1, 4]),
                        caption_ids=torch.arange(len(_CAPTION_IMAGE)))
     value = model.auxiliary_loss(batch, img_emb, txt_emb)

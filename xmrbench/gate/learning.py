@@ -5,15 +5,19 @@ counts: on another machine a run is, for the gate's purposes, a fresh draw from 
 seed distribution of its cell. So the gate compares *means over seeds* and derives its
 tolerance from the *spread over seeds* measured when the reference was recorded:
 
-- the reference holds the headline metric (rsum) of ``n_ref`` seeds: mean ``m_ref``,
-  sample standard deviation ``s_ref``;
+- the reference holds the headline metric (rsum for image-sentence retrieval, ``avg_map``
+  for label retrieval) of ``n_ref`` seeds: mean ``m_ref``, sample standard deviation
+  ``s_ref``;
 - the gate runs ``n`` of those seeds and compares their mean ``m`` with ``m_ref``;
 - under "nothing changed", ``(m - m_ref) / (s_ref * sqrt(1/n + 1/n_ref))`` follows a
   Student t distribution with ``n_ref - 1`` degrees of freedom, so the tolerance
   ``t_{1 - alpha/2, n_ref - 1} * s_ref * sqrt(1/n + 1/n_ref)`` is exceeded with
   probability ``alpha`` per check;
 - it is never below a floor of two queries' worth in each direction (a deterministic
-  model has ``s_ref = 0``, and a BLAS difference may still flip a near-tie).
+  model has ``s_ref = 0``, and a BLAS difference may still flip a near-tie): for rsum
+  the recalls one image query and one caption query can move, twice; for ``avg_map``
+  ``1/n_images + 1/n_texts`` (a query's AP lies in [0, 1] and ``avg_map`` is the mean of
+  the two directions' mAPs; :mod:`xmrbench.gate.chance`).
 
 A reference is recorded only when the model is clearly above chance: the whole band
 ``m_ref ± tolerance`` lies above the learning bar, ``BAR x`` the chance level of the
@@ -37,6 +41,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as _st
 
+from xmrbench.core.metrics import keys as K
+
 #: The seeds the gate runs, and the seeds a reference is recorded over.
 GATE_SEEDS: tuple[int, ...] = (0, 1, 2)
 REFERENCE_SEEDS: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6, 7)
@@ -49,6 +55,13 @@ BAR = 2.0
 NEAR = 1.5
 #: The tolerance floor, in queries' worth (one image query and one caption query each).
 FLOOR_QUERIES = 2
+
+
+def fmt(value: float, metric: str = K.RSUM) -> str:
+    """``value`` of ``metric`` as the gate's messages print it: fractions (mAP) to three
+    decimals, everything else (rsum) to one."""
+    spec = K.METRICS.get(metric)
+    return f"{value:.3f}" if spec is not None and spec.scale == "fraction" else f"{value:.1f}"
 
 
 def tolerance(values: Sequence[float], *, n_gate: int, floor: float, alpha: float = ALPHA) -> float:
@@ -104,23 +117,26 @@ class LearningCheck:
     def why(self) -> str:
         """One line saying why a failed check failed."""
         parts = []
+        d = 4 if K.METRICS.get(self.metric) is not None and K.METRICS[self.metric].scale == "fraction" else 2
         if not self.within:
-            parts.append(f"mean {self.current_mean:.2f} is {self.delta:+.2f} from the reference {self.reference_mean:.2f} "
-                         f"(tolerance {self.tolerance:.2f})")
+            parts.append(f"mean {self.current_mean:.{d}f} is {self.delta:+.{d}f} from the reference "
+                         f"{self.reference_mean:.{d}f} (tolerance {self.tolerance:.{d}f})")
         if not self.on_the_right_side:
             side = "below" if self.expect == "learns" else "above"
-            parts.append(f"{side} the learning bar {self.bar:.2f} (chance {self.chance:.2f})")
+            parts.append(f"{side} the learning bar {self.bar:.{d}f} (chance {self.chance:.{d}f})")
         return "; ".join(parts) or "passed"
 
 
-def band_problem(*, expect: str, mean: float, tol: float, bar: float, chance: float) -> str | None:
+def band_problem(*, expect: str, mean: float, tol: float, bar: float, chance: float,
+                 metric: str = K.RSUM) -> str | None:
     """Why a reference cannot be recorded, or None: see the module docstring."""
     lo, hi = mean - tol, mean + tol
     if expect == "learns" and lo < bar:
-        return (f"its band [{lo:.1f}, {hi:.1f}] is not above the learning bar {bar:.1f} ({BAR:g} x chance "
-                f"{chance:.1f}): the smoke profile leaves it too close to chance to tell a trained model from an "
-                "untrained one (train it longer, or declare it near_chance with the paper's reason)")
+        return (f"its band [{fmt(lo, metric)}, {fmt(hi, metric)}] is not above the learning bar {fmt(bar, metric)} "
+                f"({BAR:g} x chance {fmt(chance, metric)}): the smoke profile leaves it too close to chance to tell "
+                "a trained model from an untrained one (train it longer, or declare it near_chance with the "
+                "paper's reason)")
     if expect == "near_chance" and mean > NEAR * chance:
-        return (f"it is declared near chance but its mean {mean:.1f} is above {NEAR:g} x chance "
-                f"({NEAR * chance:.1f}): it learns here")
+        return (f"it is declared near chance but its mean {fmt(mean, metric)} is above {NEAR:g} x chance "
+                f"({fmt(NEAR * chance, metric)}): it learns here")
     return None

@@ -4,7 +4,9 @@ One JSON file per recipe under ``results/reference/`` records, for every runnabl
 of the recipe's ``smoke`` profile, the metrics of every reference seed (for bit-exact
 replay), and per evaluation protocol the learning check: the headline metric's values
 over the seeds, their mean and spread, the chance level of the split, the learning
-bar and the tolerance derived from the spread (see :mod:`xmrbench.gate.learning`).
+bar and the tolerance derived from the spread (see :mod:`xmrbench.gate.learning`). A
+label-mAP check records its chance level as the other checks do: the mean of the chance
+levels its runs recorded from the split's labels (:mod:`xmrbench.gate.chance`).
 """
 
 from __future__ import annotations

@@ -215,10 +215,14 @@ class Figure(Strict):
     split counted by cross-retrieval rank (``xmrbench/core/metrics/cross_rank.py``),
     scored by the stored model of run ``seed``. ``speed_accuracy``: per metric of ``series``
     (default: i2t and t2i R@1) one panel, each cell of ``rows`` a marker at (seconds its
-    runs took to evaluate ``protocol``, mean metric), its area by parameter count."""
+    runs took to evaluate ``protocol``, mean metric), its area by parameter count.
+    ``precision_scope`` (ACMR Figure 3): on a label protocol (``test_labels`` or
+    ``test_labels_map50``), one panel per direction (Img2Txt, Txt2Img), one line per
+    cell of ``rows`` of the stored precision at the top K against K = 50 ... 1000,
+    mean over seeds."""
 
     id: str
-    kind: Literal["lines", "tsne", "curves", "cross_rank", "speed_accuracy"]
+    kind: Literal["lines", "tsne", "curves", "cross_rank", "speed_accuracy", "precision_scope"]
     title: str
     protocol: str | None = None
     metric: str = "rsum"
@@ -289,6 +293,9 @@ class Recipe(Strict):
     # many expensive rows names a representative few, and ``xmrbench check --all`` judges all
     ci_rows: tuple[str, ...] = ()
     figures: tuple[Figure, ...] = ()  # drawn by ``report --plots`` (README, "The paper's figures")
+    # a derived sweep recipe (``xmrbench sweep``): row id -> the {dotted key: value} that row
+    # sets, for the sweep's table and figure (one panel per key); empty for other recipes
+    sweep_points: dict[str, dict[str, Any]] = {}
     notes: tuple[str, ...] = ()
 
     @field_validator("id")
@@ -384,6 +391,9 @@ class Recipe(Strict):
             if fig.kind == "cross_rank" and proto is not None and PROTOCOLS[proto].task != "image_text":
                 raise ValueError(f"figures.{fig.id}: a 'cross_rank' figure needs an image-text protocol, "
                                  f"not {proto!r} (task {PROTOCOLS[proto].task!r})")
+            if fig.kind == "precision_scope" and proto is not None and PROTOCOLS[proto].task != "label":
+                raise ValueError(f"figures.{fig.id}: a 'precision_scope' figure needs a label protocol "
+                                 f"(test_labels, test_labels_map50), not {proto!r} (task {PROTOCOLS[proto].task!r})")
             for row_id in fig.rows:
                 if row_id not in by_id or not by_id[row_id].run:
                     raise ValueError(f"figures.{fig.id}.rows: {row_id!r} is not a runnable row")

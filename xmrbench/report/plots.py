@@ -9,9 +9,10 @@
   ``lines`` (a metric against a grid key, one line per row), ``tsne`` (t-SNE maps of
   the test embeddings of stored models, one panel per cell), ``curves`` (stored training
   curves against the epoch, one subplot per curve), ``cross_rank`` (the positive
-  pairs of a split counted by cross-retrieval rank, scored by stored models) and
+  pairs of a split counted by cross-retrieval rank, scored by stored models),
   ``speed_accuracy`` (a metric against the evaluation time the runs measured, marker
-  area by parameter count).
+  area by parameter count) and ``precision_scope`` (ACMR Figure 3: the stored precision
+  at the top K against K, one panel per direction, one line per cell).
 
 Every figure names the dataset ours was measured on, so a synthetic-world figure is
 never mistaken for a Flickr30K or MS-COCO one.
@@ -61,10 +62,15 @@ def curves(rep: TableReport, out_dir: Path) -> Path | None:
     series = {cid: cs for cid, cs in series.items() if cs}
     if not series:
         return None
+    # the dev split's rsum (image-sentence) or mean mAP (label retrieval, ACMR)
+    key = "dev_rsum" if all("dev_rsum" in c for cs in series.values() for c in cs) else "dev_avg_map"
+    series = {cid: cs for cid, cs in series.items() if all(key in c for c in cs)}
+    if not series:
+        return None
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for cid, cs in series.items():
-        n = min(len(c["dev_rsum"]) for c in cs)
-        values = np.array([c["dev_rsum"][:n] for c in cs])
+        n = min(len(c[key]) for c in cs)
+        values = np.array([c[key][:n] for c in cs])
         epochs = np.asarray(cs[0]["epoch"][:n])
         dev_images = docs[cid][0].config.get("eval", {}).get("dev_images")
         label = cid if dev_images is None else f"{cid} (dev: first {dev_images} images)"
@@ -72,7 +78,7 @@ def curves(rep: TableReport, out_dir: Path) -> Path | None:
         if len(cs) > 1:
             ax.fill_between(epochs, values.min(0), values.max(0), alpha=0.2)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("dev rsum")
+    ax.set_ylabel("dev rsum" if key == "dev_rsum" else "dev mean mAP")
     ax.set_title(f"{rep.recipe.id}: training curves\n{_subtitle(rep)}", fontsize=9)
     ax.legend(fontsize=7)
     return _save(fig, out_dir / f"{safe_name(rep.recipe.id)}-curves.png")
@@ -81,15 +87,17 @@ def curves(rep: TableReport, out_dir: Path) -> Path | None:
 def ranks(rep: TableReport, out_dir: Path) -> Path | None:
     proto = rep.recipe.default_protocol
     docs = _docs_by_cell(rep)
-    have = {cid: ds for cid, ds in docs.items() if any(proto in d.ranks for d in ds)}
+    # per-query ranks of both directions (a label task stores none)
+    has = lambda d: bool(d.ranks.get(proto, {}).get("i2t")) and bool(d.ranks.get(proto, {}).get("t2i"))  # noqa: E731
+    have = {cid: [d for d in ds if has(d)] for cid, ds in docs.items() if any(has(d) for d in ds)}
     if not have:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, direction in zip(axes, ("i2t", "t2i")):
-        longest = max(max(d.ranks[proto][direction]) for ds in have.values() for d in ds if proto in d.ranks) + 1
+        longest = max(max(d.ranks[proto][direction]) for ds in have.values() for d in ds) + 1
         bins = np.unique(np.logspace(0, np.log10(max(longest, 2)), 30).astype(int))
         for cid, ds in have.items():
-            r = np.concatenate([np.asarray(d.ranks[proto][direction]) + 1 for d in ds if proto in d.ranks])
+            r = np.concatenate([np.asarray(d.ranks[proto][direction]) + 1 for d in ds])
             ax.hist(r, bins=bins, histtype="step", weights=np.full(len(r), 1.0 / len(r)), label=cid)
         ax.set_xscale("log")
         ax.set_xlabel(f"{direction} rank (1 = best), log bins")
@@ -154,6 +162,30 @@ def sweep(rep: TableReport, out_dir: Path) -> Path | None:
     ax.set_title(f"{recipe.id}\n{_subtitle(rep)}", fontsize=9)
     ax.legend(fontsize=7)
     return _save(fig, out_dir / f"{safe_name(recipe.id)}-sweep.png")
+
+
+def star_sweep_figure(series: dict[str, list[tuple[Any, list[float]]]], *, title: str, metric: str, protocol: str,
+                      datasets: list[str], path: Path) -> Path | None:
+    """A sweep of one parameter at a time (ACMR Figure 6, say): one panel per swept key,
+    ``metric`` on ``protocol`` against the key's values (mean over seeds, band from the
+    lowest to the highest seed), the values spaced evenly and labelled as given, since
+    such sweeps mix 0 with powers of ten."""
+    keys = [k for k, points in series.items() if any(vals for _, vals in points)]
+    if not keys:
+        return None
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.8), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        points = [(v, vals) for v, vals in series[key] if vals]
+        xs = np.arange(len(points))
+        means = np.array([np.mean(vals) for _, vals in points])
+        ax.plot(xs, means, marker="o")
+        ax.fill_between(xs, [min(vals) for _, vals in points], [max(vals) for _, vals in points], alpha=0.2)
+        ax.set_xticks(xs, [str(v) for v, _ in points])
+        ax.set_xlabel(key)
+        ax.set_ylabel(f"{metric} ({protocol})")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{title}\nours: {', '.join(datasets) or 'no results'} | mean over seeds, band = min..max", fontsize=9)
+    return _save(fig, path)
 
 
 def _point_value(rep: TableReport, cell_id: str, key: str):
@@ -259,7 +291,8 @@ def _figure_cells(rep: TableReport, fig: Figure) -> list[Cell]:
 
 #: axis labels of the stored curves a ``curves`` figure usually draws (others: the key)
 _CURVE_LABELS = {"dev_i2t_r1": "i2t R@1 (dev)", "dev_t2i_r1": "t2i R@1 (dev)", "dev_rsum": "rsum (dev)",
-                 "dev_score": "selection score (dev)", "train_loss": "training loss"}
+                 "dev_score": "selection score (dev)", "train_loss": "training loss",
+                 "dev_avg_map": "mean mAP (dev)", "emb_loss": "embedding loss L_emb", "adv_loss": "adversarial loss L_adv"}
 
 
 def curves_data(rep: TableReport, fig: Figure) -> dict[str, list[tuple[Cell, np.ndarray, np.ndarray]]]:
@@ -412,6 +445,56 @@ def speed_accuracy_figure(rep: TableReport, fig: Figure, out_dir: Path) -> Path 
     return _save(figure, out_dir / f"{safe_name(recipe.id)}-{safe_name(fig.id)}.png")
 
 
+#: panel titles of a ``precision_scope`` figure, as ACMR names the two directions
+_DIRECTIONS = {"i2t": "Img2Txt", "t2i": "Txt2Img"}
+
+
+def precision_scope_data(rep: TableReport, fig: Figure) -> dict[str, list[tuple[Cell, np.ndarray, np.ndarray]]]:
+    """Per direction (``i2t``, ``t2i``): for each cell of ``fig.rows`` with results on the
+    figure's label protocol, (cell, scopes K ``(P,)``, mean precision over its seeds ``(P,)``)
+    from the stored keys ``i2t_p50`` ... ``t2i_p1000``. Only the K every one of the cell's
+    runs recorded are kept (a K beyond the gallery is never recorded, see
+    ``core/metrics/labels.py:label_metrics``); cells with none are left out."""
+    proto = fig.protocol or rep.recipe.default_protocol
+    by_id = {c.id: c for c in rep.cells}
+    drawn: dict[str, list[tuple[Cell, np.ndarray, np.ndarray]]] = {}
+    for direction in _DIRECTIONS:
+        for cell in _figure_cells(rep, fig):
+            docs = [d for d in (by_id[cell.id].docs if cell.id in by_id else []) if proto in d.metrics]
+            scopes = [k for k in K.PRECISION_SCOPES
+                      if docs and all(K.precision_key(direction, k) in d.metrics[proto] for d in docs)]
+            if scopes:
+                means = [float(np.mean([d.metrics[proto][K.precision_key(direction, k)] for d in docs]))
+                         for k in scopes]
+                drawn.setdefault(direction, []).append((cell, np.asarray(scopes), np.asarray(means)))
+    return drawn
+
+
+def precision_scope_figure(rep: TableReport, fig: Figure, out_dir: Path) -> Path | None:
+    """A declared ``precision_scope`` figure (ACMR Figure 3): one panel per direction
+    (Img2Txt, Txt2Img), one line per cell of ``fig.rows``: precision of the top K (mean
+    over seeds) against the scope K = 50, 100, ..., 1000 as the label task stored it
+    (:func:`precision_scope_data`). The paper's text says the scope runs from 1; its
+    figure starts at 50, and so does this one. None when no cell stored precision."""
+    drawn = precision_scope_data(rep, fig)
+    if not drawn:
+        return None
+    recipe = rep.recipe
+    proto = fig.protocol or recipe.default_protocol
+    figure, axes = plt.subplots(1, len(drawn), figsize=(5.2 * len(drawn), 4.2), squeeze=False, sharey=True,
+                                layout="constrained")
+    for ax, (direction, lines) in zip(axes[0], drawn.items()):
+        for cell, scopes, means in lines:
+            ax.plot(scopes, means, marker="o", markersize=3, label=cell.label)
+        ax.set_xlabel("scope K (top-K retrieved items)")
+        ax.set_title(_DIRECTIONS[direction], fontsize=9)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel(f"precision@K ({proto})")
+    figure.suptitle(f"{recipe.id}: {fig.title} (mean over seeds; ties count against the query)\n{_subtitle(rep)}",
+                    fontsize=9)
+    return _save(figure, out_dir / f"{safe_name(recipe.id)}-{safe_name(fig.id)}.png")
+
+
 def paper_figures(
     rep: TableReport, out_dir: Path, embed: Embedder | None = None, score: Scorer | None = None
 ) -> list[Path]:
@@ -426,6 +509,8 @@ def paper_figures(
             made.append(curves_figure(rep, fig, out_dir))
         elif fig.kind == "speed_accuracy":
             made.append(speed_accuracy_figure(rep, fig, out_dir))
+        elif fig.kind == "precision_scope":
+            made.append(precision_scope_figure(rep, fig, out_dir))
         elif fig.kind == "tsne" and embed is not None:
             made.append(tsne_figure(rep, fig, out_dir, embed))
         elif fig.kind == "cross_rank" and score is not None:

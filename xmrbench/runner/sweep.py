@@ -129,13 +129,14 @@ def with_settings(recipe: Recipe, row_id: str, settings: Sequence[dict[str, Any]
                 need.append(dep)
                 todo.append(by_id[dep])
     kept = [r.model_dump() | {"paper": {}, "source": None} for r in recipe.rows if r.id in need]
-    copies, seen = [], set()
+    copies, seen, points = [], set(), {}
     for setting in settings:
         suffix = ".".join(f"{k.rsplit('.', 1)[-1]}-{_slug(v)}" for k, v in setting.items())
         rid = f"{base.id}.{suffix}"
         if rid in seen:
             continue
         seen.add(rid)
+        points[rid] = dict(setting)
         label = f"{base.label} [{', '.join(f'{k} = {v}' for k, v in setting.items())}]"
         copies.append(base.model_dump() | {"id": rid, "label": label, "set": {**base.set, **setting},
                                            "paper": {}, "source": None})
@@ -144,6 +145,7 @@ def with_settings(recipe: Recipe, row_id: str, settings: Sequence[dict[str, Any]
     data.update(id=f"{recipe.id}.sweep-{names}", kind="sweep",
                 title=f"{recipe.title} (sweep of {base.id} over {', '.join(dict.fromkeys(k for s in settings for k in s))})",
                 rows=kept + copies, paper_values={}, claims=[], figures=[], ci_rows=[], cell_profiles={},
+                sweep_points=points,
                 near_chance={k: v for k, v in recipe.near_chance.items() if k in need},
                 not_gated={k: v for k, v in recipe.not_gated.items() if k in need})
     try:
@@ -152,10 +154,17 @@ def with_settings(recipe: Recipe, row_id: str, settings: Sequence[dict[str, Any]
         raise ConfigError(f"invalid sweep: {exc}") from None
 
 
+def headline_metric(recipe: Recipe) -> str:
+    """The one number a sweep tabulates and plots per cell: the mean mAP of a label-retrieval
+    table (ACMR's), else rsum."""
+    return "avg_map" if "avg_map" in recipe.columns else "rsum"
+
+
 def printed_rows(resolved: ResolvedRecipe) -> dict[str, tuple[str, float | None]]:
-    """Config hash -> (row id, printed rsum on the default protocol) for every row of the
-    recipe a sweep was derived from that has printed numbers; a sweep cell with the same
-    config is the paper's row. rsum is the printed rsum, else the sum of the printed recalls."""
+    """Config hash -> (row id, printed headline metric on the default protocol) for every row
+    of the recipe a sweep was derived from that has printed numbers; a sweep cell with the
+    same config is the paper's row. rsum is the printed rsum, else the sum of the printed
+    recalls; the mean mAP is the printed one."""
     base_id = resolved.id.split(".sweep-")[0]
     if base_id == resolved.id:
         return {}
@@ -165,10 +174,15 @@ def printed_rows(resolved: ResolvedRecipe) -> dict[str, tuple[str, float | None]
     except Exception:  # a recipe given by a path that moved: no printed numbers to show
         return {}
     proto = original.recipe.default_protocol
+    metric = headline_metric(original.recipe)
     out: dict[str, tuple[str, float | None]] = {}
     for cell in original.cells:
         printed = cell.paper.get(proto)
         if not printed or cell.config is None or cell.members:
+            continue
+        if metric != "rsum":
+            value = printed.get(metric)
+            out.setdefault(cell.config.hash(), (cell.id, None if value is None else float(value)))  # type: ignore[arg-type]
             continue
         if printed.get("rsum") is not None:
             rsum = float(printed["rsum"])  # type: ignore[arg-type]
@@ -179,23 +193,56 @@ def printed_rows(resolved: ResolvedRecipe) -> dict[str, tuple[str, float | None]
     return out
 
 
+def cell_values(resolved: ResolvedRecipe, store: ResultStore, cell_id: str, cell_hash: str,
+                metric: str, protocol: str) -> list[float]:
+    """``metric`` on ``protocol`` of every stored seed of one cell."""
+    out = []
+    for seed in resolved.seeds:
+        st = store.status(resolved.id, cell_id, cell_hash, seed)
+        if st.doc is not None and metric in st.doc.metrics.get(protocol, {}):
+            out.append(float(st.doc.metrics[protocol][metric]))
+    return out
+
+
 def sweep_table(resolved: ResolvedRecipe, store: ResultStore) -> Table:
-    """rsum (mean over seeds) of every swept cell on the first protocol, beside the paper's
-    row of the same settings when the table it was derived from prints one."""
+    """The headline metric (rsum, or a label table's mean mAP; mean over seeds) of every
+    swept cell on the first protocol and on dev, beside the paper's row of the same
+    settings when the table it was derived from prints one."""
     proto = resolved.recipe.default_protocol
+    metric = headline_metric(resolved.recipe)
+    digits = 3 if metric != "rsum" else 1
     printed = printed_rows(resolved)
     table = Table(title=f"{resolved.id} ({resolved.profile} profile; ours on the synthetic world unless --data-root)")
     table.add_column("cell", overflow="fold")
-    for name in ("seeds", f"rsum ({proto}, ours)", "dev rsum", "paper row", "paper rsum"):
+    for name in ("seeds", f"{metric} ({proto}, ours)", f"dev {metric}", "paper row", f"paper {metric}"):
         table.add_column(name, overflow="fold")
     for cell in resolved.cells:
-        vals, dev = [], []
-        for seed in resolved.seeds:
-            st = store.status(resolved.id, cell.id, cell.hash, seed)  # type: ignore[arg-type]
-            if st.doc is not None:
-                vals.append(st.doc.metrics[proto]["rsum"])
-                dev.append(st.doc.metrics.get("dev", {}).get("rsum", float("nan")))
-        mean = lambda xs: f"{sum(xs) / len(xs):.1f}" if xs else "-"  # noqa: E731
-        row, rsum = printed.get(cell.config.hash(), ("-", None)) if cell.config is not None else ("-", None)
-        table.add_row(cell.id, str(len(vals)), mean(vals), mean(dev), row, "-" if rsum is None else f"{rsum:.1f}")
+        vals = cell_values(resolved, store, cell.id, cell.hash, metric, proto)  # type: ignore[arg-type]
+        dev = cell_values(resolved, store, cell.id, cell.hash, metric, "dev")  # type: ignore[arg-type]
+        mean = lambda xs: f"{sum(xs) / len(xs):.{digits}f}" if xs else "-"  # noqa: E731
+        row, value = printed.get(cell.config.hash(), ("-", None)) if cell.config is not None else ("-", None)
+        table.add_row(cell.id, str(len(vals)), mean(vals), mean(dev), row,
+                      "-" if value is None else f"{value:.{digits}f}")
     return table
+
+
+def sweep_series(resolved: ResolvedRecipe, store: ResultStore) -> tuple[dict[str, list[tuple[Any, list[float]]]], list[str]]:
+    """For a sweep of a paper's own parameters, one parameter at a time: swept key ->
+    [(value, the headline metric of each stored seed)] in the order swept (the sweep's
+    figure draws one panel per key; a point that sets several keys, from a grid, is left
+    out), and the datasets the stored runs were measured on."""
+    proto = resolved.recipe.default_protocol
+    metric = headline_metric(resolved.recipe)
+    out: dict[str, list[tuple[Any, list[float]]]] = {}
+    datasets: set[str] = set()
+    for cell in resolved.cells:
+        setting = resolved.recipe.sweep_points.get(cell.row.id)
+        if not setting or len(setting) != 1 or cell.hash is None:
+            continue
+        (key, value), = setting.items()
+        out.setdefault(key, []).append((value, cell_values(resolved, store, cell.id, cell.hash, metric, proto)))
+        for seed in resolved.seeds:
+            st = store.status(resolved.id, cell.id, cell.hash, seed)
+            if st.doc is not None:
+                datasets.add(st.doc.dataset.name)
+    return out, sorted(datasets)

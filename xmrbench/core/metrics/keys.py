@@ -1,7 +1,15 @@
 """The one spelling of every metric key, used by the code, the store and every output.
 
-Recalls are in percent (0-100), ranks are 1-based, mAP is a fraction (0-1), as the
-papers print them.
+Recalls are in percent (0-100), ranks are 1-based, mAP and precision are fractions
+(0-1), as the papers print them.
+
+Label-based retrieval has two mAPs that never share a key: ``i2t_map``, ``t2i_map``,
+``avg_map`` are average precision over the whole ranked list normalised by all relevant
+items (the ACMR paper's mAP, protocol ``test_labels``); ``i2t_map50``, ``t2i_map50``,
+``avg_map50`` are the released ACMR code's "mAP@50", over the top 50 normalised by the
+relevant items found there (protocol ``test_labels_map50``). ``i2t_p50`` ...
+``t2i_p1000`` are the precision-scope points (precision of the top K, ACMR Figure 3),
+recorded by both label protocols.
 """
 
 from __future__ import annotations
@@ -28,6 +36,34 @@ RETRIEVAL_KEYS: tuple[str, ...] = (
 
 MAP = "map"
 I2T_MAP, T2I_MAP, AVG_MAP = "i2t_map", "t2i_map", "avg_map"
+I2T_MAP50, T2I_MAP50, AVG_MAP50 = "i2t_map50", "t2i_map50", "avg_map50"
+#: The chance levels of the whole-list mAPs: the expected mAP of a uniformly random ranking
+#: of the split, from its labels (``xmrbench/gate/chance.py``); recorded by the ``label``
+#: task beside the mAPs for the gate's learning bar, never a result to compare
+I2T_MAP_CHANCE, T2I_MAP_CHANCE, AVG_MAP_CHANCE = "i2t_map_chance", "t2i_map_chance", "avg_map_chance"
+#: (image-query, text-query, mean) mAP keys by the depth the mAP is cut at: None = the
+#: whole ranked list (the paper's mAP), 50 = the released ACMR code's mAP@50
+LABEL_MAP_KEYS: dict[int | None, tuple[str, str, str]] = {
+    None: (I2T_MAP, T2I_MAP, AVG_MAP),
+    50: (I2T_MAP50, T2I_MAP50, AVG_MAP50),
+}
+
+#: The precision-scope K's (ACMR Figure 3): the figure's points run from 50 to 1000 in
+#: steps of 50 (the paper's text says the scope varies "from 1 to 1000", its figure and
+#: caption start at 50; we record the figure's points).
+PRECISION_SCOPES: tuple[int, ...] = tuple(range(50, 1001, 50))
+
+
+def precision_key(direction: Literal["i2t", "t2i"], k: int) -> str:
+    """The key of the precision of the top ``k`` for image (``i2t``) or text (``t2i``) queries."""
+    if direction not in ("i2t", "t2i") or k not in PRECISION_SCOPES:
+        raise ValueError(f"no precision key for {direction!r} at {k!r}; scopes are {PRECISION_SCOPES}")
+    return f"{direction}_p{k}"
+
+
+#: image-query and text-query precision at every scope, in scope order
+I2T_PRECISION_KEYS: tuple[str, ...] = tuple(f"i2t_p{k}" for k in PRECISION_SCOPES)
+T2I_PRECISION_KEYS: tuple[str, ...] = tuple(f"t2i_p{k}" for k in PRECISION_SCOPES)
 
 S2S_R1, S2S_R5, S2S_R10 = "s2s_r1", "s2s_r5", "s2s_r10"
 PL_R1, PL_R5, PL_R10 = "pl_r1", "pl_r5", "pl_r10"
@@ -64,9 +100,24 @@ METRICS: Registry[MetricSpec] = Registry("metric", {
         MetricSpec(T2I_MEANR, "text->image mean rank (1-based)", "rank", False),
         MetricSpec(RSUM, "sum of the six recalls R@1,5,10 in both directions", "percent", True),
         MetricSpec(MAP, "mean average precision over the whole ranked list", "fraction", True),
-        MetricSpec(I2T_MAP, "image-query mAP (label relevance)", "fraction", True),
-        MetricSpec(T2I_MAP, "text-query mAP (label relevance)", "fraction", True),
-        MetricSpec(AVG_MAP, "mean of image-query and text-query mAP", "fraction", True),
+        MetricSpec(I2T_MAP, "image-query mAP over the whole ranked list (label relevance)", "fraction", True),
+        MetricSpec(T2I_MAP, "text-query mAP over the whole ranked list (label relevance)", "fraction", True),
+        MetricSpec(AVG_MAP, "mean of image-query and text-query mAP (whole list)", "fraction", True),
+        MetricSpec(I2T_MAP50, "image-query mAP@50 of the released ACMR code (top 50, normalised by the hits "
+                   "found there; label relevance)", "fraction", True),
+        MetricSpec(T2I_MAP50, "text-query mAP@50 of the released ACMR code (top 50, normalised by the hits "
+                   "found there; label relevance)", "fraction", True),
+        MetricSpec(AVG_MAP50, "mean of image-query and text-query mAP@50", "fraction", True),
+        MetricSpec(I2T_MAP_CHANCE, "chance level of i2t_map: expected image-query mAP of a random ranking of the "
+                   "split (from its labels; not a result)", "fraction", False),
+        MetricSpec(T2I_MAP_CHANCE, "chance level of t2i_map: expected text-query mAP of a random ranking of the "
+                   "split (from its labels; not a result)", "fraction", False),
+        MetricSpec(AVG_MAP_CHANCE, "chance level of avg_map: mean of i2t_map_chance and t2i_map_chance (not a "
+                   "result)", "fraction", False),
+        *(MetricSpec(f"i2t_p{k}", f"image-query precision of the top {k} (label relevance)", "fraction", True)
+          for k in PRECISION_SCOPES),
+        *(MetricSpec(f"t2i_p{k}", f"text-query precision of the top {k} (label relevance)", "fraction", True)
+          for k in PRECISION_SCOPES),
         _recall(S2S_R1, "sentence->sentence R@1 (other captions of the same image)"),
         _recall(S2S_R5, "sentence->sentence R@5"),
         _recall(S2S_R10, "sentence->sentence R@10"),

@@ -6,6 +6,12 @@ is relevant to a query when the two share at least one class label, and a model
 is scored by mean average precision and by precision-scope curves (precision at
 k for a range of k).
 
+Two mAPs are in use and never share a metric key (:func:`label_metrics`): the
+paper's, AP over the whole ranked list divided by all relevant items (``i2t_map``
+...), and the released ACMR code's "mAP@50", AP over the top 50 divided by the
+relevant items found there (``i2t_map50`` ...). ``docs/metrics_labels.md`` has
+both definitions side by side.
+
 Scores are similarities, higher = better, ``sims (N_q, N_g)`` with one row per
 query. Where a paper ranks by a distance (ACMR ranks by Euclidean distance), pass
 the negated distance.
@@ -26,12 +32,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
+import numpy as np
 import torch
 
+from xmrbench.core.metrics import keys as K
 from xmrbench.core.metrics.retrieval import _check_int, _check_scores, _rows_per_block
 
 __all__ = [
     "average_precision",
+    "average_precision_and_precision",
+    "label_metrics",
     "mean_average_precision",
     "precision_at_k",
     "relevance_from_labels",
@@ -132,6 +142,64 @@ def _sorted_relevance(sims_block: torch.Tensor, rel_block: torch.Tensor, depth: 
     return rel_block.gather(1, by_relevance.gather(1, order)).to(acc)
 
 
+def _check_ks(ks: Sequence[int]) -> list[int]:
+    if isinstance(ks, (int, torch.Tensor)) or not isinstance(ks, Sequence):
+        raise ValueError(f"ks must be a sequence of ints such as (1, 5, 10), got {ks!r}")
+    if len(ks) == 0:
+        raise ValueError("ks is empty")
+    return [_check_int(k, "every k in ks") for k in ks]
+
+
+def _check_ap_args(at: int | None, normalize: str) -> int | None:
+    if at is not None:
+        at = _check_int(at, "at")
+    if normalize not in ("relevant", "hits"):
+        raise ValueError(f"normalize must be 'relevant' or 'hits', got {normalize!r}")
+    return at
+
+
+def _ranked_scan(
+    sims: torch.Tensor,
+    relevance: torch.Tensor,
+    *,
+    aps: Sequence[tuple[int | None, Normalize]],
+    ks: Sequence[int],
+    block_size: int | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """AP for every ``(at, normalize)`` in ``aps`` and precision at every k in ``ks``,
+    from one pessimistic sort of each block of rows.
+
+    Arguments are checked by the callers. Returns ``(N_q, len(aps))`` and
+    ``(N_q, len(ks))`` in the accumulator dtype on ``sims.device``.
+    """
+    n_q, n_g = sims.shape
+    ap_depths = [n_g if at is None else min(at, n_g) for at, _ in aps]
+    k_depths = torch.tensor([min(k, n_g) for k in ks], device=sims.device, dtype=torch.long)
+    depth = max(ap_depths + [int(k) for k in k_depths])
+    acc = _accumulator_dtype(sims.device)
+    positions = torch.arange(1, depth + 1, device=sims.device, dtype=acc)
+    ap = torch.empty(n_q, len(aps), dtype=acc, device=sims.device)
+    precision = torch.empty(n_q, len(ks), dtype=acc, device=sims.device)
+    step = _rows_per_block(n_g, block_size, budget=_SORT_BLOCK_ELEMENTS)
+    with torch.no_grad():
+        for start in range(0, n_q, step):
+            rows = slice(start, start + step)
+            rel_top = _sorted_relevance(sims[rows], relevance[rows], depth, acc)
+            hits = rel_top.cumsum(dim=1)  # (b, depth): relevant items within the top i
+            if aps:
+                gain = rel_top * hits / positions  # rel_i * P@i
+                n_relevant = relevance[rows].sum(dim=1).to(acc)
+                for m, ((_, normalize), d) in enumerate(zip(aps, ap_depths, strict=True)):
+                    numerator = gain[:, :d].sum(dim=1)
+                    denominator = hits[:, d - 1] if normalize == "hits" else n_relevant
+                    ap[rows, m] = torch.where(
+                        denominator > 0, numerator / denominator.clamp_min(1), torch.zeros_like(numerator)
+                    )
+            if len(ks):
+                precision[rows] = hits[:, k_depths - 1] / k_depths.to(acc)
+    return ap, precision
+
+
 def average_precision(
     sims: torch.Tensor,
     relevance: torch.Tensor,
@@ -168,29 +236,9 @@ def average_precision(
     """
     _check_scores(sims, "sims", block_size=block_size)
     _check_relevance(sims, relevance)
-    if at is not None:
-        at = _check_int(at, "at")
-    if normalize not in ("relevant", "hits"):
-        raise ValueError(f"normalize must be 'relevant' or 'hits', got {normalize!r}")
-    n_q, n_g = sims.shape
-    depth = n_g if at is None else min(at, n_g)
-    acc = _accumulator_dtype(sims.device)
-    positions = torch.arange(1, depth + 1, device=sims.device, dtype=acc)
-    ap = torch.empty(n_q, dtype=acc, device=sims.device)
-    step = _rows_per_block(n_g, block_size, budget=_SORT_BLOCK_ELEMENTS)
-    with torch.no_grad():
-        for start in range(0, n_q, step):
-            rel_top = _sorted_relevance(sims[start : start + step], relevance[start : start + step], depth, acc)
-            hits = rel_top.cumsum(dim=1)  # (b, L): relevant items within the top i
-            numerator = (rel_top * hits / positions).sum(dim=1)
-            if normalize == "hits":
-                denominator = hits[:, -1]
-            else:
-                denominator = relevance[start : start + step].sum(dim=1).to(acc)
-            ap[start : start + step] = torch.where(
-                denominator > 0, numerator / denominator.clamp_min(1), torch.zeros_like(numerator)
-            )
-    return ap.to(_result_dtype(sims.dtype))
+    at = _check_ap_args(at, normalize)
+    ap, _ = _ranked_scan(sims, relevance, aps=[(at, normalize)], ks=[], block_size=block_size)
+    return ap[:, 0].to(_result_dtype(sims.dtype))
 
 
 def mean_average_precision(
@@ -223,20 +271,112 @@ def precision_at_k(
     """
     _check_scores(sims, "sims", block_size=block_size)
     _check_relevance(sims, relevance)
-    if isinstance(ks, (int, torch.Tensor)) or not isinstance(ks, Sequence):
-        raise ValueError(f"ks must be a sequence of ints such as (1, 5, 10), got {ks!r}")
-    if len(ks) == 0:
-        raise ValueError("ks is empty")
-    ks = [_check_int(k, "every k in ks") for k in ks]
-    n_q, n_g = sims.shape
-    depths = torch.tensor([min(k, n_g) for k in ks], device=sims.device, dtype=torch.long)
-    depth = int(depths.max())
-    acc = _accumulator_dtype(sims.device)
-    precision = torch.empty(n_q, len(ks), dtype=acc, device=sims.device)
-    step = _rows_per_block(n_g, block_size, budget=_SORT_BLOCK_ELEMENTS)
-    with torch.no_grad():
-        for start in range(0, n_q, step):
-            rel_top = _sorted_relevance(sims[start : start + step], relevance[start : start + step], depth, acc)
-            hits = rel_top.cumsum(dim=1)
-            precision[start : start + step] = hits[:, depths - 1] / depths.to(acc)
+    ks = _check_ks(ks)
+    _, precision = _ranked_scan(sims, relevance, aps=[], ks=ks, block_size=block_size)
     return precision.to(_result_dtype(sims.dtype))
+
+
+def average_precision_and_precision(
+    sims: torch.Tensor,
+    relevance: torch.Tensor,
+    ks: Sequence[int],
+    *,
+    at: int | None = None,
+    normalize: Normalize = "relevant",
+    block_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`average_precision` ``(N_q,)`` and :func:`precision_at_k` ``(N_q, len(ks))``
+    from one sort of the scores (the two functions' arguments and results)."""
+    _check_scores(sims, "sims", block_size=block_size)
+    _check_relevance(sims, relevance)
+    at = _check_ap_args(at, normalize)
+    ks = _check_ks(ks)
+    ap, precision = _ranked_scan(sims, relevance, aps=[(at, normalize)], ks=ks, block_size=block_size)
+    out = _result_dtype(sims.dtype)
+    return ap[:, 0].to(out), precision.to(out)
+
+
+def label_metrics(
+    sims: torch.Tensor,
+    relevance: torch.Tensor,
+    *,
+    maps: Sequence[int | None] = (None,),
+    block_size: int | None = None,
+) -> dict[str, float]:
+    """Label-retrieval metrics of both directions: the rows query the columns (``i2t``)
+    and the columns query the rows (``t2i``), as the ``label`` task records them.
+
+    ``sims (N_img, N_txt)``, ``relevance (N_img, N_txt)`` bool. ``maps`` names the
+    mAPs to compute by the depth they are cut at:
+
+    - ``None``: ``i2t_map``, ``t2i_map`` and their mean ``avg_map``, AP over the whole
+      ranked list divided by all relevant items (the ACMR paper's mAP);
+    - ``50``: ``i2t_map50``, ``t2i_map50``, ``avg_map50``, AP over the top 50 divided
+      by the relevant items found there (the released ACMR code's mAP@50).
+
+    Other depths have no keys and raise ``ValueError``. Always also the
+    precision-scope points ``i2t_p50`` ... ``i2t_p1000`` (and ``t2i_``): the mean over
+    queries of (relevant items in the top K) / K for every K of
+    ``keys.PRECISION_SCOPES`` up to the gallery size of that direction (``N_txt`` for
+    image queries, ``N_img`` for text queries). A K larger than the gallery has no top
+    K and is not recorded (its key is absent), so a curve never shows a flat stretch of
+    whole-gallery precision; a gallery smaller than 50 records no precision at all.
+    Ties count against the query (module docstring). One sort per direction serves
+    every mAP and every K.
+    """
+    if isinstance(maps, (int, str)) or maps is None or not isinstance(maps, Sequence):
+        raise ValueError(f"maps must be a sequence such as (None, 50), got {maps!r}")
+    for at in maps:
+        if at not in K.LABEL_MAP_KEYS:
+            raise ValueError(f"maps holds {at!r}; known: None (the whole list), 50 (the released ACMR mAP@50)")
+    _check_scores(sims, "sims", block_size=block_size)
+    _check_relevance(sims, relevance)
+    settings: list[tuple[int | None, Normalize]] = [(at, "relevant" if at is None else "hits") for at in maps]
+    means: dict[str, list[float]] = {}
+    precision_points: dict[str, float] = {}
+    for direction, scores, rel in (
+        ("i2t", sims, relevance),
+        ("t2i", sims.t().contiguous(), relevance.t().contiguous()),
+    ):
+        scopes = [k for k in K.PRECISION_SCOPES if k <= scores.shape[1]]
+        ap, precision = _ranked_scan(scores, rel, aps=settings, ks=scopes, block_size=block_size)
+        means[direction] = ap.mean(dim=0).tolist()
+        points = precision.mean(dim=0).tolist() if scopes else []
+        precision_points.update({K.precision_key(direction, k): float(p) for k, p in zip(scopes, points, strict=True)})
+    out: dict[str, float] = {}
+    for m, at in enumerate(maps):
+        i2t_key, t2i_key, avg_key = K.LABEL_MAP_KEYS[at]
+        i2t, t2i = float(means["i2t"][m]), float(means["t2i"][m])
+        out.update({i2t_key: i2t, t2i_key: t2i, avg_key: (i2t + t2i) / 2})
+    return {**out, **precision_points}
+
+
+# ---------------------------------------------------------------------------------
+# Chance levels (the regression gate's learning bar, xmrbench/gate/chance.py)
+# ---------------------------------------------------------------------------------
+
+
+def chance_average_precision(gallery: int, relevant: np.ndarray | Sequence[int] | int) -> np.ndarray:
+    """Expected AP of a uniformly random ranking of ``gallery`` items, ``relevant`` of them
+    relevant (one value per entry of ``relevant``; 0 where nothing is relevant)."""
+    r = np.asarray(relevant, dtype=np.float64)
+    if gallery < 1:
+        raise ValueError("the gallery must hold at least one item")
+    if np.any(r < 0) or np.any(r > gallery):
+        raise ValueError(f"relevant counts must lie in [0, {gallery}]")
+    h = float(np.sum(1.0 / np.arange(1, gallery + 1, dtype=np.float64)))
+    if gallery == 1:
+        return np.where(r > 0, 1.0, 0.0)
+    ap = (h + (r - 1.0) / (gallery - 1) * (gallery - h)) / gallery
+    return np.where(r > 0, ap, 0.0)
+
+
+def chance_label_map(relevance: torch.Tensor) -> dict[str, float]:
+    """The chance levels of the whole-list label mAPs of a split, from its relevance
+    ``(N_img, N_txt)`` (images query the texts, texts query the images), under their keys
+    (:data:`MAP_CHANCE_KEYS`)."""
+    rel = relevance.bool().cpu()
+    n_img, n_txt = rel.shape
+    i2t = float(chance_average_precision(n_txt, rel.sum(dim=1).numpy()).mean())
+    t2i = float(chance_average_precision(n_img, rel.sum(dim=0).numpy()).mean())
+    return {K.I2T_MAP_CHANCE: i2t, K.T2I_MAP_CHANCE: t2i, K.AVG_MAP_CHANCE: (i2t + t2i) / 2}

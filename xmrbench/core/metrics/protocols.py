@@ -22,6 +22,10 @@ class Protocol:
     folds: int
     description: str
     task: str = "image_text"  # image_text | label | sentence | phrase
+    # label task only: the depth its mAP is cut at. None: the whole ranked list, divided by
+    # all relevant items (keys i2t_map, t2i_map, avg_map); 50: the released ACMR code's
+    # mAP@50, divided by the relevant items found in the top 50 (i2t_map50, ...)
+    map_at: int | None = None
 
 
 PROTOCOLS: Registry[Protocol] = Registry(
@@ -34,8 +38,14 @@ PROTOCOLS: Registry[Protocol] = Registry(
             "testall_5fold", "testall", 5, "mean over 5 consecutive folds of testall (MS-COCO 1K)"
         ),
         "test_labels": Protocol(
-            "test_labels", "test", 1, "label-based retrieval on test: mAP over the whole ranked list, relevant = "
-            "sharing a class with the query (ACMR)", task="label"
+            "test_labels", "test", 1, "label-based retrieval on test: mAP over the whole ranked list divided by all "
+            "relevant items (the ACMR paper's mAP; keys i2t_map, t2i_map, avg_map) and precision at K = 50..1000, "
+            "relevant = sharing a class with the query", task="label"
+        ),
+        "test_labels_map50": Protocol(
+            "test_labels_map50", "test", 1, "label-based retrieval on test: mAP@50 of the released ACMR code, AP "
+            "over the top 50 divided by the relevant items found there (keys i2t_map50, t2i_map50, avg_map50), "
+            "and precision at K = 50..1000, relevant = sharing a class with the query", task="label", map_at=50
         ),
         "test_s2s": Protocol(
             "test_s2s", "test", 1, "sentence-to-sentence retrieval on test: each caption against the others, "

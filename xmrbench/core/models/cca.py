@@ -51,7 +51,31 @@ _BLOCK_IMAGES = 256  # images per accumulation block during fitting
 _SINGULAR = 1e-12  # smallest Cholesky pivot, relative to the mean variance, of a usable covariance
 
 
-class CCA(RetrievalModel):
+class ProjectionEncoders:
+    """The encoders of a fitted linear projection (CCA, CCA-3V): centre with the training
+    means (buffers ``mean_img``, ``mean_txt``), project (``proj_img``, ``proj_txt``), weight
+    each component by the model's ``_weights()``, L2-normalise."""
+
+    _what = "the CCA model"
+
+    def _check_fitted(self) -> None:
+        if not bool(self.fitted):  # type: ignore[attr-defined]
+            raise TrainingError(f"{self._what} is used before fit() was called")
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """``images (B, D_x) -> img_emb (B, k)``, L2-normalised."""
+        self._check_fitted()
+        proj = (images.to(self.proj_img.dtype) - self.mean_img) @ self.proj_img  # type: ignore[attr-defined]
+        return l2norm(proj * self._weights())  # type: ignore[attr-defined]
+
+    def encode_texts(self, text: TextBatch) -> torch.Tensor:
+        """``text.vectors (B, D_y) -> txt_emb (B, k)``, L2-normalised."""
+        self._check_fitted()
+        proj = (text.vectors.to(self.proj_txt.dtype) - self.mean_txt) @ self.proj_txt  # type: ignore[attr-defined]
+        return l2norm(proj * self._weights())  # type: ignore[attr-defined]
+
+
+class CCA(ProjectionEncoders, RetrievalModel):
     """Regularised linear CCA with Gong et al.'s eigenvalue-power weighting."""
 
     closed_form = True
@@ -103,21 +127,6 @@ class CCA(RetrievalModel):
     def _weights(self) -> torch.Tensor:
         return (1.0 + self.correlations) ** self.params.power
 
-    def _check_fitted(self) -> None:
-        if not bool(self.fitted):
-            raise TrainingError("the CCA model is used before fit() was called")
-
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """``images (B, D_x) -> img_emb (B, k)``, L2-normalised."""
-        self._check_fitted()
-        proj = (images.to(self.proj_img.dtype) - self.mean_img) @ self.proj_img
-        return l2norm(proj * self._weights())
-
-    def encode_texts(self, text: TextBatch) -> torch.Tensor:
-        """``text.vectors (B, D_y) -> txt_emb (B, k)``, L2-normalised."""
-        self._check_fitted()
-        proj = (text.vectors.to(self.proj_txt.dtype) - self.mean_txt) @ self.proj_txt
-        return l2norm(proj * self._weights())
 
 
 def _caption_blocks(split):

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from xmrbench.core.models.a3vse import A3VSE
+from xmrbench.core.models.acmr import ACMR
 from xmrbench.core.models.adapt import ADAPT
 from xmrbench.core.models.base import RetrievalModel
 from xmrbench.core.models.bfan import BFAN
 from xmrbench.core.models.cca import CCA
+from xmrbench.core.models.cca3v import CCA3V
+from xmrbench.core.models.corr_ae import CorrAE
 from xmrbench.core.models.dan import DAN
 from xmrbench.core.models.dpc import DPC
 from xmrbench.core.models.order import OrderEmbeddings
@@ -26,6 +29,8 @@ MODELS: Registry[type[RetrievalModel]] = Registry(
         "scan": SCAN,
         "bfan": BFAN,
         "cca": CCA,
+        "cca3v": CCA3V,
+        "corr_ae": CorrAE,
         "sg_baseline": SGBaseline,
         "vsrn": VSRN,
         "dpc": DPC,
@@ -33,5 +38,6 @@ MODELS: Registry[type[RetrievalModel]] = Registry(
         "a3vse": A3VSE,
         "order_embeddings": OrderEmbeddings,
         "adapt": ADAPT,
+        "acmr": ACMR,
     },
 )

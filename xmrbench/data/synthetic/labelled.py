@@ -395,14 +395,10 @@ def write_synthetic_labelled(out_dir: str | os.PathLike, name: str = "wikipedia"
     return write_labelled(out_dir, generate_labelled(name, variant=variant, seed=seed, size=size))
 
 
-def load_synthetic_labelled(name: str = "wikipedia", *, variant: str = "deep", seed: int = 0, size: str = "paper",
-                            cache_dir: str | os.PathLike | None = None) -> LabelledData:
-    """A synthetic labelled set, generated once into the cache and read back with
-    :func:`~xmrbench.data.labelled.load_labelled` (the loader real data takes).
-
-    ``name``: wikipedia, pascal, nus-wide-10k, mscoco; ``variant``: deep, or shallow
-    (wikipedia only); ``size``: paper (acmr.md Table 1 sizes) or tiny (<= 200 / 100).
-    """
+def synthetic_labelled_dir(name: str = "wikipedia", *, variant: str = "deep", seed: int = 0, size: str = "paper",
+                           cache_dir: str | os.PathLike | None = None) -> Path:
+    """The cache directory of a synthetic labelled set (see :func:`load_synthetic_labelled`),
+    generated on first use; the ``synthetic_labelled`` dataset kind reads it like real data."""
     spec = labelled_spec(name)
     _sizes(spec, size)
     if variant not in VARIANTS:
@@ -416,4 +412,15 @@ def load_synthetic_labelled(name: str = "wikipedia", *, variant: str = "deep", s
         write_synthetic_labelled(tmp, name, variant=variant, seed=seed, size=size)
 
     params = {"name": name, "variant": variant, "seed": seed, "size": size, "generator_version": GENERATOR_VERSION}
-    return load_labelled(materialize(dest, build, meta=params))
+    return Path(materialize(dest, build, meta=params))
+
+
+def load_synthetic_labelled(name: str = "wikipedia", *, variant: str = "deep", seed: int = 0, size: str = "paper",
+                            cache_dir: str | os.PathLike | None = None) -> LabelledData:
+    """A synthetic labelled set, generated once into the cache and read back with
+    :func:`~xmrbench.data.labelled.load_labelled` (the loader real data takes).
+
+    ``name``: wikipedia, pascal, nus-wide-10k, mscoco; ``variant``: deep, or shallow
+    (wikipedia only); ``size``: paper (acmr.md Table 1 sizes) or tiny (<= 200 / 100).
+    """
+    return load_labelled(synthetic_labelled_dir(name, variant=variant, seed=seed, size=size, cache_dir=cache_dir))

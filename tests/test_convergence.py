@@ -215,3 +215,18 @@ def test_the_quick_profiles_match_the_calibration_table():
         cell = next(c for c in resolved[recipe].cells if c.id == row)
         assert cell.config.train.early_stop, (recipe, row)
         assert cell.config.train.epochs >= int(suggested) > int(epochs), (recipe, row)
+
+
+def test_calibrate_tabulates_a_label_recipe_by_its_mean_map(capsys, tmp_path):
+    """A label-retrieval recipe (ACMR's) is tabulated by its mean mAP and the chance level
+    its run recorded, not by rsum (it has none)."""
+    out_md = tmp_path / "calibration.md"
+    code, out, err = cli(["calibrate", "acmr-table3-pascal", "--profile", "smoke", "--rows", "cca", "--max-epochs", "3",
+                          "--results", str(tmp_path / "cal"), "--out", str(out_md), "--quiet"], capsys)
+    assert code == 0, err
+    lines = out_md.read_text().splitlines()
+    assert "| dev avg_map | test avg_map | chance avg_map |" in lines[0]
+    (row,) = [line for line in lines if line.startswith("| acmr-table3-pascal |")]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    test, chance = float(cells[6]), float(cells[7])
+    assert 0 < chance < 0.5 and test > 2 * chance  # CCA on the tiny Pascal-shaped set: 0.485, chance 0.170

@@ -4,7 +4,8 @@ and early stopping at its plateau, and report where its dev curve flattened.
 ``xmrbench calibrate RECIPE`` runs the profile's cells (one seed) with
 ``train.epochs = max_epochs`` and ``train.early_stop = true`` and tabulates, per row:
 the epoch at which the plateau criterion (core/convergence.py) was met, the seconds
-it took, the plateau's dev and test rsum, and the chance rsum of the test split. A
+it took, the plateau's dev and test rsum, and the chance rsum of the test split (for a
+label-retrieval recipe the mean mAP and its chance level, as the label task records it). A
 row that reached its plateau within the budget gets a suggested epoch budget for the
 profile (the plateau epoch with a margin, early stopping kept on); one that did not,
 or took longer than ``budget_s``, is flagged: shrink its world or its dimensions
@@ -52,6 +53,9 @@ class CalibrationRow:
     reason: str
     window: int = PLATEAU_DEFAULTS[0]
     criterion: str | None = None  # the record's (Convergence.criterion)
+    # the headline metric of the three scores above: rsum, or the mean label mAP (avg_map)
+    # of a label-retrieval recipe (ACMR's), whose chance level the label task records
+    metric: str = "rsum"
 
     def suggested_epochs(self) -> int | None:
         """The profile's epoch budget: the plateau epoch with a margin (None: no plateau)."""
@@ -70,8 +74,14 @@ def calibration_rows(resolved: ResolvedRecipe, store: ResultStore, seed: int) ->
             continue
         record = doc.convergence_record()
         proto = next((p for p in doc.metrics if p != "dev" and "rsum" in doc.metrics[p]), None)
+        metric = "rsum"
+        if proto is None:  # label retrieval: the mean mAP, with the chance level its run recorded
+            proto = next((p for p in doc.metrics if p != "dev" and "avg_map" in doc.metrics[p]), None)
+            metric = "avg_map"
         chance = None
-        if proto is not None:
+        if proto is not None and metric == "avg_map":
+            chance = doc.metrics[proto].get("avg_map_chance")
+        elif proto is not None:
             fp = doc.protocols.get(proto, {})
             n_images, cpi, folds = fp.get("images"), fp.get("captions_per_image") or 5, fp.get("folds") or 1
             if n_images:  # a fold-averaged protocol ranks within each fold
@@ -83,12 +93,13 @@ def calibration_rows(resolved: ResolvedRecipe, store: ResultStore, seed: int) ->
             converged=bool(record and record.converged),
             epochs=record.epochs if record is not None else None,
             seconds=float(doc.timing.get("wall_s", 0.0)),
-            dev_rsum=doc.metrics.get("dev", {}).get("rsum"),
-            test_rsum=doc.metrics[proto]["rsum"] if proto else None,
+            dev_rsum=doc.metrics.get("dev", {}).get(metric),
+            test_rsum=doc.metrics[proto][metric] if proto else None,
             chance_rsum=chance,
             reason=record.reason if record is not None else "no convergence record",
             window=(record.window if record is not None and record.window else PLATEAU_DEFAULTS[0]),
             criterion=record.criterion if record is not None else None,
+            metric=metric,
         ))
     return out
 
@@ -99,7 +110,9 @@ def _num(x: float | None, digits: int = 1) -> str:
 
 def to_markdown(rows: list[CalibrationRow], *, budget_s: float, max_epochs: int) -> str:
     """The calibration table (docs/calibration.md's format)."""
-    head = ("| recipe | row | model | epochs to plateau | seconds | dev rsum | test rsum | chance rsum "
+    metrics = {r.metric for r in rows}
+    name = metrics.pop() if len(metrics) == 1 else "score"  # rsum, avg_map, or a mix of both
+    head = (f"| recipe | row | model | epochs to plateau | seconds | dev {name} | test {name} | chance {name} "
             "| suggested epochs | note |")
     lines = [head, "|" + "---|" * 10]
     for r in rows:
@@ -108,11 +121,12 @@ def to_markdown(rows: list[CalibrationRow], *, budget_s: float, max_epochs: int)
             note = "; ".join(filter(None, [note, f"over the {budget_s:.0f} s budget: shrink the world or the dimensions"]))
         suggested = r.suggested_epochs()
         epochs = r.epochs if r.converged and r.epochs is not None else "-"
+        d = 1 if r.metric == "rsum" else 3
         if r.criterion == CLOSED_FORM:
             epochs, note = CLOSED_FORM, "; ".join(filter(None, ["converged by construction", note]))
         lines.append(
             f"| {r.recipe} | {r.cell} | {r.model} | {epochs} | {r.seconds:.0f} "
-            f"| {_num(r.dev_rsum)} | {_num(r.test_rsum)} | {_num(r.chance_rsum)} "
+            f"| {_num(r.dev_rsum, d)} | {_num(r.test_rsum, d)} | {_num(r.chance_rsum, d)} "
             f"| {suggested if suggested is not None else '-'} | {note} |"
         )
     return "\n".join(lines) + "\n"

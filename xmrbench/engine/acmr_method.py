@@ -237,11 +237,7 @@ class ACMRMethod(TrainingMethod):
                 adv = self.adversarial_loss(img_emb, txt_emb)
             objective = emb
         ctx.check_finite(adv, "the adversarial loss")
-        self.emb_optimizer.zero_grad(set_to_none=True)
-        (objective / img_emb.shape[0]).backward()
-        if self.train.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.emb_params, self.train.grad_clip)
-        self.emb_optimizer.step()
+        self._descend(self.emb_optimizer, self.emb_params, objective / img_emb.shape[0])
         for param in self.adv_params:  # theta_D is not updated by this step; drop what reached it
             param.grad = None
         return float(emb.detach()), float(adv.detach())
@@ -256,12 +252,17 @@ class ACMRMethod(TrainingMethod):
             emb = self.embedding_loss(img_emb, txt_emb, img_labels, txt_labels)
         adv = self.adversarial_loss(img_emb, txt_emb)
         ctx.check_finite(adv, "the adversarial loss")
-        self.adv_optimizer.zero_grad(set_to_none=True)
-        (adv / img_emb.shape[0]).backward()
-        if self.train.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.adv_params, self.train.grad_clip)
-        self.adv_optimizer.step()
+        self._descend(self.adv_optimizer, self.adv_params, adv / img_emb.shape[0])
         return float(emb), float(adv.detach())
+
+    def _descend(self, optimizer: torch.optim.Optimizer, params: list, loss: Tensor) -> None:
+        """One step of ``optimizer`` on ``loss``, its ``params``' gradients clipped at
+        ``train.grad_clip`` when set."""
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.train.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, self.train.grad_clip)
+        optimizer.step()
 
     # --- epochs, logging, checkpoints ---------------------------------------------------
 

@@ -193,15 +193,14 @@ def printed_rows(resolved: ResolvedRecipe) -> dict[str, tuple[str, float | None]
     return out
 
 
-def cell_values(resolved: ResolvedRecipe, store: ResultStore, cell_id: str, cell_hash: str,
-                metric: str, protocol: str) -> list[float]:
-    """``metric`` on ``protocol`` of every stored seed of one cell."""
-    out = []
-    for seed in resolved.seeds:
-        st = store.status(resolved.id, cell_id, cell_hash, seed)
-        if st.doc is not None and metric in st.doc.metrics.get(protocol, {}):
-            out.append(float(st.doc.metrics[protocol][metric]))
-    return out
+def _cell_docs(resolved: ResolvedRecipe, store: ResultStore, cell_id: str, cell_hash: str) -> list[Any]:
+    """The stored result of every seed of one cell that has one."""
+    docs = (store.status(resolved.id, cell_id, cell_hash, seed).doc for seed in resolved.seeds)
+    return [doc for doc in docs if doc is not None]
+
+
+def _values(docs: Sequence[Any], metric: str, protocol: str) -> list[float]:
+    return [float(d.metrics[protocol][metric]) for d in docs if metric in d.metrics.get(protocol, {})]
 
 
 def sweep_table(resolved: ResolvedRecipe, store: ResultStore) -> Table:
@@ -217,8 +216,8 @@ def sweep_table(resolved: ResolvedRecipe, store: ResultStore) -> Table:
     for name in ("seeds", f"{metric} ({proto}, ours)", f"dev {metric}", "paper row", f"paper {metric}"):
         table.add_column(name, overflow="fold")
     for cell in resolved.cells:
-        vals = cell_values(resolved, store, cell.id, cell.hash, metric, proto)  # type: ignore[arg-type]
-        dev = cell_values(resolved, store, cell.id, cell.hash, metric, "dev")  # type: ignore[arg-type]
+        docs = _cell_docs(resolved, store, cell.id, cell.hash)  # type: ignore[arg-type]
+        vals, dev = _values(docs, metric, proto), _values(docs, metric, "dev")
         mean = lambda xs: f"{sum(xs) / len(xs):.{digits}f}" if xs else "-"  # noqa: E731
         row, value = printed.get(cell.config.hash(), ("-", None)) if cell.config is not None else ("-", None)
         table.add_row(cell.id, str(len(vals)), mean(vals), mean(dev), row,
@@ -240,9 +239,7 @@ def sweep_series(resolved: ResolvedRecipe, store: ResultStore) -> tuple[dict[str
         if not setting or len(setting) != 1 or cell.hash is None:
             continue
         (key, value), = setting.items()
-        out.setdefault(key, []).append((value, cell_values(resolved, store, cell.id, cell.hash, metric, proto)))
-        for seed in resolved.seeds:
-            st = store.status(resolved.id, cell.id, cell.hash, seed)
-            if st.doc is not None:
-                datasets.add(st.doc.dataset.name)
+        docs = _cell_docs(resolved, store, cell.id, cell.hash)
+        out.setdefault(key, []).append((value, _values(docs, metric, proto)))
+        datasets.update(d.dataset.name for d in docs)
     return out, sorted(datasets)

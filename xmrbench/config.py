@@ -99,6 +99,11 @@ class DataConfig(Strict):
     dev_from_train: int | None = Field(None, ge=1)
     # synthetic labelled sets: the deep features, or Wikipedia's shallow ones (ACMR Table 2)
     variant: Literal["deep", "shallow"] = "deep"
+    # image-caption data: the per-image array of the split's extras that serves as its class
+    # labels (extras "labels": what label-trained models such as ACMR learn from), e.g.
+    # "object_labels" of the synthetic world (multi-hot over the object classes) or
+    # "scene_label"; None: the split's own "labels", if it has them
+    labels_from: str | None = Field(None, min_length=1)
 
     @model_validator(mode="after")
     def _sparse_sentences_fit(self) -> DataConfig:
@@ -116,7 +121,7 @@ class DataConfig(Strict):
 
 #: Data keys added after the first cell hashes were recorded: in the hashed form only
 #: when a config sets them to something other than their default.
-HASHED_WHEN_SET = ("dev_from_train", "word_vectors", "tokenizer", "vocab_texts", "variant")
+HASHED_WHEN_SET = ("dev_from_train", "word_vectors", "tokenizer", "vocab_texts", "variant", "labels_from")
 
 
 #: ``train.plateau_window`` and ``train.plateau_gain`` of a config that does not set them

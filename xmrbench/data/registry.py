@@ -29,7 +29,7 @@ def build_synthetic(cfg: DataConfig) -> RetrievalData:
     from xmrbench.data.synthetic import load_synthetic
 
     data = load_synthetic(size=cfg.size, seed=cfg.world_seed, region_dim=cfg.region_dim, global_dim=cfg.global_dim)
-    return apply_sparse(data, cfg)
+    return apply_sparse(apply_labels_from(data, cfg), cfg)
 
 
 def build_precomp(cfg: DataConfig) -> RetrievalData:
@@ -46,7 +46,7 @@ def build_precomp(cfg: DataConfig) -> RetrievalData:
     _require_train_and_dev(data, cfg.root, "{split}_caps.txt with {split}_ims.npy or {split}_global.npy")
     if cfg.dataset:
         data.info["dataset"] = cfg.dataset
-    return apply_sparse(data, cfg)
+    return apply_sparse(apply_labels_from(data, cfg, where=cfg.root), cfg)
 
 
 def build_labelled(cfg: DataConfig) -> RetrievalData:
@@ -106,6 +106,34 @@ def _require_train_and_dev(data: RetrievalData, root: str, files: str) -> None:
         if needed not in data.split_names:
             have = ", ".join(data.split_names) or "none"
             raise DataError(f"no {needed!r} split ({files.format(split=needed)}); {why}; found: {have}", where=root)
+
+
+def apply_labels_from(data: RetrievalData, cfg: DataConfig, where: str | None = None) -> RetrievalData:
+    """``data`` whose splits carry ``extras[cfg.labels_from]`` also as ``extras["labels"]``
+    (the class labels label-trained models and the ``label`` task read), when
+    ``data.labels_from`` is set; else ``data``. The splits stay lazy; a split without
+    that extra raises a one-line ``DataError`` when it is read."""
+    if cfg.labels_from is None:
+        return data
+    loaders = {name: partial(_relabelled, loader, cfg.labels_from, where) for name, loader in data.loaders.items()}
+    info = dict(data.info)
+    info["labels_from"] = cfg.labels_from
+    return RetrievalData(name=data.name, fingerprint=data.fingerprint, loaders=loaders, info=info)
+
+
+def _relabelled(loader: Callable[[], Split], key: str, where: str | None) -> Split:
+    from dataclasses import replace
+
+    split = loader()
+    if key not in split.extras:
+        have = ", ".join(sorted(split.extras)) or "none"
+        raise DataError(f"data.labels_from is {key!r} but split {split.name!r} has no such extra (it has: {have})",
+                        where=where)
+    labels = split.extras[key]
+    if getattr(labels, "ndim", None) not in (1, 2) or len(labels) != split.n_images:
+        raise DataError(f"data.labels_from {key!r}: split {split.name!r} holds {getattr(labels, 'shape', '?')} for "
+                        f"{split.n_images} images; class labels need one row per image", where=where)
+    return replace(split, extras={**split.extras, "labels": labels})
 
 
 def apply_sparse(data: RetrievalData, cfg: DataConfig) -> RetrievalData:
@@ -189,8 +217,10 @@ DATASETS: Registry[DatasetKind] = Registry(
     "dataset",
     {
         "synthetic": DatasetKind(build_synthetic,
-                                 ("size", "world_seed", "region_dim", "global_dim", *CAPTION_KEYS, *IMAGE_KEYS)),
-        "precomp": DatasetKind(build_precomp, ("root", "dataset", "captions_per_image", *CAPTION_KEYS, *IMAGE_KEYS)),
+                                 ("size", "world_seed", "region_dim", "global_dim", "labels_from", *CAPTION_KEYS,
+                                  *IMAGE_KEYS)),
+        "precomp": DatasetKind(build_precomp, ("root", "dataset", "captions_per_image", "labels_from", *CAPTION_KEYS,
+                                               *IMAGE_KEYS)),
         "labelled": DatasetKind(build_labelled, ("root", "dataset", "dev_from_train", *IMAGE_KEYS)),
         "synthetic_labelled": DatasetKind(build_synthetic_labelled,
                                           ("dataset", "variant", "size", "world_seed", "dev_from_train", *IMAGE_KEYS)),

@@ -1,7 +1,8 @@
 """Evaluation tasks: what a protocol measures on its split, by ``Protocol.task``.
 
 - ``image_text``: image-to-sentence and sentence-to-image retrieval, a caption
-  relevant to its own image only (R@K, medr, meanr, rsum; folds averaged);
+  relevant to its own image only (R@K, medr, meanr, rsum; folds averaged); protocol
+  ``test_r10_fraction`` adds R@10 / 100 as fractions (ACMR Table 4's scale);
 - ``label``: label-based cross-modal retrieval (ACMR): every image queries every
   text and the reverse, an item relevant when it shares a class with the query;
   mAP over the whole ranked list (protocol ``test_labels``) or the released ACMR
@@ -46,9 +47,20 @@ TaskEvaluator = Callable[..., tuple[Metrics, Ranks]]
 
 def image_text(model: RetrievalModel, split: PreparedSplit, protocol: Protocol, *, device: torch.device,
                batch_size: int, block_images: int, sentence: bool) -> tuple[Metrics, Ranks]:
-    """Image-sentence retrieval metrics (and, with ``sentence``, s2s recalls too)."""
-    return evaluate_split(model, split, folds=protocol.folds, device=device, batch_size=batch_size,
-                          block_images=block_images, sentence=sentence)
+    """Image-sentence retrieval metrics (and, with ``sentence``, s2s recalls too; with the
+    protocol's ``r10_fraction``, R@10 / 100 of each direction and their mean too)."""
+    metrics, ranks = evaluate_split(model, split, folds=protocol.folds, device=device, batch_size=batch_size,
+                                    block_images=block_images, sentence=sentence)
+    if protocol.r10_fraction:
+        metrics.update(r10_fractions(metrics))
+    return metrics, ranks
+
+
+def r10_fractions(metrics: Metrics) -> Metrics:
+    """``i2t_r10_frac``, ``t2i_r10_frac``, ``avg_r10_frac``: R@10 / 100 of each direction of
+    ``metrics`` (recalls in percent) and their mean."""
+    i2t, t2i = metrics[K.I2T_R10] / 100.0, metrics[K.T2I_R10] / 100.0
+    return {K.I2T_R10_FRAC: i2t, K.T2I_R10_FRAC: t2i, K.AVG_R10_FRAC: (i2t + t2i) / 2.0}
 
 
 def label(model: RetrievalModel, split: PreparedSplit, protocol: Protocol, *, device: torch.device,

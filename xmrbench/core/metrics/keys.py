@@ -65,6 +65,12 @@ def precision_key(direction: Literal["i2t", "t2i"], k: int) -> str:
 I2T_PRECISION_KEYS: tuple[str, ...] = tuple(f"i2t_p{k}" for k in PRECISION_SCOPES)
 T2I_PRECISION_KEYS: tuple[str, ...] = tuple(f"t2i_p{k}" for k in PRECISION_SCOPES)
 
+#: R@10 / 100 of each direction and their mean, as fractions: what ACMR's Table 4 prints
+#: under "mAP" for MS-COCO 1K image-sentence retrieval (the values it quotes from DSPE are
+#: the R@10 those methods report, divided by 100); recorded by protocol
+#: ``test_r10_fraction`` beside the recalls, so a recipe can print them on the paper's scale
+I2T_R10_FRAC, T2I_R10_FRAC, AVG_R10_FRAC = "i2t_r10_frac", "t2i_r10_frac", "avg_r10_frac"
+
 S2S_R1, S2S_R5, S2S_R10 = "s2s_r1", "s2s_r5", "s2s_r10"
 PL_R1, PL_R5, PL_R10 = "pl_r1", "pl_r5", "pl_r10"
 PL_UPPER = "pl_upper"
@@ -118,6 +124,11 @@ METRICS: Registry[MetricSpec] = Registry("metric", {
           for k in PRECISION_SCOPES),
         *(MetricSpec(f"t2i_p{k}", f"text-query precision of the top {k} (label relevance)", "fraction", True)
           for k in PRECISION_SCOPES),
+        MetricSpec(I2T_R10_FRAC, "image->text R@10 / 100 (the scale of ACMR Table 4's 'mAP' column)", "fraction",
+                   True),
+        MetricSpec(T2I_R10_FRAC, "text->image R@10 / 100 (the scale of ACMR Table 4's 'mAP' column)", "fraction",
+                   True),
+        MetricSpec(AVG_R10_FRAC, "mean of i2t_r10_frac and t2i_r10_frac", "fraction", True),
         _recall(S2S_R1, "sentence->sentence R@1 (other captions of the same image)"),
         _recall(S2S_R5, "sentence->sentence R@5"),
         _recall(S2S_R10, "sentence->sentence R@10"),

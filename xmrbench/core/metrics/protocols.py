@@ -26,6 +26,10 @@ class Protocol:
     # all relevant items (keys i2t_map, t2i_map, avg_map); 50: the released ACMR code's
     # mAP@50, divided by the relevant items found in the top 50 (i2t_map50, ...)
     map_at: int | None = None
+    # image_text task only: also record R@10 / 100 of each direction and their mean as
+    # fractions (keys i2t_r10_frac, t2i_r10_frac, avg_r10_frac), the scale on which ACMR's
+    # Table 4 prints MS-COCO retrieval under the name "mAP"
+    r10_fraction: bool = False
 
 
 PROTOCOLS: Registry[Protocol] = Registry(
@@ -36,6 +40,11 @@ PROTOCOLS: Registry[Protocol] = Registry(
         "testall": Protocol("testall", "testall", 1, "the whole testall split at once (MS-COCO 5K)"),
         "testall_5fold": Protocol(
             "testall_5fold", "testall", 5, "mean over 5 consecutive folds of testall (MS-COCO 1K)"
+        ),
+        "test_r10_fraction": Protocol(
+            "test_r10_fraction", "test", 1, "image-sentence retrieval on the whole test split, as 'test', with R@10 / "
+            "100 of each direction and their mean as fractions (keys i2t_r10_frac, t2i_r10_frac, avg_r10_frac): "
+            "what ACMR Table 4 prints as 'mAP' for MS-COCO 1K", r10_fraction=True
         ),
         "test_labels": Protocol(
             "test_labels", "test", 1, "label-based retrieval on test: mAP over the whole ranked list divided by all "

@@ -347,12 +347,13 @@ def test_every_committed_reference_is_clearly_above_chance_and_current():
             assert entry["hash"] == cell.hash, f"{path}: {cell.id}: stale"
             assert entry["expect"] == ("near_chance" if resolved.near_chance(cell) else "learns")
             for proto, check in entry["checks"].items():
+                runs = [entry["runs"][str(s)][proto] for s in doc["seeds"]]
                 chance = C.chance_level(check["metric"], images=check["images"],
                                         captions_per_image=check["captions_per_image"], folds=check["folds"],
-                                        runs=[entry["runs"][str(s)][proto] for s in doc["seeds"]])
+                                        runs=runs)
                 floor = FLOOR_QUERIES * C.resolution(check["metric"], images=check["images"],
                                                      captions_per_image=check["captions_per_image"],
-                                                     folds=check["folds"])
+                                                     folds=check["folds"], runs=runs)
                 values = check["values"]
                 assert len(values) == len(REFERENCE_SEEDS)
                 assert check["chance"] == pytest.approx(chance) and check["bar"] == pytest.approx(BAR * chance)

@@ -89,7 +89,7 @@ def test_a_key_of_another_kind_is_a_one_line_error_listing_the_kinds_keys(data, 
 
 def test_unknown_data_keys_names_and_values():
     assert _error({"name": "precomp", "bogus": 1}) == "r.yaml: data.bogus: unknown key"
-    assert _error({"name": "nope"}) == "r.yaml: data.name: unknown name 'nope'; known: entities, labelled, precomp, synthetic, synthetic_labelled"
+    assert _error({"name": "nope"}) == "r.yaml: data.name: unknown name 'nope'; known: entities, labelled, precomp, synthetic, synthetic_entities, synthetic_labelled"
     assert _error({"name": 3}).startswith("r.yaml: data.name: expected a string")
     assert _error({"name": "labelled", "dev_from_train": 0}).startswith("r.yaml: data.dev_from_train: ")
     assert _error({"name": "precomp", "captions_per_image": 2, "sparse_sentences": 3}).startswith("r.yaml: data: ")

@@ -132,7 +132,9 @@ def test_phrase_localization_by_hand():
     against). ball: no proposal overlaps it (a miss at every K, outside the upper bound)."""
     metrics, ranks = TASKS["phrase"](_Identity(), _phrase_split(), PROTOCOLS["test_phrases"], **KW)
     assert ranks == {"phrase": [1, 3, 0]}
-    assert metrics == {K.PL_R1: 100 / 3, K.PL_R5: 200 / 3, K.PL_R10: 200 / 3, K.PL_UPPER: 200 / 3}
+    # chance of R@1: one correct proposal of three for the dog and the cat, none for the ball
+    assert metrics == pytest.approx({K.PL_R1: 100 / 3, K.PL_R5: 200 / 3, K.PL_R10: 200 / 3, K.PL_UPPER: 200 / 3,
+                                     K.PL_R1_CHANCE: 100 * (1 / 3 + 1 / 3 + 0) / 3, K.PL_PHRASES: 3.0})
 
 
 def test_correct_rank_equals_a_naive_pessimistic_sort():

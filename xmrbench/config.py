@@ -143,7 +143,7 @@ class TrainConfig(Strict):
     grad_clip: float | None = Field(2.0, gt=0)  # max gradient norm; None = no clipping
     # dev metric for model selection; "map": the dev split is scored by label mAP (the
     # ``label`` task: ACMR's datasets), the others by image-sentence recall
-    select_by: Literal["rsum", "r1_r5", "map"] = "rsum"
+    select_by: Literal["rsum", "r1_r5", "map", "phrase"] = "rsum"
     # convergence (core/convergence.py): a run has converged when its best dev selection
     # score gained less than ``plateau_gain`` (relative) over its last ``plateau_window``
     # epochs; ``early_stop`` ends training there, ``epochs`` being then the maximum

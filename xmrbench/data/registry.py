@@ -99,6 +99,20 @@ def build_entities(cfg: DataConfig) -> RetrievalData:
     return apply_sparse(data, cfg)
 
 
+def build_synthetic_entities(cfg: DataConfig) -> RetrievalData:
+    """The synthetic world's phrase-region annotations with region proposals
+    (``docs/synthetic_world.md``), generated once into the cache in the entities layout
+    and read back as the entities kind reads real data: the world's images (each
+    described by the mean of its proposals' features) and captions, with each split's
+    phrases in ``extras["entities"]``. ``data.size``, ``data.world_seed`` and
+    ``data.region_dim`` (the proposal features' size) name the world."""
+    from xmrbench.data.entities import entities_retrieval_data
+    from xmrbench.data.synthetic.entities import synthetic_entities_dir
+
+    root = synthetic_entities_dir(size=cfg.size, seed=cfg.world_seed, region_dim=cfg.region_dim)
+    return entities_retrieval_data(root, name=f"synthetic-entities-{cfg.size}")
+
+
 def _require_train_and_dev(data: RetrievalData, root: str, files: str) -> None:
     """A one-line error unless ``data`` has the train split (training needs it) and the dev
     split (the model is selected on it); ``files`` names what a split is made of."""
@@ -210,7 +224,9 @@ class DatasetKind:
 #: keys of the kinds whose texts are captions: the vocabulary, word vectors and the captions kept per image
 CAPTION_KEYS = ("vocab_min_count", "max_caption_len", "tokenizer", "vocab_file", "word_vectors", "vocab_texts",
                 "sparse_sentences")
-#: keys of every kind: which training images are used
+#: the caption keys that do not select captions
+WORD_KEYS = tuple(key for key in CAPTION_KEYS if key != "sparse_sentences")
+#: keys of every kind but synthetic_entities: which training images are used
 IMAGE_KEYS = ("train_images", "sparse_images", "sparse_seed")
 
 DATASETS: Registry[DatasetKind] = Registry(
@@ -225,5 +241,9 @@ DATASETS: Registry[DatasetKind] = Registry(
         "synthetic_labelled": DatasetKind(build_synthetic_labelled,
                                           ("dataset", "variant", "size", "world_seed", "dev_from_train", *IMAGE_KEYS)),
         "entities": DatasetKind(build_entities, ("root", "dataset", "captions_per_image", *CAPTION_KEYS, *IMAGE_KEYS)),
+        # the world's phrases are read as its captions are; no sparse or first-n views (the
+        # annotations are per image)
+        "synthetic_entities": DatasetKind(build_synthetic_entities,
+                                          ("size", "world_seed", "region_dim", *WORD_KEYS)),
     },
 )

@@ -128,4 +128,6 @@ def selection_score(metrics: dict[str, float], select_by: str) -> float:
         return metrics[K.I2T_R1] + metrics[K.I2T_R5] + metrics[K.T2I_R1] + metrics[K.T2I_R5]
     if select_by == "map":  # label-based retrieval (ACMR): the mean of both directions' mAP
         return metrics[K.AVG_MAP]
+    if select_by == "phrase":  # phrase localization: R@1 + R@5 + R@10 of the phrases
+        return metrics[K.PL_R1] + metrics[K.PL_R5] + metrics[K.PL_R10]
     raise ValueError(f"unknown selection metric {select_by!r}")

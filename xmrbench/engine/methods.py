@@ -14,6 +14,9 @@ one step belongs to the cell's *training method*, a :class:`TrainingMethod` chos
   each drawn by its own sampler, with the split's per-item arrays it names
   (``Stream.extras``); their batches arrive in ``TrainBatch.streams``;
 - ``batch_extras``: per-item split arrays it wants in ``TrainBatch.extras``;
+- ``plan_epoch(train, rng)``: the epoch's batches when it draws its own (phrase
+  localization: region-phrase pairs, ``engine/phrase_method.py``), each handed to
+  ``step`` as it is; None (the default): caption batches from the cell's sampler;
 - ``setup()``: its optimisers and schedules, built once the model sits on its device;
 - ``step(ctx, batch) -> float``: one training step, its own zero_grad / backward /
   optimiser steps (several optimisers on a schedule of steps if it likes), using
@@ -41,6 +44,7 @@ from xmrbench.engine.acmr_method import ACMRMethod
 from xmrbench.engine.adapt_method import ADAPTMethod
 from xmrbench.engine.aoq_method import AOQMethod
 from xmrbench.engine.corr_ae_method import CorrAEMethod
+from xmrbench.engine.phrase_method import PhraseLocalizationMethod
 from xmrbench.engine.training_method import (
     GradientMethod,
     MethodParams,
@@ -94,5 +98,6 @@ METHODS: Registry[type[TrainingMethod]] = Registry(
         "aoq": AOQMethod,
         "acmr": ACMRMethod,
         "corr_ae": CorrAEMethod,
+        "phrase_localization": PhraseLocalizationMethod,
     },
 )

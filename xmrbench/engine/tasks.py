@@ -133,8 +133,10 @@ def evaluate_protocols(
 
 def phrase(model: RetrievalModel, split: PreparedSplit, protocol: Protocol, *, device: torch.device,
            batch_size: int, block_images: int, sentence: bool) -> tuple[Metrics, Ranks]:
-    """Phrase localization recall at 1, 5 and 10 (IoU >= 0.5), per-phrase ranks, and the
-    proposals' upper bound.
+    """Phrase localization recall at 1, 5 and 10 (IoU >= 0.5), per-phrase ranks, the
+    proposals' upper bound, and for the regression gate the chance level of R@1 (the
+    mean share of correct proposals: the expected R@1 of a random ranking) and the
+    number of phrases.
 
     The split's ``extras["entities"]`` is the phrase-region split (``data/entities.py``):
     every phrase of every caption is encoded as a text (with the captions' vocabulary or
@@ -151,6 +153,7 @@ def phrase(model: RetrievalModel, split: PreparedSplit, protocol: Protocol, *, d
     model.eval()
     ranks: list[int] = []
     found = {1: 0, 5: 0, 10: 0}
+    chance = 0.0
     reachable = 0
     try:
         with torch.no_grad():
@@ -170,6 +173,7 @@ def phrase(model: RetrievalModel, split: PreparedSplit, protocol: Protocol, *, d
                 scores = model.similarity(prop, txt).float().cpu()  # (P, Q)
                 for q, (j, k) in enumerate(queries):
                     correct = torch.from_numpy(iou(boxes, ents.phrase_boxes(j, k)).max(1) >= IOU_HIT)
+                    chance += float(correct.sum()) / len(correct)  # a random ranking puts a correct one first
                     rank = correct_rank(scores[:, q], correct)
                     ranks.append(rank or 0)  # 0: no proposal is correct
                     reachable += rank is not None
@@ -181,7 +185,7 @@ def phrase(model: RetrievalModel, split: PreparedSplit, protocol: Protocol, *, d
         raise DataError(f"split {split.name!r} has no phrases to localize")
     n = len(ranks)
     metrics = {K.PL_R1: 100 * found[1] / n, K.PL_R5: 100 * found[5] / n, K.PL_R10: 100 * found[10] / n,
-               K.PL_UPPER: 100 * reachable / n}
+               K.PL_UPPER: 100 * reachable / n, K.PL_R1_CHANCE: 100 * chance / n, K.PL_PHRASES: float(n)}
     return metrics, {"phrase": ranks}
 
 

@@ -395,13 +395,19 @@ def train_and_evaluate(
         t0 = time.perf_counter()
         model.train()
         rng = np.random.default_rng([seed, epoch])
-        batches = epoch_batches(sampler, caption_image, cfg.train.batch_size, rng, cfg.train.min_epoch_pairs)
+        planned = method.plan_epoch(train, rng)
+        if planned is not None and streams:
+            raise TrainingError(f"training method {cfg.method.name!r} draws its own batches and cannot also declare "
+                                "streams", where=label)
+        batches = planned if planned is not None else \
+            epoch_batches(sampler, caption_image, cfg.train.batch_size, rng, cfg.train.min_epoch_pairs)
         for stream in streams:
             stream.new_epoch(seed, epoch)
         events.epoch_start(epoch, cfg.train.epochs, len(batches))
         total = 0.0
         for b, caption_index in enumerate(batches):
-            batch = make_batch(train, caption_index, caption_image, device, extras)
+            batch = caption_index if planned is not None else \
+                make_batch(train, caption_index, caption_image, device, extras)
             for name, stream in zip(stream_names, streams):
                 batch.streams[name] = stream.batch(b)
             ctx = StepContext(Progress(epoch, cfg.train.epochs, b, len(batches)), device, label, artifacts or {}, train)
@@ -424,7 +430,8 @@ def train_and_evaluate(
             ("epoch_s", epoch_s),
             # the dev split's rsum (image-sentence) or mean mAP (label task), and R@1 per
             # direction where the task has it (AOQ Figure 4 plots them per epoch)
-            *((f"dev_{k}", dev_metrics[k]) for k in ("rsum", "avg_map", "i2t_r1", "t2i_r1") if k in dev_metrics),
+            *((f"dev_{k}", dev_metrics[k]) for k in ("rsum", "avg_map", "pl_r1", "i2t_r1", "t2i_r1")
+              if k in dev_metrics),
             # the method's own per-epoch values (ACMR Figure 5: its embedding and adversarial losses)
             *method.epoch_curves().items(),
         ):
@@ -449,7 +456,8 @@ def train_and_evaluate(
                 ckpt_path,
             )
         events.epoch_end(epoch, {"loss": curves["train_loss"][-1],
-                                 **{f"dev_{k}": dev_metrics[k] for k in ("rsum", "avg_map") if k in dev_metrics}})
+                                 **{f"dev_{k}": dev_metrics[k] for k in ("rsum", "avg_map", "pl_r1")
+                                    if k in dev_metrics}})
         if cfg.train.early_stop and has_plateaued(curves["dev_score"], cfg.train.plateau_window, cfg.train.plateau_gain):
             break
         if stop_requested is not None and stop_requested() and epoch + 1 < cfg.train.epochs:
@@ -465,9 +473,13 @@ def train_and_evaluate(
 
 def _evaluate_dev(model: RetrievalModel, dev: Any, select_by: str, eval_kw: dict[str, Any]) -> dict[str, float]:
     """The dev split's metrics for model selection: label mAP (``select_by: map``, the
-    ``label`` task ACMR's datasets are scored by) or image-sentence recall (the others)."""
+    ``label`` task ACMR's datasets are scored by), phrase localization recall
+    (``select_by: phrase``, the ``phrase`` task) or image-sentence recall (the others)."""
     if select_by == "map":
         metrics, _ = TASKS["label"](model, dev, PROTOCOLS["test_labels"], sentence=False, **eval_kw)
+        return metrics
+    if select_by == "phrase":
+        metrics, _ = TASKS["phrase"](model, dev, PROTOCOLS["test_phrases"], sentence=False, **eval_kw)
         return metrics
     metrics, _ = evaluate_split(model, dev, **eval_kw)
     return metrics

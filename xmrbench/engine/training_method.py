@@ -141,6 +141,14 @@ class TrainingMethod:
     def setup(self) -> None:
         """Build optimisers and schedules (the model is on its device)."""
 
+    def plan_epoch(self, train: Any, rng: Any) -> list[Any] | None:
+        """The epoch's mini-batches when the method draws its own, one per step, each
+        handed to :meth:`step` as its ``batch`` (phrase localization: region-phrase pairs
+        from the split's annotations); ``train`` is the prepared training split, ``rng``
+        the epoch's ``numpy`` generator (seeded by run seed and epoch). None (the
+        default): the engine draws caption batches with the cell's sampler."""
+        return None
+
     def step(self, ctx: StepContext, batch: TrainBatch) -> float:
         """One training step on ``batch``; returns the loss to log."""
         raise NotImplementedError

@@ -25,6 +25,12 @@ scores it. The chance mAP of a split is the mean of E[AP] over its queries, so i
 on the labels, not only on the sizes: the ``label`` task records it with every
 whole-list mAP (``i2t_map_chance``, ``t2i_map_chance``, ``avg_map_chance``,
 :func:`chance_label_map`), and the gate reads it from the runs' own metrics.
+
+Phrase localization R@1 (``pl_r1``): a phrase whose image has ``n`` proposals, ``c`` of
+them correct (IoU >= 0.5), puts a correct one first in a random ranking with probability
+``c / n``; the chance level is the mean of that over the phrases (0 for a phrase without
+proposals), recorded by the ``phrase`` task as ``pl_r1_chance`` beside the number of
+phrases (``pl_phrases``), from which one phrase's weight in ``pl_r1`` follows.
 """
 
 from __future__ import annotations
@@ -73,13 +79,17 @@ def rsum_resolution(n_images: int, captions_per_image: int = 5) -> float:
 
 def headline_metric(metrics: Mapping[str, float]) -> str:
     """The metric the learning checks judge for one protocol's metrics: rsum for
-    image-sentence retrieval, ``avg_map`` for label retrieval (the whole-list mAP)."""
+    image-sentence retrieval, ``avg_map`` for label retrieval (the whole-list mAP),
+    ``pl_r1`` for phrase localization."""
     if K.RSUM in metrics:
         return K.RSUM
     if K.AVG_MAP in metrics:
         return K.AVG_MAP
+    if K.PL_R1 in metrics:
+        return K.PL_R1
     raise ConfigError(f"no chance level is known for a protocol with the metrics {', '.join(sorted(metrics))} "
-                      "(xmrbench/gate/chance.py knows rsum and the whole-list label mAP avg_map)")
+                      "(xmrbench/gate/chance.py knows rsum, the whole-list label mAP avg_map and phrase "
+                      "localization's pl_r1)")
 
 
 def chance_level(metric: str, *, images: int, captions_per_image: int, folds: int = 1,
@@ -94,14 +104,21 @@ def chance_level(metric: str, *, images: int, captions_per_image: int, folds: in
     if metric == K.RSUM:
         return chance_rsum(images // folds, captions_per_image)
     if metric in MAP_CHANCE_KEYS:
-        key = MAP_CHANCE_KEYS[metric]
-        if not runs:
-            raise ConfigError(f"the chance level of {metric} depends on the split's labels: pass the runs' metrics")
-        if any(key not in run for run in runs):
-            raise ConfigError(f"a run's metrics lack {key}, the chance level of {metric}: it was computed before "
-                              "the label task recorded it; run it again")
-        return float(np.mean([float(run[key]) for run in runs]))
+        return _recorded(runs, MAP_CHANCE_KEYS[metric], metric, "the split's labels")
+    if metric == K.PL_R1:
+        return _recorded(runs, K.PL_R1_CHANCE, metric, "the split's proposals")
     raise ConfigError(f"no chance level is known for metric {metric!r}")
+
+
+def _recorded(runs: Sequence[Mapping[str, float]], key: str, metric: str, source: str) -> float:
+    """The mean over ``runs`` of ``key``, a value the task records beside ``metric`` from
+    ``source``."""
+    if not runs:
+        raise ConfigError(f"{key} ({metric}) depends on {source}: pass the runs' metrics")
+    if any(key not in run for run in runs):
+        raise ConfigError(f"a run's metrics lack {key} (for {metric}): it was computed before the task recorded "
+                          "it; run it again")
+    return float(np.mean([float(run[key]) for run in runs]))
 
 
 def map_resolution(n_images: int, n_texts: int) -> float:
@@ -111,10 +128,15 @@ def map_resolution(n_images: int, n_texts: int) -> float:
     return (1.0 / n_images + 1.0 / n_texts) / 2
 
 
-def resolution(metric: str, *, images: int, captions_per_image: int, folds: int = 1) -> float:
-    """The change of ``metric`` that one image query and one caption query can cause (per fold)."""
+def resolution(metric: str, *, images: int, captions_per_image: int, folds: int = 1,
+               runs: Sequence[Mapping[str, float]] = ()) -> float:
+    """The change of ``metric`` that one image query and one caption query can cause (per
+    fold); for phrase localization's ``pl_r1``, one phrase query (the phrase count is read
+    from ``runs``)."""
     if folds < 1 or images % folds:
         raise ValueError(f"{images} images do not split into {folds} equal folds")
+    if metric == K.PL_R1:
+        return 100.0 / _recorded(runs, K.PL_PHRASES, metric, "the split's phrases")
     n_images = images // folds
     n_texts = n_images * captions_per_image
     if metric == K.RSUM:

@@ -199,8 +199,9 @@ def reference_doc(resolved: ResolvedRecipe, runs: Sequence[CellRuns]) -> tuple[d
             first = cr.metrics[resolved.seeds[0]][proto]
             metric = C.headline_metric(first)
             values = [float(cr.metrics[s][proto][metric]) for s in resolved.seeds]
-            chance = C.chance_level(metric, **split, runs=[cr.metrics[s][proto] for s in resolved.seeds])
-            floor = FLOOR_QUERIES * C.resolution(metric, **split)
+            proto_runs = [cr.metrics[s][proto] for s in resolved.seeds]
+            chance = C.chance_level(metric, **split, runs=proto_runs)
+            floor = FLOOR_QUERIES * C.resolution(metric, **split, runs=proto_runs)
             tol = tolerance(values, n_gate=len(GATE_SEEDS), floor=floor)
             mean = float(np.mean(values))
             problem = band_problem(expect=expect, mean=mean, tol=tol, bar=BAR * chance, chance=chance, metric=metric)

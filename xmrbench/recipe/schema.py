@@ -16,10 +16,18 @@ Unknown keys and wrong types are rejected with the file and the dotted key.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
 from xmrbench.config import Strict
@@ -173,14 +181,25 @@ def _check_metric(value: str) -> str:
 
 
 class Claim(Strict):
-    """A directional statement of the paper, judged by a paired test over seeds."""
+    """A statement of the paper, judged by paired tests over seeds.
+
+    ``kind: better`` (the default): each pair is (better cell, worse cell), a
+    directional claim. ``kind: equivalent``: each pair [a, b] claims that a matches b
+    within ``margin`` (in the metric's own units, e.g. 1.0 for one point of R@1),
+    judged by two one-sided tests (``xmrbench.stats.claims``); the order of a pair
+    carries no meaning. ``margin`` is required (> 0) for an equivalence claim and
+    forbidden for a directional one. Dumps leave ``kind`` and ``margin`` out while
+    at their defaults, so a directional claim serialises as it did before they existed.
+    """
 
     id: str
     text: str
     metric: str = "rsum"
     protocol: str | None = None  # default: the recipe's first protocol
-    pairs: tuple[tuple[str, str], ...]  # (better cell, worse cell), every pair must hold
+    pairs: tuple[tuple[str, str], ...]  # (better cell, worse cell), every pair must hold; unordered when equivalent
     where: str | None = None  # section of the paper that states it
+    kind: Literal["better", "equivalent"] = "better"
+    margin: float | None = None  # equivalence margin, in the metric's units
 
     @field_validator("id")
     @classmethod
@@ -191,6 +210,28 @@ class Claim(Strict):
     @classmethod
     def _metric(cls, value: str) -> str:
         return _check_metric(value)
+
+    @model_validator(mode="after")
+    def _margin_for_equivalence(self) -> Claim:
+        if self.kind == "equivalent":
+            if self.margin is None:
+                raise ValueError(f"claim {self.id!r}: an equivalence claim (kind: equivalent) needs a margin, "
+                                 "the largest difference that still counts as a match, in the metric's units")
+            if not (self.margin > 0 and math.isfinite(self.margin)):
+                raise ValueError(f"claim {self.id!r}: margin must be a finite number > 0, not {self.margin!r}")
+        elif self.margin is not None:
+            raise ValueError(f"claim {self.id!r}: margin belongs to an equivalence claim (kind: equivalent); "
+                             "a directional claim (kind: better) has none")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _leave_out_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        out = handler(self)
+        if out.get("kind") == "better":
+            out.pop("kind")
+        if out.get("margin", 0.0) is None:
+            out.pop("margin")
+        return out
 
 
 class FigurePanel(Strict):

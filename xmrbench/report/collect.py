@@ -217,7 +217,7 @@ def collect_resolved(resolved: ResolvedRecipe, store: ResultStore, *, allow_unco
             fa, fb = fingerprints.get((better, proto)), fingerprints.get((worse, proto))
             if fa is not None and fb is not None:
                 comparable_pairs[(better, worse, proto)] = compare(fa, fb)[0]
-        claim_specs.append((claim.id, claim.text, claim.metric, proto, claim.pairs))
+        claim_specs.append((claim.id, claim.text, claim.metric, proto, claim.pairs, claim.kind, claim.margin))
     unconverged = {} if allow_unconverged else {c.id: c.unconverged for c in cells if c.unconverged}
     verdicts = judge(claim_specs, sides, comparable=comparable_pairs, unconverged=unconverged)
 

@@ -10,6 +10,7 @@ from tabulate import tabulate
 from xmrbench.core.metrics import keys as K
 from xmrbench.core.metrics.protocols import PROTOCOLS
 from xmrbench.report.collect import CellReport, Ours, TableReport
+from xmrbench.stats.claims import EQUIVALENT, ClaimVerdict
 
 _SHORT = {
     K.I2T_R1: "i2t R@1", K.I2T_R5: "i2t R@5", K.I2T_R10: "i2t R@10",
@@ -115,9 +116,16 @@ def protocol_lines(rep: TableReport, protocol: str) -> list[str]:
 
 def claim_rows(rep: TableReport) -> tuple[list[str], list[list[str]]]:
     header = ["claim", "metric", "verdict", "evidence"]
-    rows = [[cv.text, f"{cv.metric} ({cv.protocol})", cv.label, "; ".join(pv.evidence for pv in cv.pairs)]
-            for cv in rep.claims]
+    rows = [[cv.text, _claim_metric(cv), cv.label, "; ".join(pv.evidence for pv in cv.pairs)] for cv in rep.claims]
     return header, rows
+
+
+def _claim_metric(cv: ClaimVerdict) -> str:
+    """The metric column of a claim; an equivalence claim adds its margin."""
+    text = f"{cv.metric} ({cv.protocol})"
+    if cv.kind == EQUIVALENT:
+        text += f", equivalent within ±{cv.margin:g}"
+    return text
 
 
 TEST_NOTE = (
@@ -126,7 +134,12 @@ TEST_NOTE = (
     "are equal across seeds (deterministic) has no p-value and holds only when its gap exceeds the minimum effect "
     "(one query's worth); a claim is contradicted if any pair is, else untested if any pair is, and holds only if "
     "every pair holds. 'query p' is a sign-flip randomization test over test queries pooled over seeds "
-    "(test-set noise only). A pair with a side whose training has not converged is untested."
+    "(test-set noise only). A pair with a side whose training has not converged is untested. An equivalence "
+    "claim (A matches B within a margin m) is judged per pair by two one-sided paired t-tests over seeds (TOST, "
+    "H0: mean difference <= -m, H0: mean difference >= +m; p_tost the larger p): it holds when p_tost, "
+    "Holm-corrected with the table's other tested pairs, is below alpha, and is contradicted when the mean "
+    "difference lies significantly outside the margin (two-sided, Holm-corrected); a difference equal across "
+    "seeds holds when |Δ| < m and is contradicted when |Δ| > m."
 )
 
 

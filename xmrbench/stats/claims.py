@@ -18,6 +18,21 @@ one metric and protocol. Each pair is judged over seeds (paired by seed, see
   p below alpha, *contradicted* when it is behind with corrected p below alpha,
   else *not significant*.
 
+An *equivalence* claim ("A matches B within a margin m", in the metric's units)
+judges each pair [a, b] on d_s = a_s - b_s over the seeds both sides have, by two
+one-sided paired t-tests (TOST, ``paired.seed_tost``): H0a mean(d) <= -m and H0b
+mean(d) >= +m, p_tost = max(p_a, p_b). Untested for the same reasons as a
+directional pair. A difference equal across seeds (zero spread, deterministic
+sides included) has no p-value: *holds* when |d| < m, *contradicted* when |d| > m,
+else *not significant*. Otherwise the pair enters the table's Holm family with one
+p-value, as a directional pair does: the p of the conclusion its data point to,
+p_tost when |mean d| < m, else the two-sided p that |mean d| > m (the smaller of
+the one-sided p's for mean(d) > +m and mean(d) < -m, doubled, as the directional
+two-sided p is). *holds* when the corrected p is below alpha and the mean is
+inside the margin, *contradicted* when it is below alpha and the mean is outside,
+else *not significant*. The query test (a test of "no difference") is not run for
+equivalence pairs.
+
 A claim takes the first of its pairs' verdicts in the order contradicted >
 untested > not significant > holds: one contradicted pair contradicts it even if
 another could not be tested, and it holds only when every pair holds.
@@ -27,11 +42,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from xmrbench.core.metrics import keys as K
-from xmrbench.stats.paired import SIGNTEST, TestResult, holm, seed_test, signflip_test
+from xmrbench.stats.paired import SIGNTEST, TestResult, TostResult, holm, seed_test, seed_tost, signflip_test
 
 ALPHA = 0.05
 #: Verdicts from strongest to weakest; a claim takes the first one any of its pairs has.
@@ -41,6 +57,7 @@ PRECEDENCE = ("contradicted", "untested", "not significant", "holds")
 FALLBACK_MIN_EFFECT = {"percent": 0.1, "rank": 0.1, "fraction": 0.001}
 _MIN_EFFECT_RTOL = 1e-6  # a gap must beat the minimum effect by more than float noise
 NOT_CONVERGED = "not converged"
+BETTER, EQUIVALENT = "better", "equivalent"  # claim kinds
 
 
 @dataclass
@@ -62,15 +79,22 @@ class PairVerdict:
     p_adjusted: float | None = None  # None: untested or deterministic (no p-value)
     reason: str | None = None
     min_effect: float | None = None  # deterministic pairs: the gap the difference must exceed
+    kind: str = BETTER  # EQUIVALENT: ``better`` and ``worse`` are the pair's cells a and b, unordered
+    margin: float | None = None  # equivalence pairs: the margin
+    tost: TostResult | None = None  # equivalence pairs: the tests over seeds (None: untested)
 
     @property
     def deterministic(self) -> bool:
+        if self.kind == EQUIVALENT:
+            return self.tost is not None and self.tost.exact
         return self.seed_test is not None and self.seed_test.deterministic
 
     @property
     def evidence(self) -> str:
         """One line for a report: the difference, the rule that judged it, the verdict."""
         head = f"{self.better} vs {self.worse}"
+        if self.kind == EQUIVALENT:
+            return self._equivalence_evidence(head)
         st = self.seed_test
         if st is None:
             return f"{head}: {self.reason}"
@@ -85,6 +109,21 @@ class PairVerdict:
             text += f", query p={min(1.0, 2 * min(qt.p_greater, qt.p_less)):.3g}"  # type: ignore[type-var]
         return f"{text} → {self.verdict}"
 
+    def _equivalence_evidence(self, head: str) -> str:
+        text = f"{head}: equivalence test (TOST), margin ±{self.margin:.4g}"
+        tt = self.tost
+        if tt is None:
+            return f"{text}: {self.reason}"
+        text += f", Δ={tt.mean_diff:+.4g}, n={tt.n} seeds, "
+        if tt.exact:
+            text += f"p_tost none ({self.reason})"
+        else:
+            text += f"p_tost={tt.p_tost:.3g}"
+            if abs(tt.mean_diff) >= tt.margin:
+                text += f", p_outside={tt.p_outside:.3g}"
+            text += f", p_holm={self.p_adjusted:.3g}"
+        return f"{text} → {self.verdict}"
+
 
 @dataclass
 class ClaimVerdict:
@@ -94,6 +133,8 @@ class ClaimVerdict:
     protocol: str
     verdict: str
     pairs: list[PairVerdict]
+    kind: str = BETTER
+    margin: float | None = None  # equivalence claims
 
     @property
     def label(self) -> str:
@@ -181,8 +222,18 @@ def _judge_deterministic(pv: PairVerdict, metric: str, a: Side, b: Side, min_eff
     pv.reason = f"{st.test}: |Δ| {op} minimum effect {m:.4g} ({why})"
 
 
+def _judge_exact_equivalence(pv: PairVerdict) -> None:
+    tt = pv.tost
+    assert tt is not None and tt.exact
+    d, m = abs(tt.mean_diff), tt.margin
+    tol = _MIN_EFFECT_RTOL * m  # a difference must clear the margin by more than float noise
+    pv.verdict = "holds" if d < m - tol else "contradicted" if d > m + tol else "not significant"
+    op = "<" if d < m - tol else ">" if d > m + tol else "="
+    pv.reason = f"difference equal across seeds: |Δ| {op} margin"
+
+
 def judge(
-    claims: Sequence[tuple[str, str, str, str, Sequence[tuple[str, str]]]],
+    claims: Sequence[tuple[Any, ...]],
     sides: Mapping[tuple[str, str, str], Side],
     *,
     comparable: Mapping[tuple[str, str, str], bool] | None = None,
@@ -192,7 +243,9 @@ def judge(
 ) -> list[ClaimVerdict]:
     """Judge claims.
 
-    ``claims``: (id, text, metric, protocol, pairs). ``sides[(cell, metric, protocol)]``
+    ``claims``: (id, text, metric, protocol, pairs), or (id, text, metric, protocol,
+    pairs, kind, margin) where kind is ``BETTER`` (margin None) or ``EQUIVALENT``
+    (pairs [a, b], margin > 0). ``sides[(cell, metric, protocol)]``
     holds that cell's results. ``comparable[(cell_a, cell_b, protocol)]`` may mark
     pairs whose results were measured on different protocols (never compared).
     ``min_effect[metric]`` replaces ``default_min_effect`` for deterministic pairs.
@@ -202,10 +255,16 @@ def judge(
     unconverged = unconverged or {}
     lower_is_better = {k for k, spec in K.METRICS.items() if not spec.higher_is_better}
     pair_verdicts: list[tuple[int, PairVerdict]] = []
-    for ci, (_cid, _text, metric, protocol, pairs) in enumerate(claims):
+    for ci, spec in enumerate(claims):
+        metric, protocol, pairs = spec[2], spec[3], spec[4]
+        kind, margin = (spec[5], spec[6]) if len(spec) > 5 else (BETTER, None)
+        if kind == EQUIVALENT and not (margin is not None and margin > 0):
+            raise ValueError(f"claim {spec[0]!r}: an equivalence claim needs a margin > 0")
+        if kind not in (BETTER, EQUIVALENT):
+            raise ValueError(f"claim {spec[0]!r}: unknown kind {kind!r}")
         for better, worse in pairs:
             a, b = sides.get((better, metric, protocol)), sides.get((worse, metric, protocol))
-            pv = PairVerdict(better, worse, "untested", [])
+            pv = PairVerdict(better, worse, "untested", [], kind=kind, margin=margin if kind == EQUIVALENT else None)
             if a is None or b is None:
                 missing = better if a is None else worse
                 pv.reason = f"no results for {missing!r}"
@@ -213,6 +272,14 @@ def judge(
                 pv.reason = "; ".join(f"{NOT_CONVERGED}: {c!r} ({unconverged[c]})" for c in (better, worse) if c in unconverged)
             elif comparable is not None and not comparable.get((better, worse, protocol), True):
                 pv.reason = "results measured under different protocols"
+            elif kind == EQUIVALENT:
+                seeds = sorted(set(a.values) & set(b.values))
+                pv.seeds = seeds
+                pv.tost = seed_tost([a.values[s] for s in seeds], [b.values[s] for s in seeds], margin)
+                if pv.tost is None:
+                    pv.reason = f"{len(seeds)} common seed(s); at least 2 are needed"
+                elif pv.tost.exact:
+                    _judge_exact_equivalence(pv)
             else:
                 seeds = sorted(set(a.values) & set(b.values))
                 pv.seeds = seeds
@@ -226,12 +293,17 @@ def judge(
                 elif pv.seed_test.deterministic:
                     _judge_deterministic(pv, metric, a, b, (min_effect or {}).get(metric))
             pair_verdicts.append((ci, pv))
-    tested = [pv for _, pv in pair_verdicts if pv.seed_test is not None and not pv.seed_test.deterministic]
+    # one Holm family per table: every tested pair, directional or equivalence, with one p-value
+    tested = [pv for _, pv in pair_verdicts
+              if (pv.tost is not None or pv.seed_test is not None) and not pv.deterministic]
     if tested:
-        # two-sided use of one-sided tests: correct the smaller of the two directions
-        raw = [min(1.0, 2 * min(pv.seed_test.p_greater, pv.seed_test.p_less)) for pv in tested]  # type: ignore[union-attr,type-var]
+        raw = [_pair_p(pv) for pv in tested]
         for pv, p_adj in zip(tested, holm(raw)):
             pv.p_adjusted = p_adj
+            if pv.tost is not None:  # equivalence: inside or outside the margin
+                inside = abs(pv.tost.mean_diff) < pv.tost.margin
+                pv.verdict = "not significant" if p_adj >= alpha else "holds" if inside else "contradicted"
+                continue
             diff = pv.seed_test.mean_diff  # type: ignore[union-attr]
             if p_adj < alpha and diff > 0:
                 pv.verdict = "holds"
@@ -240,9 +312,22 @@ def judge(
             else:
                 pv.verdict = "not significant"
     out = []
-    for ci, (cid, text, metric, protocol, _pairs) in enumerate(claims):
+    for ci, spec in enumerate(claims):
+        cid, text, metric, protocol = spec[:4]
+        kind, margin = (spec[5], spec[6]) if len(spec) > 5 else (BETTER, None)
         pvs = [pv for i, pv in pair_verdicts if i == ci]
         states = {pv.verdict for pv in pvs}
         verdict = next((v for v in PRECEDENCE if v in states), "untested")  # no pairs: untested
-        out.append(ClaimVerdict(cid, text, metric, protocol, verdict, pvs))
+        out.append(ClaimVerdict(cid, text, metric, protocol, verdict, pvs, kind, margin if kind == EQUIVALENT else None))
     return out
+
+
+def _pair_p(pv: PairVerdict) -> float:
+    """The p-value a tested pair contributes to the table's Holm family."""
+    if pv.tost is not None:
+        # the p of the conclusion the data point to: equivalence inside the margin, else outside
+        tt = pv.tost
+        return tt.p_tost if abs(tt.mean_diff) < tt.margin else tt.p_outside  # type: ignore[return-value]
+    # two-sided use of one-sided tests: correct the smaller of the two directions
+    st = pv.seed_test
+    return min(1.0, 2 * min(st.p_greater, st.p_less))  # type: ignore[union-attr,type-var]

@@ -17,6 +17,10 @@
 - over queries: a paired sign-flip randomization test on per-query contributions
   to the metric, pooled over seeds; it measures test-set sampling noise only,
   conditional on the trained models, and is reported beside the seed test;
+- over seeds, for "A matches B within a margin m" claims: ``seed_tost``, two one-sided
+  paired t-tests (TOST) on d_s = a_s - b_s, H0a: mean(d) <= -m and H0b: mean(d) >= +m,
+  p_tost = max(p_a, p_b); and the opposite pair of one-sided tests, that the mean lies
+  above +m or below -m, for evidence that the difference exceeds the margin;
 - Holm's step-down correction for the several claims of one table.
 """
 
@@ -112,6 +116,73 @@ def seed_test(better: Sequence[float], worse: Sequence[float]) -> TestResult | N
     if _constant(a - b):
         return seed_signtest(a - b)
     return seed_ttest(a, b)
+
+
+TOST = "two one-sided paired t-tests over seeds (TOST)"
+
+
+@dataclass(frozen=True)
+class TostResult:
+    """Equivalence evidence for one pair: the mean of d_s = a_s - b_s against a margin m.
+
+    ``p_lower``: one-sided p of H0a mean(d) <= -m (against mean(d) > -m);
+    ``p_upper``: of H0b mean(d) >= +m (against mean(d) < +m); ``p_above``: of
+    mean(d) <= +m (against mean(d) > +m); ``p_below``: of mean(d) >= -m (against
+    mean(d) < -m). All None when the difference is equal across seeds (``exact``):
+    the t statistic is undefined there and the exact difference decides.
+    """
+
+    n: int  # paired seeds
+    mean_diff: float  # mean of a - b
+    margin: float
+    p_lower: float | None
+    p_upper: float | None
+    p_above: float | None
+    p_below: float | None
+
+    @property
+    def exact(self) -> bool:
+        return self.p_lower is None
+
+    @property
+    def p_tost(self) -> float | None:
+        """The TOST p-value, max(p_lower, p_upper): small when -m < mean(d) < +m."""
+        return None if self.p_lower is None or self.p_upper is None else max(self.p_lower, self.p_upper)
+
+    @property
+    def p_outside(self) -> float | None:
+        """Two-sided p that |mean(d)| > m: the smaller one-sided p, doubled (at most 1)."""
+        if self.p_above is None or self.p_below is None:
+            return None
+        return min(1.0, 2 * min(self.p_above, self.p_below))
+
+
+def seed_tost(a: Sequence[float], b: Sequence[float], margin: float) -> TostResult | None:
+    """Equivalence tests over seeds of a against b within ``margin``; None with fewer than 2 pairs.
+
+    One-sample t-tests of d = a - b (n - 1 degrees of freedom,
+    ``scipy.stats.ttest_1samp``) against -margin and +margin. A difference equal
+    across seeds (zero spread, including deterministic sides) has no test: the
+    result carries the exact mean and no p-values.
+    """
+    x, y = _paired(a, b)
+    if len(x) < 2:
+        return None
+    if not margin > 0:
+        raise ValueError(f"the equivalence margin must be > 0, not {margin!r}")
+    d = x - y
+    mean = float(d.mean())
+    if _constant(d):
+        return TostResult(len(d), mean, float(margin), None, None, None, None)
+
+    def p(popmean: float, alternative: str) -> float:
+        return float(_st.ttest_1samp(d, popmean, alternative=alternative).pvalue)
+
+    return TostResult(
+        len(d), mean, float(margin),
+        p_lower=p(-margin, "greater"), p_upper=p(margin, "less"),
+        p_above=p(margin, "greater"), p_below=p(-margin, "less"),
+    )
 
 
 def signflip_test(

@@ -40,7 +40,7 @@ def euclidean_distances(a: Tensor, b: Tensor) -> Tensor:
     return torch.sqrt(sq + DIST_EPS)
 
 
-def _ranking_term(
+def ranking_term(
     dists: Tensor, pos_mask: Tensor, neg_mask: Tensor, margin: float, top_k: int | None
 ) -> Tensor:
     """Sum over (anchor a, positive p) pairs of ``pos_mask`` of the ``top_k`` largest
@@ -113,10 +113,10 @@ class BidirectionalRankingLoss(RetrievalLoss):
         if p.lambda1 or p.lambda2:
             d_xy = euclidean_distances(img_emb, txt_emb)
             if p.lambda1:
-                terms.append(p.lambda1 * _ranking_term(d_xy, pos_mask, ~pos_mask, margin, top_k))
+                terms.append(p.lambda1 * ranking_term(d_xy, pos_mask, ~pos_mask, margin, top_k))
             if p.lambda2:
                 terms.append(
-                    p.lambda2 * _ranking_term(d_xy.T, pos_mask.T, ~pos_mask.T, margin, top_k)
+                    p.lambda2 * ranking_term(d_xy.T, pos_mask.T, ~pos_mask.T, margin, top_k)
                 )
         within = ((p.lambda3, img_emb, pos_mask), (p.lambda4, txt_emb, pos_mask.T))
         for weight, emb, mask in within:
@@ -125,7 +125,7 @@ class BidirectionalRankingLoss(RetrievalLoss):
                 eye = torch.eye(emb.shape[0], dtype=torch.bool, device=emb.device)
                 non_neighbours = ~neighbours & ~eye
                 d_within = euclidean_distances(emb, emb)
-                term = _ranking_term(d_within, neighbours, non_neighbours, margin, top_k)
+                term = ranking_term(d_within, neighbours, non_neighbours, margin, top_k)
                 terms.append(weight * term)
         total = torch.stack(terms).sum()
         return reduce_loss(total, int(pos_mask.sum()), p.reduction)

@@ -74,8 +74,12 @@ I2T_R10_FRAC, T2I_R10_FRAC, AVG_R10_FRAC = "i2t_r10_frac", "t2i_r10_frac", "avg_
 S2S_R1, S2S_R5, S2S_R10 = "s2s_r1", "s2s_r5", "s2s_r10"
 PL_R1, PL_R5, PL_R10 = "pl_r1", "pl_r5", "pl_r10"
 PL_UPPER = "pl_upper"
+#: the expected phrase-localization R@1 of a random ranking of each phrase's proposals
+#: (percent), and the number of phrases scored: recorded by the ``phrase`` task for the
+#: regression gate's learning bar and resolution, never a result to compare
+PL_R1_CHANCE, PL_PHRASES = "pl_r1_chance", "pl_phrases"
 
-Scale = Literal["percent", "rank", "fraction"]
+Scale = Literal["percent", "rank", "fraction", "count"]
 
 
 @dataclass(frozen=True)
@@ -136,5 +140,8 @@ METRICS: Registry[MetricSpec] = Registry("metric", {
         _recall(PL_R5, "phrase localization R@5 (IoU >= 0.5)"),
         _recall(PL_R10, "phrase localization R@10 (IoU >= 0.5)"),
         _recall(PL_UPPER, "phrases with a proposal at IoU >= 0.5 (the upper bound of any ranking)"),
+        MetricSpec(PL_R1_CHANCE, "chance level of pl_r1: expected R@1 of a random ranking of each phrase's proposals "
+                   "(not a result)", "percent", False),
+        MetricSpec(PL_PHRASES, "number of phrases scored by phrase localization (not a result)", "count", False),
     )
 })

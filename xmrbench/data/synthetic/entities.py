@@ -189,10 +189,10 @@ def write_synthetic_entities(out_dir: str | os.PathLike, *, size: str = "tiny", 
     return write_entities(out_dir, generate_entities(size=size, seed=seed, region_dim=region_dim))
 
 
-def load_synthetic_entities(*, size: str = "tiny", seed: int = 0, region_dim: int = 128,
-                            cache_dir: str | os.PathLike | None = None) -> dict[str, EntitiesSplit]:
-    """The synthetic entities splits, generated once into the cache and read back with
-    :func:`~xmrbench.data.entities.load_entities`."""
+def synthetic_entities_dir(*, size: str = "tiny", seed: int = 0, region_dim: int = 128,
+                           cache_dir: str | os.PathLike | None = None) -> Path:
+    """The directory of the synthetic entities splits in the entities layout, generated
+    once into the cache."""
     check_params(size=size, seed=seed, region_dim=region_dim, global_dim=1, regions=1)
     root = Path(cache_dir) if cache_dir is not None else cache_root()
     dest = root / "synthetic-entities" / f"{size}-s{seed}-r{region_dim}-v{GENERATOR_VERSION}"
@@ -201,4 +201,11 @@ def load_synthetic_entities(*, size: str = "tiny", seed: int = 0, region_dim: in
         write_synthetic_entities(tmp, size=size, seed=seed, region_dim=region_dim)
 
     params = {"size": size, "seed": seed, "region_dim": region_dim, "generator_version": GENERATOR_VERSION}
-    return load_entities(materialize(dest, build, meta=params))
+    return Path(materialize(dest, build, meta=params))
+
+
+def load_synthetic_entities(*, size: str = "tiny", seed: int = 0, region_dim: int = 128,
+                            cache_dir: str | os.PathLike | None = None) -> dict[str, EntitiesSplit]:
+    """The synthetic entities splits, generated once into the cache and read back with
+    :func:`~xmrbench.data.entities.load_entities`."""
+    return load_entities(synthetic_entities_dir(size=size, seed=seed, region_dim=region_dim, cache_dir=cache_dir))

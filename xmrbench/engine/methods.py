@@ -44,7 +44,7 @@ from xmrbench.engine.acmr_method import ACMRMethod
 from xmrbench.engine.adapt_method import ADAPTMethod
 from xmrbench.engine.aoq_method import AOQMethod
 from xmrbench.engine.corr_ae_method import CorrAEMethod
-from xmrbench.engine.phrase_method import PhraseLocalizationMethod
+from xmrbench.engine.phrase_method import PhraseCCAMethod, PhraseLocalizationMethod
 from xmrbench.engine.training_method import (
     GradientMethod,
     MethodParams,
@@ -99,5 +99,6 @@ METHODS: Registry[type[TrainingMethod]] = Registry(
         "acmr": ACMRMethod,
         "corr_ae": CorrAEMethod,
         "phrase_localization": PhraseLocalizationMethod,
+        "phrase_cca": PhraseCCAMethod,
     },
 )

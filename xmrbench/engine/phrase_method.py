@@ -34,6 +34,11 @@ terms act from the ninth epoch on (None: from the first).
 The similarity network's loss: ``log(1 + exp(-z s))`` over the batch's positive (z = +1)
 and negative (z = -1) pairs, ``s`` the network's score, averaged over the pairs (as many
 negatives as positives, Sec. 3.3). ``margin``, the lambdas and ``top_k`` do not apply to it.
+
+:class:`PhraseCCAMethod` (``phrase_cca``) fits the zoo's CCA in closed form on the
+positive region-phrase pairs (Table 1's CCA row, "trained only on positive region-phrase
+pairs", Sec. 4.4): each phrase with its reference region, or with ``augment`` with every
+positive proposal.
 """
 
 from __future__ import annotations
@@ -58,7 +63,7 @@ from xmrbench.engine.phrase_sampling import (
     index_phrases,
     similarity_batches,
 )
-from xmrbench.engine.training_method import GradientMethod, MethodParams, StepContext
+from xmrbench.engine.training_method import GradientMethod, MethodParams, StepContext, TrainingMethod
 from xmrbench.errors import DataError, TrainingError
 
 
@@ -146,6 +151,42 @@ class PhraseLocalizationMethod(GradientMethod):
         return embedding_loss(reg_emb, phr_emb, all_emb, batch, chains, neg_index, neg_valid, margin=p.margin,
                               lambda1=p.lambda1, lambda2=p.lambda2, lambda3=p.lambda3 if constraints else 0.0,
                               lambda4=p.lambda4 if constraints else 0.0, top_k=p.top_k, reduction=p.reduction)
+
+
+class PhraseCCAParams(MethodParams):
+    """Which pairs CCA is fitted on (module docstring)."""
+
+    augment: bool = False  # every positive proposal (IoU >= pos_iou), not only the reference region
+    pos_iou: float = Field(POS_IOU, ge=0.5, le=1)
+
+
+class PhraseCCAMethod(TrainingMethod):
+    """CCA fitted once on the training split's positive region-phrase pairs."""
+
+    Params = PhraseCCAParams
+    gradient_based = False
+    models = ("cca",)
+    uses_loss = False
+    params: PhraseCCAParams
+
+    def fit(self, split: Any) -> None:
+        ents = split.split.extras.get("entities")
+        if ents is None:
+            raise DataError(f"split {split.name!r} has no phrase-region annotations (extras 'entities'); CCA on "
+                            "region-phrase pairs fits on an entities dataset")
+        index = index_phrases(ents, pos_iou=self.params.pos_iou)
+        rows, phrases = [], []
+        for q in range(len(index)):
+            regions = np.union1d(index.positives[q], [index.reference[q]]) if self.params.augment \
+                else [index.reference[q]]
+            rows.extend(int(r) for r in regions)
+            phrases.extend([q] * len(regions))
+        order = np.argsort(rows, kind="stable")
+        rows_sorted = np.asarray(rows)[order]
+        unique, inverse = np.unique(rows_sorted, return_inverse=True)
+        feats = _features(ents, unique, torch.device("cpu"))[torch.from_numpy(inverse)]
+        texts = split.strings_batch([index.texts[phrases[i]] for i in order]).vectors
+        self.model.fit_pairs(feats, texts)
 
 
 def _features(ents: Any, rows: np.ndarray, device: torch.device) -> Tensor:

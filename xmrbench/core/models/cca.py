@@ -112,7 +112,23 @@ class CCA(ProjectionEncoders, RetrievalModel):
     @torch.no_grad()
     def fit(self, split) -> None:
         """Fit on every (image, caption) pair of ``split`` (a prepared training split)."""
-        mean_x, mean_y, c_xx, c_yy, c_xy = _pair_covariances(split)
+        self._store(*_pair_covariances(split))
+
+    @torch.no_grad()
+    def fit_pairs(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Fit on aligned pairs: row ``i`` of ``x (N, D_x)`` with row ``i`` of ``y (N, D_y)``
+        (region-phrase pairs, say)."""
+        if len(x) != len(y) or not len(x):
+            raise TrainingError(f"CCA needs aligned pairs: got {len(x)} image and {len(y)} text rows")
+        x, y = x.double().cpu(), y.double().cpu()
+        mean_x, mean_y = x.mean(0), y.mean(0)
+        xc, yc = x - mean_x, y - mean_y
+        n = len(x)
+        self._store(mean_x, mean_y, xc.t() @ xc / n, yc.t() @ yc / n, xc.t() @ yc / n)
+
+    def _store(self, mean_x: torch.Tensor, mean_y: torch.Tensor, c_xx: torch.Tensor, c_yy: torch.Tensor,
+               c_xy: torch.Tensor) -> None:
+        """Solve CCA from the pairs' means and covariances and keep the projections."""
         w_x, w_y, rho = solve_cca(c_xx, c_yy, c_xy, dim=self.params.dim, reg=self.params.reg)
         device = self.proj_img.device
         self.mean_img.copy_(mean_x.to(device))

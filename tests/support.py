@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from xmrbench.core.models.base import RetrievalModel
 from xmrbench.gate.chance import chance_rsum  # the chance level every learning test compares with
 
 REPO = Path(__file__).resolve().parents[1]
@@ -147,3 +148,18 @@ class VectorPairs:
         from xmrbench.core.models.base import TextBatch
 
         return TextBatch(vectors=self.texts[torch.as_tensor(np.asarray(index))])
+
+
+
+class IdentityModel(RetrievalModel):
+    """A retrieval model whose embeddings are its inputs (image features, text vectors):
+    scores are dot products of the raw vectors (hand-checked evaluation cases)."""
+
+    def __init__(self):
+        torch.nn.Module.__init__(self)  # no parameters, no dimensions
+
+    def encode_images(self, images):
+        return images
+
+    def encode_texts(self, text):
+        return text.vectors

@@ -31,7 +31,7 @@ def test_splits_carry_the_phrases_and_the_mean_proposal_feature(data):
         np.testing.assert_allclose(test.global_feats[image], feats.mean(0), rtol=1e-6)
 
 
-def test_the_phrase_protocol_runs_after_training_on_the_captions(data):
+def test_the_phrase_protocol_runs_after_epoch_on_the_captions(data):
     """The pipeline only. Whether a model localizes phrases is for a model trained on
     phrase-region pairs: trained on captions alone (20 epochs, seeds 0-4) R@1 is 10.5-16.8,
     and untrained 5.3-9.5, against 5.9 for a random ranking (untrained projections already

@@ -42,7 +42,8 @@ PAPER_RECIPES = {
 ALL = sorted(set().union(*PAPER_RECIPES.values()))
 # model names the pending rows promise to the issues that will switch them on
 PROMISED_MODELS = {"scan", "bfan", "vsrn", "dpc", "dan", "cca", "sg_baseline", "vsepp",
-                   "two_branch_embedding", "two_branch_similarity", "a3vse", "order_embeddings", "adapt", "acmr", "cca3v", "corr_ae"}
+                   "two_branch_embedding", "two_branch_similarity", "a3vse", "order_embeddings", "adapt", "acmr", "cca3v", "corr_ae",
+                   "deep_cca"}
 PROTOCOL_SHAPE = {  # protocol -> (split, folds)
     "test": ("test", 1), "dev": ("dev", 1), "testall": ("testall", 1), "testall_5fold": ("testall", 5),
     "test_labels": ("test", 1), "test_r10_fraction": ("test", 1), "test_phrases": ("test", 1),

@@ -8,7 +8,6 @@ import torch
 
 from xmrbench.core.metrics import keys as K
 from xmrbench.core.metrics.protocols import PROTOCOLS
-from xmrbench.core.models.base import RetrievalModel
 from xmrbench.core.models.registry import MODELS
 from xmrbench.data.dataset import RetrievalData
 from xmrbench.engine.evaluate import encode, evaluate_split, similarity_matrix
@@ -17,6 +16,7 @@ from xmrbench.engine.tasks import TASKS, evaluate_protocols
 from xmrbench.errors import DataError
 from xmrbench.recipe.config import validate_cell_config
 
+from support import IdentityModel
 from toy import toy_data
 
 CFG = validate_cell_config({"model": {"name": "two_branch_embedding", "hidden_dim": 16, "embed_dim": 8},
@@ -91,19 +91,6 @@ def test_sentence_task_equals_the_sentence_flag_of_image_text():
 WORDS = {"dog": [1.0, 0.0, 0.0], "cat": [1.0, 0.0, 0.0], "ball": [0.0, 0.0, 1.0]}
 
 
-class _Identity(RetrievalModel):
-    """Features are the embeddings: proposal features score phrases by a dot product."""
-
-    def __init__(self):
-        torch.nn.Module.__init__(self)
-
-    def encode_images(self, images):
-        return images
-
-    def encode_texts(self, text):
-        return text.vectors
-
-
 def _phrase_split():
     from xmrbench.core.models.base import TextBatch
     from xmrbench.data.dataset import Split
@@ -130,7 +117,7 @@ def test_phrase_localization_by_hand():
     """dog: its correct proposal scores highest (rank 1). cat: scored like the dog, its correct
     proposal (score 0) ties with an incorrect one and ranks after it (rank 3, ties count
     against). ball: no proposal overlaps it (a miss at every K, outside the upper bound)."""
-    metrics, ranks = TASKS["phrase"](_Identity(), _phrase_split(), PROTOCOLS["test_phrases"], **KW)
+    metrics, ranks = TASKS["phrase"](IdentityModel(), _phrase_split(), PROTOCOLS["test_phrases"], **KW)
     assert ranks == {"phrase": [1, 3, 0]}
     # chance of R@1: one correct proposal of three for the dog and the cat, none for the ball
     assert metrics == pytest.approx({K.PL_R1: 100 / 3, K.PL_R5: 200 / 3, K.PL_R10: 200 / 3, K.PL_UPPER: 200 / 3,

@@ -3,8 +3,12 @@
 Text input kinds: ``tokens`` (padded word ids), ``tfidf`` (tf-idf vectors of the
 captions), ``tags`` (A3VSE's tag scores and queries) and ``features`` (the dataset's
 own precomputed text vectors, ``Split.text_feats``, dense or scipy-sparse: the
-labelled sets). The vocabulary and the tf-idf statistics are fitted on the training
-captions only. Image and text features stay in whatever array the dataset holds (a
+labelled sets), and, from the pretrained word vectors of ``data.word_vectors``,
+``mean_wordvec`` (the mean of a caption's word vectors) and ``fisher`` /
+``fisher:k=30,pca=256,ica=on`` (Fisher vectors of the caption's word vectors;
+``xmrbench/core/text/word_features.py``, docs/text_features.md). The vocabulary, the
+tf-idf statistics and the Fisher-vector models (ICA, mixture, PCA) are fitted on the
+training captions only. Image and text features stay in whatever array the dataset holds (a
 memory map for large real data) and are read one batch at a time; ``data.train_images``
 and ``eval.dev_images`` restrict a split to its first images by a view
 (:meth:`~xmrbench.data.dataset.Split.prefix`), not a copy.
@@ -23,11 +27,19 @@ from scipy.sparse import issparse
 from xmrbench.config import DataConfig
 from xmrbench.core.models.base import InputDims, TextBatch
 from xmrbench.core.text.tfidf import TfidfFeaturizer
-from xmrbench.core.text.vocab import Vocabulary, tokenize
+from xmrbench.core.text.vocab import SPECIALS, Vocabulary, tokenize
+from xmrbench.core.text.word_features import (
+    FISHER_KIND,
+    MEAN_KIND,
+    FisherVectorEncoder,
+    MeanWordVector,
+    is_word_feature_kind,
+    parse_fisher_kind,
+)
 from xmrbench.data.dataset import RetrievalData, Split
 from xmrbench.errors import DataError
 
-TEXT_INPUTS = ("tokens", "tfidf", "tags", "features")
+TEXT_INPUTS = ("tokens", "tfidf", "tags", "features", MEAN_KIND, FISHER_KIND)
 #: ``data.word_vectors`` prefix naming the synthetic world's GloVe stand-in: ``synthetic:DIM``
 SYNTHETIC_VECTORS = "synthetic:"
 
@@ -155,12 +167,13 @@ class PreparedData:
     vocab: Vocabulary = field(init=False)
     vocabulary: str = field(init=False)  # what the vocabulary is, for the run fingerprint
     _tfidf: TfidfFeaturizer | None = field(init=False, default=None)
+    _sentences: MeanWordVector | FisherVectorEncoder | None = field(init=False, default=None)
     _splits: dict[str, PreparedSplit] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         train = self.raw_split("train")
         self.vocabulary = f"train captions, min_count={self.cfg.vocab_min_count}"
-        if self.text_input not in TEXT_INPUTS:
+        if self.text_input not in TEXT_INPUTS and not is_word_feature_kind(self.text_input):
             raise DataError(f"unknown text input {self.text_input!r}; known: {', '.join(TEXT_INPUTS)}")
         if self.text_input == "features":
             if train.text_feats is None:
@@ -190,8 +203,35 @@ class PreparedData:
         self._word_vectors: np.ndarray | None = None
         if self.cfg.word_vectors:
             self.vocabulary += f"; word vectors {Path(self.cfg.word_vectors).name}, sha256 {self._vectors_sha256()[:16]}"
+        if is_word_feature_kind(self.text_input):
+            self._sentences = self._sentence_encoder(train)
         if (self.image_input == "tags") != (self.text_input == "tags"):  # one tag index serves both sides
             raise DataError("the 'tags' input kind must be used for images and texts together")
+
+    @property
+    def sentence_encoder(self) -> MeanWordVector | FisherVectorEncoder | None:
+        """The fitted ``mean_wordvec`` / ``fisher`` encoder of this preparation (None for other text inputs)."""
+        return self._sentences
+
+    def _sentence_encoder(self, train: Split) -> MeanWordVector | FisherVectorEncoder:
+        """The ``mean_wordvec`` or ``fisher`` encoder, fitted on the training captions with
+        random_state 0 (docs/text_features.md)."""
+        if not self.cfg.word_vectors:
+            raise DataError(f"text input {self.text_input!r} pools pretrained word vectors: set data.word_vectors "
+                            "(a GloVe / word2vec text file, or synthetic:DIM on the synthetic world)")
+        from xmrbench.data.wordvec import align_to_vocab, read_word_vectors
+
+        vectors, report = align_to_vocab(read_word_vectors(self._vectors_path(), words=self.vocab.idx2word),
+                                         self.vocab, init="zeros")
+        missing = set(report.missing)
+        known = np.array([w not in SPECIALS and w not in missing for w in self.vocab.idx2word], dtype=bool)
+        if self.text_input == MEAN_KIND:
+            return MeanWordVector(self.vocab, vectors, known)
+        try:
+            spec = parse_fisher_kind(self.text_input)
+        except ValueError as exc:
+            raise DataError(str(exc)) from None
+        return FisherVectorEncoder(self.vocab, vectors, known, train.captions, spec, seed=0)
 
     def _machine_texts(self) -> list[str]:
         """The texts of ``data.vocab_texts``, from the training split and the un-annotated
@@ -250,8 +290,11 @@ class PreparedData:
         Words the file lacks (and the specials but ``<pad>``) get draws from a normal
         distribution of the found vectors' spread, seeded with 0, so every seed of a cell
         starts from the same matrix (``data/wordvec.py``).
+
+        None as well for the ``mean_wordvec`` and ``fisher`` text inputs: there the word
+        vectors are pooled into the sentence features, and no token embedding reads them.
         """
-        if not self.cfg.word_vectors:
+        if not self.cfg.word_vectors or self._sentences is not None:
             return None
         if self._word_vectors is None:
             from xmrbench.data.wordvec import align_to_vocab, read_word_vectors
@@ -275,6 +318,8 @@ class PreparedData:
             tags = _TagInputs(split) if self.image_input == "tags" else None
             if self.text_input == "tfidf":
                 text = _VectorText(self._tfidf.transform(split.captions))  # type: ignore[union-attr]
+            elif self._sentences is not None:
+                text = _VectorText(self._sentences.transform(split.captions))
             elif self.text_input == "tags":
                 text = _VectorText(tags.queries)  # type: ignore[union-attr]
             elif self.text_input == "features":
@@ -288,12 +333,15 @@ class PreparedData:
         return self._splits[key]
 
     def _strings(self) -> Callable[[list[str]], TextBatch] | None:
-        return self.encode_strings if self.text_input in ("tfidf", "tokens") else None
+        return self.encode_strings if self.text_input in ("tfidf", "tokens") or self._sentences is not None else None
 
     def encode_strings(self, texts: list[str]) -> TextBatch:
-        """Arbitrary texts as a TextBatch, with the training split's vocabulary or tf-idf statistics."""
+        """Arbitrary texts as a TextBatch, with the training split's vocabulary, tf-idf statistics
+        or sentence-vector encoder."""
         if self.text_input == "tfidf":
             return _VectorText(self._tfidf.transform(texts)).batch(np.arange(len(texts)))  # type: ignore[union-attr]
+        if self._sentences is not None:
+            return _VectorText(self._sentences.transform(texts)).batch(np.arange(len(texts)))
         return _TokenText(self.vocab, texts, self.cfg.max_caption_len).batch(np.arange(len(texts)))
 
     @property
@@ -306,7 +354,7 @@ class PreparedData:
         return InputDims(
             image_dim=int(probe.shape[-1]),
             vocab_size=len(self.vocab),
-            text_dim=self._tfidf.dim if self._tfidf is not None else (
-                int(train.text_feats.shape[1]) if self.text_input == "features" else None),
+            text_dim=self._tfidf.dim if self._tfidf is not None else self._sentences.dim if self._sentences is not None
+            else (int(train.text_feats.shape[1]) if self.text_input == "features" else None),
             n_regions=int(probe.shape[1]) if probe.ndim == 3 else None,
         )

@@ -416,6 +416,7 @@ def train_and_evaluate(
             events.batch_end(b, value)
         lr = method.lr()
         method.end_epoch()
+        model.after_epoch(train)  # closed-form parts of a trained model (Deep CCA's linear CCA)
         dev_metrics = _evaluate_dev(model, dev, cfg.train.select_by, eval_kw)
         score = selection_score(dev_metrics, cfg.train.select_by)
         if score > best_score:
@@ -464,6 +465,7 @@ def train_and_evaluate(
             raise KeyboardInterrupt
 
     if best_state is None:  # no training epoch: evaluate the initial model
+        model.after_epoch(train)
         best_dev = _evaluate_dev(model, dev, cfg.train.select_by, eval_kw)
         best_epoch = 0
     else:

@@ -186,6 +186,8 @@ _LOSS_SETTINGS: dict[str, tuple[tuple[str, dict[str, Any], str], ...]] = {
         ("", {}, "one-negative"),
         ("neg3-mean", {"neg_per_pos": 3, "reduction": "mean"}, "one-negative"),
     ),
+    # Deep CCA's total correlation needs more aligned pairs than output dimensions
+    "dcca": (("", {}, "many-pairs"), ("k2-ridge", {"r1": 0.1, "r2": 0.05, "k": 2}, "many-pairs")),
 }
 #: Which inputs a loss reads: the embeddings (sims = img_emb @ txt_emb.T inside the
 #: loss) and/or a given similarity matrix. Unknown losses: both.
@@ -194,6 +196,7 @@ _LOSS_ROUTES: dict[str, tuple[str, ...]] = {
     "hardest_negative": ("emb", "sims"),
     "bidirectional_ranking": ("emb",),
     "logistic": ("sims",),
+    "dcca": ("emb",),
 }
 
 
@@ -204,6 +207,8 @@ def _loss_batch(kind: str, draw: _Draw) -> tuple[torch.Tensor, torch.Tensor, Any
     if kind == "labelled":  # images 1, 2 share a label (image neighbours); captions share images
         labels = (torch.tensor([0, 1, 1, 2]), torch.tensor([0, 0, 1, 2, 2, 1, 0]))
         return draw.unit(4, 5), draw.unit(7, 5), labels
+    if kind == "many-pairs":  # 12 aligned pairs (image i, caption i) of raw 3-d outputs
+        return draw.normal(12, 3), draw.normal(12, 3), None
     if kind == "one-negative":  # every image matches captions 0-4; caption 5 is the only negative
         labels = (torch.tensor([0, 0, 0, 0]), torch.tensor([0, 0, 0, 0, 0, 1]))
         return draw.unit(4, 5), draw.unit(6, 5), labels
@@ -469,6 +474,20 @@ def _region_case(name: str, params: dict[str, Any], draw: _Draw) -> _ModelCase:
     return _ModelCase(model, draw.normal(N_IMAGES, 4, 7), _tokens(draw, 13, (3, 5, 2, 6, 4, 3)))
 
 
+def _latent_pairs(draw: _Draw, shift: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """60 images (6-d) with two captions each (5-d) sharing three latent factors of strength
+    3, 2 and 1 (distinct, well separated canonical correlations); ``shift`` (60,) moves the
+    weakest factor of each image (CCA-3V's classes)."""
+    n = 60
+    caption_image = np.repeat(np.arange(n), 2)
+    latent = draw.normal(n, 3) * torch.tensor([3.0, 2.0, 1.0])
+    if shift is not None:
+        latent[:, 2] += shift
+    images = latent @ draw.normal(3, 6) + 0.5 * draw.normal(n, 6)
+    texts = latent[caption_image] @ draw.normal(3, 5) + 0.5 * draw.normal(2 * n, 5)
+    return images, texts, caption_image
+
+
 def _model_cases(name: str, draw: _Draw) -> dict[str, _ModelCase]:
     """Variant -> case for model ``name`` ("" is the main variant), on tiny dimensions."""
     from xmrbench.core.models.base import InputDims, TextBatch
@@ -526,12 +545,7 @@ def _model_cases(name: str, draw: _Draw) -> dict[str, _ModelCase]:
     if name == "cca":
         # three shared latent factors of distinct strength: distinct, well separated
         # canonical correlations, so the fit is well conditioned
-        n = 60
-        caption_image = np.repeat(np.arange(n), 2)
-        latent = draw.normal(n, 3) * torch.tensor([3.0, 2.0, 1.0])
-        images = latent @ draw.normal(3, 6) + 0.5 * draw.normal(n, 6)
-        texts = latent[caption_image] @ draw.normal(3, 5) + 0.5 * draw.normal(2 * n, 5)
-        split = _PairSplit(images, texts, caption_image)
+        split = _PairSplit(*_latent_pairs(draw))
         model = _build(name, dict(dim=3, reg=0.1, power=4.0), InputDims(image_dim=6, vocab_size=0, text_dim=5),
                        draw, split=split)
         test_latent = draw.normal(N_IMAGES, 3)
@@ -540,19 +554,20 @@ def _model_cases(name: str, draw: _Draw) -> dict[str, _ModelCase]:
     if name == "cca3v":
         # as for cca, plus three classes that shift the weakest latent factor: the label
         # view correlates with the other two, so it shapes the fitted space
-        n = 60
-        caption_image = np.repeat(np.arange(n), 2)
-        labels = np.arange(n) % 3
-        latent = draw.normal(n, 3) * torch.tensor([3.0, 2.0, 1.0])
-        latent[:, 2] += 2.0 * torch.from_numpy(labels - 1.0)
-        images = latent @ draw.normal(3, 6) + 0.5 * draw.normal(n, 6)
-        texts = latent[caption_image] @ draw.normal(3, 5) + 0.5 * draw.normal(2 * n, 5)
-        split = _PairSplit(images, texts, caption_image, extras={"labels": labels})
+        labels = np.arange(60) % 3
+        split = _PairSplit(*_latent_pairs(draw, shift=2.0 * torch.from_numpy(labels - 1.0)), extras={"labels": labels})
         model = _build(name, dict(dim=3, reg=0.1), InputDims(image_dim=6, vocab_size=0, text_dim=5),
                        draw, split=split)
         test_latent = draw.normal(N_IMAGES, 3)
         test_images = test_latent @ draw.normal(3, 6) + 0.5 * draw.normal(N_IMAGES, 6)
         return {"": _ModelCase(model, test_images, TextBatch(vectors=draw.normal(N_CAPTIONS, 5)))}
+    if name == "deep_cca":
+        # the two networks, then the linear CCA fitted on their outputs over the pairs
+        split = _PairSplit(*_latent_pairs(draw))
+        model = _build(name, dict(hidden_dim=8, embed_dim=4, cca_dim=3, cca_reg=0.1),
+                       InputDims(image_dim=6, vocab_size=0, text_dim=5), draw)
+        model.after_epoch(split)
+        return {"": _ModelCase(model, draw.normal(N_IMAGES, 6), TextBatch(vectors=draw.normal(N_CAPTIONS, 5)))}
     if name == "corr_ae":
         # features with their own offset and scale per dimension, so that the fitted
         # input scaling (per view or per feature) matters

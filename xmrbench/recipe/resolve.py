@@ -104,7 +104,10 @@ class Cell:
     @property
     def hash(self) -> str | None:
         if self.members:
-            return content_hash({"ensemble": [m.hash for m in self.members]})
+            ident: dict[str, Any] = {"ensemble": [m.hash for m in self.members]}
+            if self.row.region_phrase_weight is not None:  # another way of combining the members
+                ident["region_phrase_weight"] = self.row.region_phrase_weight
+            return content_hash(ident)
         if self.config is None:
             return None
         if self.needs is not None:  # the same config from other weights or artifacts is another run

@@ -115,6 +115,10 @@ class Row(Strict):
     profiles: dict[Profile, dict[str, Any]] = {}  # dotted overrides for one profile only (a row's own budget)
     run: bool = True  # False: printed by the paper, not run by xmrbench (see ``pending``)
     ensemble: tuple[str, ...] = ()  # row ids whose similarity matrices this row averages (same seed)
+    # with two ensemble members [image-sentence model, region-phrase model]: instead of
+    # averaging, the weighted distance D = (1 - w) d + w d_rp of the two-branch paper's
+    # Eq. 8 (xmrbench/engine/region_phrase.py), w this weight
+    region_phrase_weight: float | None = Field(None, gt=0, lt=1)
     needs: Needs | None = None  # a later stage: weights or artifacts from other rows' runs (same seed)
     pending: str | None = None  # why the row is not run (yet)
     source: str | None = None  # where the numbers come from, when not this recipe's table
@@ -149,6 +153,9 @@ class Row(Strict):
             raise ValueError("an ensemble needs at least two members")
         if self.needs is not None and self.ensemble:
             raise ValueError("an ensemble has no training stage; 'needs' belongs to its members")
+        if self.region_phrase_weight is not None and len(self.ensemble) != 2:
+            raise ValueError("region_phrase_weight fuses two ensemble members, [image-sentence model, region-phrase "
+                             "model]")
         return self
 
 

@@ -4,7 +4,8 @@
 :class:`DataCache`), trains and evaluates through the engine (resuming from the
 run's checkpoint), and writes the result document and the selected model's weights
 atomically. An ensemble cell averages the similarity matrices of its members'
-stored models. Which runs to compute, in which order and where, is the driver's
+stored models, or with ``region_phrase_weight`` weighs an image-sentence model's
+distances with a region-phrase model's (the two-branch paper's Eq. 8). Which runs to compute, in which order and where, is the driver's
 business (``runner/driver.py``).
 """
 
@@ -22,10 +23,12 @@ import torch
 from xmrbench.config import DataConfig
 from xmrbench.core.convergence import Convergence, of_members
 from xmrbench.core.metrics.protocols import PROTOCOLS
+from xmrbench.core.models.two_branch import TwoBranchEmbedding, TwoBranchSimilarity
 from xmrbench.data.dataset import RetrievalData
 from xmrbench.data.registry import DATASETS
 from xmrbench.engine.evaluate import encode, fold_similarities, metrics_from_similarities
 from xmrbench.engine.inputs import PreparedData
+from xmrbench.engine.region_phrase import fuse, region_phrase_distances
 from xmrbench.engine.train import Events, RunOutput, train_and_evaluate
 from xmrbench.errors import ConfigError, StoreError
 from xmrbench.provenance.env import environment
@@ -167,7 +170,11 @@ def _run_ensemble(resolved, cell, seed, *, store, cache, device) -> tuple[Result
     cfg = cell.config
     eval_kw = dict(device=device, batch_size=cfg.eval.batch_size)
 
+    weight = cell.row.region_phrase_weight
+
     def averaged(split_name: str, folds: int, max_images: int | None = None):
+        if weight is not None:
+            return fused(split_name, folds, max_images)
         total = None
         cpi = None
         for model, prepared in members:
@@ -177,6 +184,24 @@ def _run_ensemble(resolved, cell, seed, *, store, cache, device) -> tuple[Result
             sims = fold_similarities(model, split, enc, folds=folds, block_images=cfg.eval.block_images)
             total = sims if total is None else [a + b for a, b in zip(total, sims)]
         return metrics_from_similarities([s / len(members) for s in total], captions_per_image=cpi)
+
+    def fused(split_name: str, folds: int, max_images: int | None):
+        """Eq. 8 of the two-branch paper: the first member's distance weighted with the
+        second's region-phrase distance (``xmrbench/engine/region_phrase.py``)."""
+        (sentence_model, sentence_data), (phrase_model, phrase_data) = members
+        if not all(isinstance(m, TwoBranchEmbedding) and not isinstance(m, TwoBranchSimilarity)
+                   for m in (sentence_model, phrase_model)):
+            raise ConfigError("region_phrase_weight fuses two embedding networks (model two_branch_embedding): "
+                              "their distances come from cosine similarities", where=f"{resolved.id}/{cell.id}")
+        split = sentence_data.split(split_name, max_images=max_images)
+        enc = encode(sentence_model, split, **eval_kw)
+        sims = fold_similarities(sentence_model, split, enc, folds=folds, block_images=cfg.eval.block_images)
+        d_rp = region_phrase_distances(phrase_model, phrase_data.split(split_name, max_images=max_images),
+                                       device=device, batch_size=cfg.eval.batch_size)
+        size, cpi = split.n_images // folds, split.captions_per_image
+        parts = [fuse(s, d_rp[f * size:(f + 1) * size, f * size * cpi:(f + 1) * size * cpi], weight)
+                 for f, s in enumerate(sims)]
+        return metrics_from_similarities(parts, captions_per_image=cpi)
 
     metrics, ranks = {}, {}
     for name in cfg.eval.protocols:

@@ -7,6 +7,7 @@ from typing import Any
 
 from xmrbench.core.losses.base import RetrievalLoss
 from xmrbench.core.losses.bidirectional_ranking import BidirectionalRankingLoss
+from xmrbench.core.losses.dcca import DCCALoss
 from xmrbench.core.losses.hardest_negative import HardestNegativeLoss
 from xmrbench.core.losses.logistic import LogisticLoss
 from xmrbench.core.losses.triplet_sum import TripletSumLoss
@@ -19,6 +20,7 @@ LOSSES: Registry[type[RetrievalLoss]] = Registry(
         "hardest_negative": HardestNegativeLoss,
         "bidirectional_ranking": BidirectionalRankingLoss,
         "logistic": LogisticLoss,
+        "dcca": DCCALoss,
     },
 )
 

@@ -21,6 +21,9 @@ defaults), so the training engine calls them without asking whether they exist:
 - ``closed_form`` (class attribute) and ``fit(split)``: a closed-form model (CCA) is
   fitted on the prepared training split instead of trained by gradient descent; its
   cells set ``loss: null``;
+- ``after_epoch(split)``: a closed-form part of a model trained by gradient descent,
+  fitted on the prepared training split after each epoch's last step, before the dev
+  evaluation (Deep CCA's linear CCA on its networks' outputs); default: nothing;
 - ``batch_extras`` (class attribute): names of per-image or per-caption arrays of the
   split's ``extras`` the model wants in ``TrainBatch.extras`` (class labels, say);
 - ``word_embedding()``: the token embedding pretrained word vectors initialise
@@ -200,6 +203,11 @@ class RetrievalModel(nn.Module):
         """True when the model cannot train without ``data.word_vectors`` (a frozen pretrained
         embedding would otherwise stay random); default: False."""
         return False
+
+    def after_epoch(self, split: Any) -> None:
+        """Called with the prepared training ``split`` after each epoch's last gradient step and
+        before the dev evaluation that selects the model (so the best state kept holds what it
+        fits), and before an untrained model (no epoch run) is evaluated; default: nothing."""
 
     def fit(self, split: Any) -> None:
         """Closed-form fit on the prepared training ``split`` (models with ``closed_form = True``)."""

@@ -44,6 +44,7 @@ from pydantic import Field
 
 from xmrbench.core.models.base import InputDims, RetrievalModel, TextBatch
 from xmrbench.core.sim.cosine import l2norm
+from xmrbench.core.text.word_features import FisherKind
 from xmrbench.errors import ConfigError, TrainingError
 from xmrbench.params import Params
 
@@ -86,12 +87,15 @@ class CCA(ProjectionEncoders, RetrievalModel):
         reg: float = Field(1e-2, ge=0)  # r: ridge on each covariance, relative to its mean eigenvalue
         power: float = Field(4.0, ge=0)  # p: component i weighted by (1 + rho_i) ** p; 0 = plain CCA
         image_input: Literal["global", "mean_regions"] = "global"
-        text_input: Literal["tfidf", "features"] = "tfidf"  # features: the dataset's own text vectors
+        # features: the dataset's own text vectors; mean_wordvec, fisher[:OPTIONS]: sentence vectors of
+        # data.word_vectors (xmrbench/core/text/word_features.py)
+        text_input: Literal["tfidf", "features", "mean_wordvec"] | FisherKind = "tfidf"
 
     def __init__(self, params: CCA.Params, dims: InputDims):
         super().__init__(params, dims)
         if dims.text_dim is None:
-            raise ConfigError("CCA needs vector text features (model.text_input: tfidf or features)", key="model.text_input")
+            raise ConfigError("CCA needs vector text features (model.text_input: tfidf, features, mean_wordvec or fisher)",
+                              key="model.text_input")
         limit = min(dims.image_dim, dims.text_dim)
         if params.dim > limit:
             raise ConfigError(

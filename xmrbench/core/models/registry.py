@@ -11,6 +11,7 @@ from xmrbench.core.models.cca import CCA
 from xmrbench.core.models.cca3v import CCA3V
 from xmrbench.core.models.corr_ae import CorrAE
 from xmrbench.core.models.dan import DAN
+from xmrbench.core.models.deep_cca import DeepCCA
 from xmrbench.core.models.dpc import DPC
 from xmrbench.core.models.order import OrderEmbeddings
 from xmrbench.core.models.scan import SCAN
@@ -39,5 +40,6 @@ MODELS: Registry[type[RetrievalModel]] = Registry(
         "order_embeddings": OrderEmbeddings,
         "adapt": ADAPT,
         "acmr": ACMR,
+        "deep_cca": DeepCCA,
     },
 )

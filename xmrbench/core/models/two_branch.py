@@ -31,6 +31,7 @@ from torch import nn
 
 from xmrbench.core.models.base import InputDims, RetrievalModel, TextBatch
 from xmrbench.core.sim.cosine import l2norm
+from xmrbench.core.text.word_features import FisherKind
 from xmrbench.params import Params
 
 
@@ -61,7 +62,8 @@ class _TwoBranchParams(Params):
     dropout: float = Field(0.5, ge=0, lt=1)
     batch_norm: bool = True
     image_input: Literal["global", "mean_regions"] = "global"
-    text_input: Literal["tfidf", "features"] = "tfidf"  # features: the dataset's own text vectors (labelled sets)
+    # features: the dataset's own text vectors (labelled sets); mean_wordvec, fisher[:OPTIONS]: word-vector sentence vectors
+    text_input: Literal["tfidf", "features", "mean_wordvec"] | FisherKind = "tfidf"
 
 
 class TwoBranchEmbedding(RetrievalModel):

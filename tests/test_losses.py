@@ -689,7 +689,7 @@ def test_logistic_is_stable_for_large_scores():
 
 def test_registry_names_and_defaults():
     assert LOSSES.names() == [
-        "bidirectional_ranking", "hardest_negative", "logistic", "triplet_sum"
+        "bidirectional_ranking", "dcca", "hardest_negative", "logistic", "triplet_sum"
     ]
     # ``positives`` was added later: it enters the hashed form only when set
     assert build_loss("triplet_sum", {}).params.hashed() == {"reduction": "sum", "margin": 0.2}
@@ -741,7 +741,7 @@ def test_registering_a_name_twice_fails():
     fresh = Registry("loss", {"a": TripletSumLoss})
     with pytest.raises(ValueError, match="twice"):
         fresh.register("a", HardestNegativeLoss)
-    assert len(LOSSES) == 4
+    assert len(LOSSES) == 5
 
 
 def test_loss_rejects_params_of_another_loss():

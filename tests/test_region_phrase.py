@@ -91,7 +91,8 @@ def test_table5_runs_end_to_end(tmp_path, capsys):
                           str(tmp_path), "--quiet", "--threads", "1"], capsys)
     assert code == 0, err
     docs = {p.name.split("--")[0]: json.loads(p.read_text()) for p in (tmp_path / "two-branch-table5").glob("*.json")}
-    assert set(docs) == {"image-sentence", "region-phrase", "weighted-distance"}
+    sweep = {f"weighted-distance-{w}" for w in ("0.1", "0.4", "0.6", "0.8")}
+    assert set(docs) == {"image-sentence", "region-phrase", "weighted-distance"} | sweep
     for doc in docs.values():
         assert doc["metrics"]["test"]["rsum"] > 31.6
     assert docs["weighted-distance"]["metrics"]["test"]["rsum"] > 2.5 * 31.6

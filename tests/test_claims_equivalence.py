@@ -8,7 +8,6 @@ import math
 import pytest
 from scipy import stats as st
 
-from xmrbench.core.convergence import PLATEAU, Convergence
 from xmrbench.errors import RecipeError
 from xmrbench.recipe.load import load_recipe
 from xmrbench.recipe.resolve import resolve
@@ -18,7 +17,7 @@ from xmrbench.report.render import TEST_NOTE, to_markdown
 from xmrbench.stats.claims import Side, judge
 from xmrbench.stats.paired import holm, seed_test, seed_tost
 
-from support import tiny_recipe
+from support import store_converged_run, tiny_recipe
 
 
 def equivalent(*pairs, margin=1.0, metric="pl_r1", cid="eq"):
@@ -210,25 +209,15 @@ def test_directional_claims_dump_as_before_and_hashes_do_not_see_claims():
 
 
 def test_report_renders_the_equivalence_verdict(tmp_path):
-    from xmrbench.store.schema import SCHEMA_VERSION, CellRef, DatasetRef, RecipeRef, ResultDoc
     from xmrbench.store.store import ResultStore
 
     claims = CLAIM + ("  - {id: a-beats-b, text: A beats B, where: Sec. 1, metric: i2t_r1, pairs: [[a, b]]}\n")
     resolved = resolve(_write(tmp_path, claims), profile="smoke")
     store = ResultStore(tmp_path / "store")
     values = {"a": [51.0, 51.2, 50.9], "b": [50.95, 51.1, 51.0]}
-    done = Convergence(True, PLATEAU, "plateaued", epochs=10, gain=0.0, window=3, threshold=0.01).to_dict()
     for cell in resolved.cells:
         for seed, value in enumerate(values[cell.id]):
-            store.write(ResultDoc(
-                schema_version=SCHEMA_VERSION,
-                recipe=RecipeRef(id=resolved.id, path=str(resolved.path), hash=resolved.hash, paper="two_branch",
-                                 table="T", profile="smoke"),
-                cell=CellRef(id=cell.id, label=cell.label, row=cell.row.id, hash=cell.hash),
-                seed=seed, config={}, dataset=DatasetRef(name="synthetic", fingerprint="f" * 16),
-                protocols={"test": {"dataset": "synthetic"}}, metrics={"test": {"i2t_r1": value}},
-                created=f"2026-01-01T00:00:0{seed}+00:00", convergence=done,
-            ))
+            store_converged_run(store, resolved, cell, seed, {"i2t_r1": value})
     rep = collect_resolved(resolved, store)
     eq, directional = rep.claims
     assert eq.kind == "equivalent" and eq.verdict == "holds", eq.pairs[0].evidence

@@ -33,7 +33,7 @@ ALLOWED: dict[str, set[str]] = {
                "store", "provenance"},
     "gate": {"errors", "params", "registry", "papers", "config", "core", "data", "engine", "recipe", "store",
              "provenance", "stats", "runner"},
-    "report": {"errors", "papers", "config", "core", "recipe", "store", "provenance", "stats"},
+    "report": {"xmrbench", "errors", "papers", "config", "core", "recipe", "store", "provenance", "stats"},
     "bench": {"errors", "params", "registry", "config", "core", "data", "engine", "recipe", "store", "runner"},
     "cli": {"xmrbench", "errors", "params", "registry", "papers", "config", "core", "data", "engine", "recipe",
             "store", "provenance", "stats", "runner", "gate", "report", "bench"},

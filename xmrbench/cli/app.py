@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from xmrbench.cli.completion import complete_recipe, complete_rows
 from xmrbench.errors import UsageError, XmrbenchError
 
 app = typer.Typer(
@@ -74,8 +75,10 @@ def _rows(text: str | None) -> list[str] | None:
 
 
 RowsOpt = Annotated[
-    str | None, typer.Option("--rows", help="Comma-separated row ids to run (default: every runnable row).")
+    str | None, typer.Option("--rows", help="Comma-separated row ids to run (default: every runnable row).",
+                             autocompletion=complete_rows)
 ]
+JsonOpt = Annotated[bool, typer.Option("--json/--no-json", help="Print one JSON document (docs/json.md).")]
 
 
 def _resolve(
@@ -94,63 +97,91 @@ def _resolve(
 
 # ---------------------------------------------------------------------------
 @app.command("list")
-def list_cmd(results: ResultsOpt = Path("results"), profile: ProfileOpt = "quick") -> None:
-    """Recipes with paper, table, number of cells, and how many runs are done."""
-    from xmrbench.recipe.load import recipe_index
-    from xmrbench.recipe.resolve import resolve
-    from xmrbench.runner.driver import plan_runs
-    from xmrbench.store.store import ResultStore
+def list_cmd(results: ResultsOpt = Path("results"), profile: ProfileOpt = "quick", as_json: JsonOpt = False) -> None:
+    """Recipes with their table, number of cells, and how many runs are done."""
+    from xmrbench.cli.json_out import emit, list_payload
 
-    store = ResultStore(results)
-    table = Table("paper", "table", "cells", "runnable", f"done ({profile})")
-    table.columns.insert(0, _no_wrap("recipe"))
-    for rid, path in recipe_index().items():
-        resolved = resolve(path, profile=profile, require_data=False) if _has_profile(path, profile) else None
-        if resolved is None:
-            table.add_row(rid, "", "", "", "", "no such profile")
+    doc = list_payload(results, profile)
+    if as_json:
+        emit("list", doc)
+        return
+    console.print(f"profile {profile}, results in {results}/; done: runs stored (a run: a cell x a seed)",
+                  highlight=False)
+    table = _table(_no_wrap("recipe"), _column("table"), _column("cells", justify="right"),
+                   _column("runnable", justify="right"), _no_wrap("done", justify="right"))
+    for r in doc["recipes"]:
+        if not r["has_profile"]:
+            table.add_row(r["id"], r["table"], "-", "-", "-")
             continue
-        runs = plan_runs(resolved, store)
-        done = sum(1 for *_, state in runs if state == "done")
-        r = resolved.recipe
-        table.add_row(rid, r.paper, r.table, str(len(resolved.cells)), str(len(resolved.runnable_cells())), f"{done}/{len(runs)}")
+        table.add_row(r["id"], r["table"], str(r["cells"]), str(r["runnable"]), f"{r['done']}/{r['runs']}")
     console.print(table)
+    missing = [r["id"] for r in doc["recipes"] if not r["has_profile"]]
+    if missing:
+        _say(f"no {profile} profile: {', '.join(missing)}")
+    console.print("paper and title: xmrbench show RECIPE; every field: xmrbench list --json", highlight=False)
 
 
-def _no_wrap(header: str):
+def _no_wrap(header: str, **kwargs):
+    """A column whose cells never wrap (ids, hashes, counts)."""
+    return _column(header, no_wrap=True, **kwargs)
+
+
+def _column(header: str, **kwargs):
+    """A column that wraps at spaces and folds a word too long for it (nothing is cut off)."""
     from rich.table import Column
 
-    return Column(header, no_wrap=True)
+    return Column(header, overflow="fold", **kwargs)
 
 
-def _has_profile(path: Path, profile: str) -> bool:
-    from xmrbench.recipe.load import load_recipe
+def _table(*columns) -> Table:
+    """A borderless table: a rule under the header, columns two spaces apart."""
+    from rich import box
 
-    recipe, _ = load_recipe(path)
-    return profile in recipe.profiles
+    return Table(*columns, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
+
+
+def _say(text: str, indent: str = "  ", first: str = "") -> None:
+    """Print ``text`` wrapped at the console's width, the first line indented by ``first``,
+    later ones by ``indent``; words (ids, paths) are never broken."""
+    import textwrap
+
+    lines = textwrap.wrap(text, width=console.width, initial_indent=first, subsequent_indent=indent,
+                          break_long_words=False, break_on_hyphens=False) or [""]
+    console.print("\n".join(lines), highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command()
 def show(
-    recipe: Annotated[str, typer.Argument(help="Recipe id or path to a recipe YAML file.")],
+    recipe: Annotated[str, typer.Argument(help="Recipe id or path to a recipe YAML file.",
+                                          autocompletion=complete_recipe)],
     profile: ProfileOpt = "quick",
     sets: SetOpt = None,
-    as_json: Annotated[bool, typer.Option("--json/--no-json", help="Print the resolved recipe as JSON.")] = False,
+    as_json: Annotated[bool, typer.Option("--json/--no-json", help="Print the resolved recipe as JSON "
+                                          "(docs/json.md).")] = False,
 ) -> None:
     """The resolved cells of a recipe: ids, settings, hashes, the paper's numbers."""
+    from rich.text import Text
+
+    from xmrbench.cli.json_out import emit, show_payload
     from xmrbench.recipe.resolve import resolve
 
     resolved = resolve(recipe, profile=profile, overrides=_overrides(sets, None), require_data=False)
     if as_json:
-        print(json.dumps(resolved.to_dict(), indent=1))
+        emit("show", show_payload(resolved))
         return
     r = resolved.recipe
-    console.print(f"[bold]{r.id}[/]: {r.paper} {r.table} — {r.title}  (profile {profile}, seeds {list(resolved.seeds)})")
-    table = Table(_no_wrap("cell"), "label", "settings", _no_wrap("hash"))
+    console.print(f"[bold]{r.id}[/]: {r.paper} {r.table}", highlight=False)
+    console.print(Text(r.title))
+    console.print(f"profile {profile}, seeds {', '.join(map(str, resolved.seeds))}", highlight=False)
+    table = _table(_no_wrap("cell"), _no_wrap("hash"), _column("label, then the settings it changes"))
     for cell in resolved.cells:
         settings = ", ".join(f"{k}={v}" for k, v in {**cell.row.set, **cell.point}.items())
         if not cell.runnable:
             settings = f"not run: {cell.row.pending or 'printed by the paper only'}"
-        table.add_row(cell.id, cell.label, settings, cell.hash or "-")
+        about = Text(cell.label)
+        if settings:
+            about.append("\n" + settings, style="dim")
+        table.add_row(cell.id, cell.hash or "-", about)
     console.print(table)
     console.print("full configs: xmrbench show RECIPE --json; paper numbers: xmrbench report RECIPE")
     for warning in resolved.warnings:
@@ -159,7 +190,7 @@ def show(
 
 @app.command()
 def candidates(
-    recipe: Annotated[str, typer.Argument(help="Recipe id or path.")],
+    recipe: Annotated[str, typer.Argument(help="Recipe id or path.", autocompletion=complete_recipe)],
     row: Annotated[str, typer.Option("--row", help="A row that samples offline negatives (its artifact is exported).")],
     out: Annotated[Path, typer.Option("--out", help="Directory to write i2t_NAME.npy and t2i_NAME.npy into.")],
     name: Annotated[str, typer.Option("--name", help="NAME of the files (the authors' release uses coco, f30k).")] = "train",
@@ -199,65 +230,59 @@ def candidates(
 
 @app.command()
 def plan(
-    recipe: Annotated[str, typer.Argument(help="Recipe id or path.")],
+    recipe: Annotated[str, typer.Argument(help="Recipe id or path.", autocompletion=complete_recipe)],
     profile: ProfileOpt = "quick",
     seeds: SeedsOpt = None,
     sets: SetOpt = None,
     rows: RowsOpt = None,
     data_root: DataRootOpt = None,
     results: ResultsOpt = Path("results"),
+    as_json: JsonOpt = False,
 ) -> None:
     """What reproduce would run: the runs, which are done, and an estimate of the time left."""
-    from xmrbench.runner.plan import artifact_plan, estimate
+    from xmrbench.cli.json_out import convergence_label, emit, plan_payload
     from xmrbench.store.store import ResultStore
 
     resolved = _resolve(recipe, profile, seeds, sets, data_root, rows)
-    store = ResultStore(results)
-    rows, total, basis = estimate(resolved, store)
-    staged = any(resolved.cell(r[0]).stage for r in rows)
-    table = Table("cell", *(["stage"] if staged else []), "seed", "state", "estimate", "converged")
+    doc = plan_payload(resolved, ResultStore(results), results)
+    if as_json:
+        emit("plan", doc)
+        return
+    console.print(f"[bold]{resolved.id}[/], profile {profile}, seeds {', '.join(map(str, resolved.seeds))}; "
+                  f"results in {results}/", highlight=False)
+    table = _table(_no_wrap("cell"), _no_wrap("seed", justify="right"), _no_wrap("state"),
+                   _no_wrap("estimate", justify="right"), _column("converged"))
     needs_lines: dict[str, str] = {}
-    for cell_id, seed, state, est in rows:
-        cell = resolved.cell(cell_id)
-        table.add_row(cell_id, *([str(cell.stage)] if staged else []), str(seed), state,
-                      "" if state == "done" else (f"{est:.0f}s" if est is not None else "?"),
-                      _converged(store, resolved, cell, seed) if state == "done" else "")
-        needs = [f"init {cell.needs.init.id}"] if cell.needs is not None and cell.needs.init is not None else []
-        needs += [f"{a.name} ({a.miner} of {a.source.id})" for a in (cell.needs.artifacts if cell.needs else ())]
-        if needs:
-            needs_lines[cell_id] = f"{cell_id} needs: {'; '.join(needs)}"
+    for i, r in enumerate(doc["runs"]):
+        if i and r["stage"] != doc["runs"][i - 1]["stage"]:
+            table.add_section()  # a later stage: runs that need the ones above
+        est = "" if not r["todo"] else (f"{r['estimate_s']:.0f}s" if r["estimate_s"] is not None else "?")
+        table.add_row(r["cell"], str(r["seed"]), r["state"], est,
+                      "" if r["todo"] else convergence_label(r["convergence"]))
+        needs = r["needs"] or {"init": None, "artifacts": []}
+        parts = [f"init {needs['init']}"] if needs["init"] else []
+        parts += [f"{a['name']} ({a['miner']} of {a['source']})" for a in needs["artifacts"]]
+        if parts:
+            needs_lines[r["cell"]] = f"{r['cell']} (stage {r['stage']}) needs: {'; '.join(parts)}"
     console.print(table)
     for line in needs_lines.values():
-        console.print(line, highlight=False, soft_wrap=True)
-    artifacts = artifact_plan(resolved, store)
-    for item in artifacts:
-        console.print(f"artifact {item.key} ({item.miner} of {item.source}, seed {item.seed}): {item.state}; "
-                      f"used by {', '.join(item.used_by)}", highlight=False, soft_wrap=True)
-    todo = sum(1 for r in rows if r[2] != "done")
-    eta = "unknown (no timings stored yet)" if total is None else f"~{total / 60:.1f} min"
-    missing = sum(1 for a in artifacts if a.state != "done")
-    also = f" and {missing} artifact(s) to compute" if missing else ""
-    console.print(f"{todo} of {len(rows)} runs to do{also}; estimated time left: {eta} ({basis})")
+        _say(line)
+    for a in doc["artifacts"]:
+        _say(f"artifact {a['key']}: {a['state']}; {a['miner']} of {a['source']}, seed {a['seed']}; "
+             f"used by {', '.join(a['used_by'])}")
+    total = doc["summary"]
+    eta = "unknown (no timings stored yet)" if total["estimate_s"] is None else f"~{total['estimate_s'] / 60:.1f} min"
+    also = f" and {total['artifacts_todo']} artifact(s) to compute" if total["artifacts_todo"] else ""
+    console.print(f"{total['todo']} of {total['runs']} runs to do{also}", highlight=False)
+    console.print(f"estimated time left: {eta}\n  ({total['basis']})", highlight=False)
+    if any(not r["todo"] for r in doc["runs"]):
+        console.print("converged, with its reason: xmrbench plan RECIPE --json", highlight=False)
 
 
 AllowUnconvergedOpt = Annotated[bool, typer.Option(
     "--allow-unconverged/--converged-only",
     help="Judge claims with runs that have not converged too (default: such pairs are untested; the report "
          "names the flag when it is given).")]
-
-
-def _converged(store, resolved, cell, seed: int) -> str:
-    """A done run's convergence, for ``plan``: yes (how), or no and why."""
-    from xmrbench.errors import StoreError
-
-    try:
-        doc = store.read(store.result_path(resolved.id, cell.id, cell.hash, seed))
-    except StoreError:
-        return "?"
-    record = doc.convergence_record()
-    if record is None:
-        return "?"
-    return f"yes ({record.reason})" if record.converged else f"no ({record.reason})"
 
 
 def _executor(name: str, jobs: int | None, retries: int | None, address: str | None, device: str,
@@ -279,7 +304,7 @@ def _execute(resolved, store, *, executor, device: str, force: bool, keep_going:
     from xmrbench.cli.progress import RichReporter
     from xmrbench.runner.driver import reproduce as run_recipe
 
-    with RichReporter(console, total, quiet=quiet) as reporter:
+    with RichReporter(console, total, quiet=quiet, resolved=resolved, store=store) as reporter:
         summary = run_recipe(resolved, store, device=device, force=force, reporter=reporter, executor=executor,
                              keep_going=keep_going)
     elsewhere = f", {len(summary.finished_elsewhere)} finished by another process" if summary.finished_elsewhere else ""
@@ -305,7 +330,8 @@ def _execute(resolved, store, *, executor, device: str, force: bool, keep_going:
 
 @app.command()
 def reproduce(
-    recipe: Annotated[str, typer.Argument(help="Recipe id (e.g. two-branch-table2) or path to a recipe YAML file.")],
+    recipe: Annotated[str, typer.Argument(help="Recipe id (e.g. two-branch-table2) or path to a recipe YAML file.",
+                                          autocompletion=complete_recipe)],
     profile: ProfileOpt = "quick",
     seeds: SeedsOpt = None,
     sets: SetOpt = None,
@@ -408,10 +434,10 @@ def sweep(
 
 
 def _print_reports(recipes: list[str], results: Path, *, profile: str | None, fmt: str, out: Path | None,
-                   allow_unconverged: bool = False) -> None:
-    from rich.markdown import Markdown
-
+                   allow_unconverged: bool = False, labels: bool = False) -> None:
     from xmrbench.report.collect import collect
+    from xmrbench.report.console import to_console
+    from xmrbench.report.json_doc import to_json
     from xmrbench.report.render import to_csv, to_latex, to_markdown
     from xmrbench.store.store import ResultStore
 
@@ -421,6 +447,10 @@ def _print_reports(recipes: list[str], results: Path, *, profile: str | None, fm
         text = to_csv(reports)
     elif fmt == "latex":
         text = "\n".join(to_latex(r) for r in reports)
+    elif fmt == "json":
+        text = to_json(reports)
+    elif fmt == "rich" and out is None:
+        text = to_console(reports, width=console.width, labels=labels)
     else:
         text = "\n".join(to_markdown(r) for r in reports)
     if out is not None:
@@ -428,21 +458,26 @@ def _print_reports(recipes: list[str], results: Path, *, profile: str | None, fm
 
         atomic_write_text(out, text)
         console.print(f"wrote {out}")
-    elif fmt == "rich":
-        console.print(Markdown(text))
     else:
         sys.stdout.write(text)
 
 
 @app.command()
 def report(
-    recipes: Annotated[list[str] | None, typer.Argument(help="Recipe ids (default: every recipe with results).")] = None,
+    recipes: Annotated[list[str] | None, typer.Argument(help="Recipe ids (default: every recipe with results).",
+                                                        autocompletion=complete_recipe)] = None,
     markdown: Annotated[bool, typer.Option("--markdown", help="Markdown output.")] = False,
     latex: Annotated[bool, typer.Option("--latex", help="LaTeX (booktabs) output.")] = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="CSV output (one row per cell x metric).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document: every cell and claim with its "
+                                          "evidence (schema: docs/json-report.md).")] = False,
+    labels: Annotated[bool, typer.Option("--labels", help="Console table: the paper's row labels (wrapped) in "
+                                         "place of row ids.")] = False,
     out: Annotated[Path | None, typer.Option("--out", help="Write to this file instead of stdout.")] = None,
     profile: Annotated[str | None, typer.Option("--profile", help="Which profile's results (default: the most paper-like present).")] = None,
     plots: Annotated[Path | None, typer.Option("--plots", help="Also write figures (PNG) into this directory.")] = None,
+    html: Annotated[Path | None, typer.Option("--html", help="Write one self-contained HTML page (tables, claims, "
+                                              "figures, notes) to this file instead.")] = None,
     results: ResultsOpt = Path("results"),
     allow_unconverged: AllowUnconvergedOpt = False,
 ) -> None:
@@ -450,9 +485,11 @@ def report(
     from xmrbench.recipe.load import recipe_index
     from xmrbench.store.store import ResultStore
 
-    if sum([markdown, latex, as_csv]) > 1:
-        raise UsageError("choose one of --markdown, --latex, --csv")
-    fmt = "markdown" if markdown else "latex" if latex else "csv" if as_csv else "rich"
+    if html is not None and (markdown or latex or as_csv or as_json or out is not None):
+        raise UsageError("--html writes its own page; leave out --markdown, --latex, --csv, --json and --out")
+    if sum([markdown, latex, as_csv, as_json]) > 1:
+        raise UsageError("choose one of --markdown, --latex, --csv, --json")
+    fmt = "markdown" if markdown else "latex" if latex else "csv" if as_csv else "json" if as_json else "rich"
     if fmt == "rich" and out is not None:
         fmt = "markdown"
     if not recipes:
@@ -460,7 +497,26 @@ def report(
         recipes = [rid for rid in recipe_index() if rid in have]
         if not recipes:
             raise UsageError(f"no results in {results}/ yet; run `xmrbench reproduce <recipe>` first")
-    _print_reports(recipes, results, profile=profile, fmt=fmt, out=out, allow_unconverged=allow_unconverged)
+    if html is not None:  # the page embeds the figures (also kept in --plots DIR if given)
+        from xmrbench.report.collect import collect
+        from xmrbench.report.html import to_html
+        from xmrbench.report.plots import figure_pngs
+        from xmrbench.runner.run import DataCache
+        from xmrbench.runner.stored import stored_embedder, stored_scorer
+        from xmrbench.store.store import atomic_write_text
+
+        store = ResultStore(results)
+        reports = [collect(rid, store, profile=profile, allow_unconverged=allow_unconverged) for rid in recipes]
+        figures = {}
+        for rep in reports:
+            cache = DataCache()  # one per recipe, shared by its embedder and scorer
+            figures[rep.recipe.id] = figure_pngs(rep, stored_embedder(store, cache), stored_scorer(store, cache),
+                                                 out_dir=plots)
+        atomic_write_text(html, to_html(reports, figures, source=f"results store {results}"))
+        console.print(f"wrote {html}")
+        return
+    _print_reports(recipes, results, profile=profile, fmt=fmt, out=out, allow_unconverged=allow_unconverged,
+                   labels=labels)
     if plots is not None:
         from xmrbench.report.collect import collect
         from xmrbench.report.plots import all_figures
@@ -502,7 +558,7 @@ def evaluate(
 
 @app.command()
 def calibrate(
-    recipe: Annotated[str, typer.Argument(help="Recipe id or path.")],
+    recipe: Annotated[str, typer.Argument(help="Recipe id or path.", autocompletion=complete_recipe)],
     profile: ProfileOpt = "quick",
     seed: Annotated[int, typer.Option("--seed", help="The one seed each row trains with.")] = 0,
     max_epochs: Annotated[int, typer.Option("--max-epochs", help="The generous budget: training stops at the "
@@ -552,33 +608,37 @@ def bench(
     names: Annotated[list[str] | None, typer.Argument(help="Benchmarks to run (default: all): machine, similarity, ranking, ...")] = None,
     quick: Annotated[bool, typer.Option("--quick/--full", help="Small sizes (seconds) or full sizes (COCO 5K).")] = True,
     device: DeviceOpt = "auto",
-    as_json: Annotated[bool, typer.Option("--json/--no-json", help="Print JSON.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Time the similarity and ranking kernels against references and this machine's limits."""
     from xmrbench.bench.registry import run_benchmarks
+    from xmrbench.cli.json_out import bench_payload, emit
     from xmrbench.engine.train import resolve_device
     from xmrbench.provenance.env import environment
 
     dev = resolve_device(device)
     results = run_benchmarks(names, dev, quick=quick)
     if as_json:
-        print(json.dumps({"env": environment(dev), "results": [r.to_dict() for r in results]}, indent=1))
+        emit("bench", bench_payload(environment(dev), results))
         return
     for res in results:
-        table = Table("timing", "median s", "rate", title=f"{res.name}: {res.description}")
+        _say(f"{res.name}: {res.description}")
+        table = _table(_column("timing"), _no_wrap("median s", justify="right"), _no_wrap("rate", justify="right"))
         for t in res.timings:
             rate = f"{t.rate:.3g} {t.unit}/s" if t.rate else ""
             table.add_row(t.name, f"{t.seconds:.4f}", rate)
         console.print(table)
         for label, value in res.ratios.items():
-            console.print(f"  {label}: [bold]{value:.3g}[/]")
+            _say(f"{label}: {value:.3g}", first="  ", indent="    ")
         for note in res.notes:
-            console.print(f"  {note}")
+            _say(note, first="  ", indent="    ")
+        console.print()
 
 
 @app.command()
 def check(
-    recipes: Annotated[list[str] | None, typer.Argument(help="Recipe ids or paths (default: every recipe).")] = None,
+    recipes: Annotated[list[str] | None, typer.Argument(help="Recipe ids or paths (default: every recipe).",
+                                                        autocompletion=complete_recipe)] = None,
     results: Annotated[Path | None, typer.Option("--results", help="Run into this store and keep it (default: a temporary one).")] = None,
     reference: Annotated[Path, typer.Option("--reference", help="Directory of the reference results.")] = Path("results/reference"),
     update: Annotated[bool, typer.Option("--update/--no-update", help="Record the references (every runnable cell, the reference seeds) instead of comparing.")] = False,
@@ -592,11 +652,14 @@ def check(
     address: AddressOpt = None,
     threads: Annotated[int, typer.Option("--threads", help="Torch threads per run (default 1: runs go in parallel instead; part of the replay fingerprint).")] = 1,
     quiet: Annotated[bool, typer.Option("--quiet/--no-quiet", help="No progress bars.")] = True,
+    as_json: Annotated[bool, typer.Option("--json/--no-json", help="Print the findings as one JSON document "
+                                          "(docs/json.md); progress goes to stderr.")] = False,
 ) -> None:
     """Regression gate: kernel goldens, learning checks of the smoke profile, bit-exact replay where it applies."""
     import shutil
     import tempfile
 
+    from xmrbench.cli.json_out import check_payload, emit
     from xmrbench.errors import CheckFailed
     from xmrbench.gate.check import ReferenceRefused, run_check
     from xmrbench.runner.driver import plan_runs
@@ -609,13 +672,15 @@ def check(
     root = results if results is not None else Path(tempfile.mkdtemp(prefix="xmrbench-check-"))
     store = ResultStore(root)
 
+    out = err_console if as_json else console  # with --json, stdout holds the document only
+
     def execute(resolved):
         todo = sum(1 for *_, s in plan_runs(resolved, store) if s != "done")
-        console.print(f"[bold]{resolved.id}[/]: {todo} smoke run(s) to do", highlight=False)
+        out.print(f"[bold]{resolved.id}[/]: {todo} smoke run(s) to do", highlight=False)
         from xmrbench.cli.progress import RichReporter
         from xmrbench.runner.driver import reproduce as run_recipe
 
-        with RichReporter(console, todo, quiet=quiet) as reporter:
+        with RichReporter(out, todo, quiet=quiet, resolved=resolved, store=store) as reporter:
             summary = run_recipe(resolved, store, device=dev, reporter=reporter, executor=runner, keep_going=True)
         if summary.interrupted:
             raise KeyboardInterrupt
@@ -628,10 +693,11 @@ def check(
         runner.close()
         if results is None:
             shutil.rmtree(root, ignore_errors=True)
-    _print_gate(gate)
+    if as_json:
+        emit("check", check_payload(gate, layers=chosen_layers, update=update))
+    else:
+        _print_gate(gate)
     if gate.refused:
-        for line in gate.refused:
-            print(f"refused: {line}")
         raise ReferenceRefused(f"{len(gate.refused)} cell(s) not recorded: {gate.refused[0]}")
     if not gate.passed:
         failing = sum(1 for r in gate.recipes if not r.passed)
@@ -643,16 +709,18 @@ def check(
         )
     verb = "updated" if update else "passed"
     done = sum(1 for r in gate.recipes if r.state in ("checked", "updated"))
-    console.print(f"check {verb}: {done} recipe(s), {sum(1 for r in gate.recipes if r.state == 'skipped')} skipped")
+    out.print(f"check {verb}: {done} recipe(s), {sum(1 for r in gate.recipes if r.state == 'skipped')} skipped")
 
 
 def _print_gate(gate) -> None:
-    """The gate's findings: goldens, one line per recipe, then every failure."""
+    """The gate's findings: goldens, one line per recipe, then every failure. A finding that
+    fails the gate is one line however long (CI logs are searched for them); notes wrap."""
     from tabulate import tabulate
 
     if gate.kernels is not None:
         bad = gate.kernel_failures
-        print(f"kernels: {gate.kernels_note}; {len(bad)} beyond tolerance")
+        _say(f"kernels: {gate.kernels_note}")
+        print(f"kernels: {len(bad)} beyond tolerance")
         if bad:
             print(tabulate([[d.name, f"{d.max_abs:.3g}", f"{d.max_rel:.3g}", f"{d.atol:g}", f"{d.rtol:g}", d.problem or ""]
                             for d in bad], headers=["golden", "max |Δ|", "max rel", "atol", "rtol", "problem"],
@@ -668,8 +736,11 @@ def _print_gate(gate) -> None:
             replay = f"{r.replay_compared - len(r.replay_mismatches)}/{r.replay_compared} identical"
         else:
             replay = "other environment"
-        rows.append([r.recipe, r.state, r.runs or "", learning, replay, r.note])
-    print(tabulate(rows, headers=["recipe", "state", "runs", "learning", "bit-exact replay", "note"], tablefmt="github"))
+        rows.append([r.recipe, r.state, r.runs or "", learning, replay])
+    print(tabulate(rows, headers=["recipe", "state", "runs", "learning", "bit-exact replay"], tablefmt="github"))
+    for r in gate.recipes:
+        if r.note:
+            _say(f"note: {r.recipe}: {r.note}")
     failed = [c for r in gate.recipes for c in r.learning_failures]
     if failed:
         print("\nlearning checks that failed:")
@@ -684,19 +755,30 @@ def _print_gate(gate) -> None:
         print(f"... and {len(mismatches) - 40} more metric(s) not replayed bit for bit")
     for r in gate.recipes:
         for line in r.not_gated:
-            print(f"not gated: {line}")
+            _say(f"not gated: {line}")
     for r in gate.recipes:
         for problem in r.problems:
             print(f"problem: {problem}")
+    for line in gate.refused:
+        print(f"refused: {line}")
 
 
 @app.command()
-def env(device: DeviceOpt = "auto") -> None:
-    """Versions and hardware (also recorded in every result)."""
+def env(
+    device: DeviceOpt = "auto",
+    as_json: Annotated[bool, typer.Option("--json/--no-json", help="The same object in the versioned envelope "
+                                          "of docs/json.md, under env (without: the bare object).")] = False,
+) -> None:
+    """Versions and hardware (also recorded in every result), as JSON."""
+    from xmrbench.cli.json_out import emit, env_payload
     from xmrbench.engine.train import resolve_device
     from xmrbench.provenance.env import environment
 
-    print(json.dumps(environment(resolve_device(device)), indent=1))
+    info = environment(resolve_device(device))
+    if as_json:
+        emit("env", env_payload(info))
+        return
+    print(json.dumps(info, indent=1))
 
 
 @data_app.command("synth")
@@ -723,20 +805,27 @@ def data_check(
     path: Annotated[Path, typer.Argument(help="A data directory (precomp, labelled or entities layout), a vocabulary json or a word-vector file.")],
     captions_per_image: Annotated[int, typer.Option("--captions-per-image", help="Captions per image.")] = 5,
     scan_all: Annotated[bool, typer.Option("--scan-all/--scan-sample", help="Scan every row of feature files over 2 GiB for NaN/inf (default: a fixed sample).")] = False,
+    as_json: Annotated[bool, typer.Option("--json/--no-json", help="Print the report as one JSON document "
+                                          "(docs/json.md), problems included; the exit code is unchanged.")] = False,
 ) -> None:
     """Check a data directory: one line per problem (file, line or row, what is wrong) and exit 2, or a summary."""
+    from xmrbench.cli.json_out import data_check_payload, emit
     from xmrbench.data.check import check_path
 
     if captions_per_image < 1:
         raise UsageError(f"--captions-per-image {captions_per_image}: expected >= 1")
     report = check_path(path, captions_per_image=captions_per_image, scan_all=scan_all)
+    if as_json:
+        emit("data-check", data_check_payload(report))
     if not report.ok:
         for problem in report.problems:
             err_console.print(f"error: {problem}", highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(2)
+    if as_json:
+        return
     console.print(f"{path}: {report.layout} layout, no problems found", highlight=False, markup=False, soft_wrap=True)
     for line in [*report.summary, *(f"note: {n}" for n in report.notes)]:
-        console.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
+        _say(line, first="  ", indent="    ")
 
 
 def _given_value(exc) -> str | None:

@@ -524,3 +524,17 @@ def all_figures(
     """Every figure that the recipe's results support; returns the files written."""
     made = [curves(rep, out_dir), ranks(rep, out_dir), paper_vs_ours(rep, out_dir), sweep(rep, out_dir)]
     return [p for p in made if p is not None] + paper_figures(rep, out_dir, embed, score)
+
+
+def figure_pngs(
+    rep: TableReport, embed: Embedder | None = None, score: Scorer | None = None, *, out_dir: Path | None = None
+) -> list[tuple[str, bytes]]:
+    """Every figure of :func:`all_figures` as ``(file name, PNG bytes)``, for a page that
+    embeds them; the files are kept in ``out_dir`` if given, else drawn in a temporary
+    directory that is removed."""
+    if out_dir is not None:
+        return [(p.name, p.read_bytes()) for p in all_figures(rep, out_dir, embed, score)]
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="xmrbench-figures-") as tmp:
+        return [(p.name, p.read_bytes()) for p in all_figures(rep, Path(tmp), embed, score)]

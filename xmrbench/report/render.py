@@ -12,7 +12,7 @@ from xmrbench.core.metrics.protocols import PROTOCOLS
 from xmrbench.report.collect import CellReport, Ours, TableReport
 from xmrbench.stats.claims import EQUIVALENT, ClaimVerdict
 
-_SHORT = {
+COLUMN_NAMES = {
     K.I2T_R1: "i2t R@1", K.I2T_R5: "i2t R@5", K.I2T_R10: "i2t R@10",
     K.T2I_R1: "t2i R@1", K.T2I_R5: "t2i R@5", K.T2I_R10: "t2i R@10",
     K.I2T_MEDR: "i2t medr", K.T2I_MEDR: "t2i medr", K.I2T_MEANR: "i2t meanr", K.T2I_MEANR: "t2i meanr",
@@ -52,7 +52,7 @@ def _ours_label(cell: CellReport) -> str:
 
 def table_rows(rep: TableReport, protocol: str) -> tuple[list[str], list[list[str]]]:
     cols = rep.metric_columns()
-    header = ["method", ""] + [_SHORT.get(c, c) for c in cols]
+    header = ["method", ""] + [COLUMN_NAMES.get(c, c) for c in cols]
     rows: list[list[str]] = []
     for cell in rep.cells:
         paper = cell.paper.get(protocol, {})

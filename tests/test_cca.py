@@ -10,7 +10,7 @@ import scipy.linalg
 import torch
 
 from xmrbench.core.models.base import InputDims, TextBatch
-from xmrbench.core.models.cca import CCA, solve_cca
+from xmrbench.core.models.cca import CCA, solve_cca, solve_cca_rows
 from xmrbench.engine.inputs import PreparedData
 from xmrbench.engine.train import train_and_evaluate
 from xmrbench.errors import ConfigError, TrainingError
@@ -174,3 +174,70 @@ def test_cca_needs_loss_null():
     raw = {"model": {"name": "cca"}, "loss": {"name": "hardest_negative"}}
     with pytest.raises(ConfigError, match="loss: null"):
         validate_cell_config(raw, where="test")
+
+
+# -- the sample-space route (fewer training pairs than dimensions) ---------------------
+
+
+def same_up_to_column_sign(a: np.ndarray, b: np.ndarray, rtol: float) -> np.ndarray:
+    """``a`` equals ``b`` column by column up to a sign; returns the signs."""
+    signs = np.sign((a * b).sum(0))
+    assert np.all(signs != 0)
+    np.testing.assert_allclose(a * signs, b, rtol=rtol, atol=rtol * np.abs(b).max())
+    return signs
+
+
+@pytest.mark.parametrize("sizes", [(60, 45), (60, 12), (12, 60)])
+def test_sample_space_solution_equals_the_covariance_solution(sizes):
+    """With fewer pairs (35) than dimensions in a view, the sample-space solver gives the
+    covariance route's correlations and directions, a component's sign shared by both views."""
+    rng = np.random.default_rng(7)
+    images, texts, caption_image = correlated_views(rng, 15, *sizes)
+    x = images[caption_image].astype(np.float64)
+    xc, yc = x - x.mean(0), texts - texts.mean(0)
+    assert len(xc) < max(sizes)
+    cxx, cyy, cxy, _, _ = pair_covariances(images, texts, caption_image)
+    k = 5
+    want = solve_cca(torch.from_numpy(cxx), torch.from_numpy(cyy), torch.from_numpy(cxy), dim=k, reg=0.05)
+    got = solve_cca_rows(torch.from_numpy(xc), torch.from_numpy(yc), dim=k, reg=0.05)
+    np.testing.assert_allclose(got[2].numpy(), want[2].numpy(), rtol=1e-9, atol=1e-12)
+    signs = same_up_to_column_sign(got[0].numpy(), want[0].numpy(), rtol=1e-6)
+    np.testing.assert_array_equal(same_up_to_column_sign(got[1].numpy(), want[1].numpy(), rtol=1e-6), signs)
+
+
+def test_fit_takes_the_sample_route_only_when_a_view_outnumbers_the_pairs(monkeypatch):
+    """``fit`` of 40 pairs of 80-d images and 30-d texts uses the sample-space solver, and its
+    similarities equal those of the covariance route; more pairs than dimensions keep the
+    covariance route; a singular covariance is refused on both routes alike."""
+    from xmrbench.core.models import cca as module
+
+    assert module.use_sample_space(40, [80, 30]) and not module.use_sample_space(90, [80, 30])
+    rng = np.random.default_rng(8)
+    images, texts, caption_image = correlated_views(rng, 20, 80, 30)
+    calls = []
+    real = module.solve_cca_rows
+    monkeypatch.setattr(module, "solve_cca_rows", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    sample = fitted(images, texts, caption_image, dim=6, reg=0.02)
+    assert calls, "the sample-space solver was not used"
+    monkeypatch.setattr(module, "use_sample_space", lambda n, sizes: False)
+    covariance = fitted(images, texts, caption_image, dim=6, reg=0.02)
+    x = torch.tensor(images[:7], dtype=torch.float32)
+    y = TextBatch(vectors=torch.tensor(texts[:9], dtype=torch.float32))
+    np.testing.assert_allclose(sample.similarity(sample.encode_images(x), sample.encode_texts(y)).numpy(),
+                               covariance.similarity(covariance.encode_images(x), covariance.encode_texts(y)).numpy(),
+                               atol=1e-5)
+    monkeypatch.undo()
+    with pytest.raises(TrainingError, match="singular"):
+        fitted(images, texts, caption_image, dim=6, reg=0.0)  # 80-d images of rank < 40: singular without a ridge
+
+
+def test_more_components_than_the_sample_rank_fall_back_to_covariances():
+    rng = np.random.default_rng(9)
+    images, texts, caption_image = correlated_views(rng, 4, 30, 25)
+    x = images[caption_image].astype(np.float64)
+    xc, yc = torch.from_numpy(x - x.mean(0)), torch.from_numpy(texts - texts.mean(0))
+    n = len(xc)
+    w_x, w_y, rho = solve_cca_rows(xc, yc, dim=n + 2, reg=0.1)
+    want = solve_cca(xc.t() @ xc / n, yc.t() @ yc / n, xc.t() @ yc / n, dim=n + 2, reg=0.1)
+    np.testing.assert_allclose(rho.numpy(), want[2].numpy(), atol=1e-12)
+    assert w_x.shape == (30, n + 2) and w_y.shape == (25, n + 2)

@@ -12,7 +12,7 @@ import torch
 from xmrbench.core.metrics.labels import mean_average_precision, relevance_from_labels
 from xmrbench.core.models.base import InputDims, TextBatch
 from xmrbench.core.models.cca import CCA
-from xmrbench.core.models.cca3v import CCA3V, label_indicators, solve_multiview_cca
+from xmrbench.core.models.cca3v import CCA3V, label_indicators, solve_multiview_cca, solve_multiview_cca_rows
 from xmrbench.data.dataset import RetrievalData, Split
 from xmrbench.engine.inputs import PreparedData
 from xmrbench.engine.train import train_and_evaluate
@@ -219,3 +219,31 @@ def test_engine_fits_cca3v_and_scores_label_map():
     metrics = out.metrics["test_labels"]
     assert metrics["avg_map"] > 0.2 + 0.08, metrics  # chance is about the class frequency, 0.2
     assert set(out.state_dict) >= {"proj_img", "proj_txt", "eigenvalues", "mean_img", "mean_txt"}
+
+
+@pytest.mark.parametrize("multi", [False, True])
+def test_sample_space_solution_equals_the_covariance_solution(multi, monkeypatch):
+    """Fewer pairs (about 60) than image (90) and text (70) dimensions: the sample-space
+    solver gives the covariance route's eigenvalues and joint directions, and ``fit``
+    takes it."""
+    from xmrbench.core.models import cca3v as module
+
+    rng = np.random.default_rng(5)
+    images, texts, caption_image, labels = labelled_views(rng, 30, 90, 70, 4, multi=multi)
+    indicators = np.eye(4)[labels] if not multi else labels.astype(np.float64)
+    indicators = indicators[:, indicators.min(0) != indicators.max(0)]
+    raw, _, _ = naive_joint(images, texts, caption_image, indicators, 0.0)
+    z = np.concatenate([images[caption_image], texts, indicators[caption_image]], 1)
+    centred = torch.from_numpy(z - z.mean(0))
+    sizes = [90, 70, indicators.shape[1]]
+    assert len(centred) < 70
+    want_w, want_d = solve_multiview_cca(torch.from_numpy(raw), sizes, dim=5, reg=0.05)
+    got_w, got_d = solve_multiview_cca_rows(centred, sizes, dim=5, reg=0.05)
+    np.testing.assert_allclose(got_d.numpy(), want_d.numpy(), rtol=1e-9)
+    same_up_to_column_sign(torch.cat(got_w).numpy(), torch.cat(want_w).numpy(), atol=1e-7)
+    calls = []
+    real = module.solve_multiview_cca_rows
+    monkeypatch.setattr(module, "solve_multiview_cca_rows", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    model = fitted(images, texts, caption_image, labels, dim=5, reg=0.05, power=0.0)
+    assert calls
+    np.testing.assert_allclose(model.eigenvalues.double().numpy(), want_d.numpy(), rtol=1e-5)

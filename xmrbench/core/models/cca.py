@@ -22,6 +22,19 @@ counts five times):
    ``[0 C_xy; C_yx 0] w = rho [C_xx 0; 0 C_yy] w`` solved without ever inverting or
    eigendecomposing an ill-conditioned matrix.
 
+When there are fewer training pairs ``N`` than dimensions in a view (a few hundred
+training pairs of 4,096-d image features, say), both covariances have rank at most
+``N`` and the same solution is computed in sample space instead, exactly (up to the
+sign of each component, which the cosine does not see): with the thin SVD of each
+centred view ``Z = U diag(s) V^T``, the regularised covariance is
+``V diag(s^2 / N + ridge) V^T + ridge * (I - V V^T)``, so the whitened cross-covariance
+``C_xx^-1/2 C_xy C_yy^-1/2 = V_x K V_y^T`` with the small matrix
+``K = diag(a_x) U_x^T U_y diag(a_y)``, ``a = s / sqrt(N) / sqrt(s^2 / N + ridge)``. The
+SVD ``K = P diag(rho) Q^T`` gives the correlations and
+``W_x = V_x diag((s_x^2 / N + ridge)^-1/2) P``, ``W_y`` alike. The cost is
+``O(N^2 (D_x + D_y))`` instead of ``O(D_x^3 + D_y^3)``, and no ``(D, D)`` matrix is
+formed (:func:`solve_cca_rows`; ``docs/baselines_label.md`` has measured times).
+
 Embedding: ``emb = l2norm(((x - mean) @ W) * (1 + rho) ** p)``. With two views the
 generalised eigenvalues of Gong et al.'s ``S W = S_diag W D`` (``S`` the joint
 covariance, ``S_diag`` its block diagonal) are ``1 + rho``; scaling by their
@@ -36,6 +49,7 @@ projections correlate with ``rho_i``.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import numpy as np
@@ -115,8 +129,12 @@ class CCA(ProjectionEncoders, RetrievalModel):
 
     @torch.no_grad()
     def fit(self, split) -> None:
-        """Fit on every (image, caption) pair of ``split`` (a prepared training split)."""
-        self._store(*_pair_covariances(split))
+        """Fit on every (image, caption) pair of ``split`` (a prepared training split);
+        in sample space when there are fewer pairs than dimensions in a view."""
+        if use_sample_space(len(split.caption_image()), [self.dims.image_dim, self.dims.text_dim]):
+            self.fit_pairs(*_pair_rows(split))
+        else:
+            self._store(*_pair_covariances(split))
 
     @torch.no_grad()
     def fit_pairs(self, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -127,13 +145,19 @@ class CCA(ProjectionEncoders, RetrievalModel):
         x, y = x.double().cpu(), y.double().cpu()
         mean_x, mean_y = x.mean(0), y.mean(0)
         xc, yc = x - mean_x, y - mean_y
+        if use_sample_space(len(x), [x.shape[1], y.shape[1]]):
+            self._keep(mean_x, mean_y, *solve_cca_rows(xc, yc, dim=self.params.dim, reg=self.params.reg))
+            return
         n = len(x)
         self._store(mean_x, mean_y, xc.t() @ xc / n, yc.t() @ yc / n, xc.t() @ yc / n)
 
     def _store(self, mean_x: torch.Tensor, mean_y: torch.Tensor, c_xx: torch.Tensor, c_yy: torch.Tensor,
                c_xy: torch.Tensor) -> None:
         """Solve CCA from the pairs' means and covariances and keep the projections."""
-        w_x, w_y, rho = solve_cca(c_xx, c_yy, c_xy, dim=self.params.dim, reg=self.params.reg)
+        self._keep(mean_x, mean_y, *solve_cca(c_xx, c_yy, c_xy, dim=self.params.dim, reg=self.params.reg))
+
+    def _keep(self, mean_x: torch.Tensor, mean_y: torch.Tensor, w_x: torch.Tensor, w_y: torch.Tensor,
+              rho: torch.Tensor) -> None:
         device = self.proj_img.device
         self.mean_img.copy_(mean_x.to(device))
         self.mean_txt.copy_(mean_y.to(device))
@@ -159,6 +183,18 @@ def _caption_blocks(split):
         lo, hi = np.searchsorted(sorted_images, [start, stop])
         captions = order[lo:hi]
         yield np.arange(start, stop), captions, torch.from_numpy(caption_image[captions] - start)
+
+
+def _pair_rows(split) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every (image, caption) pair of ``split`` as aligned rows ``x (N, D_x)``, ``y (N, D_y)``
+    (float64; an image with five captions is five rows)."""
+    xs, ys = [], []
+    for images, captions, local in _caption_blocks(split):
+        xs.append(split.image_batch(images).double()[local])
+        ys.append(split.text_batch(captions).vectors.double())
+    if not xs or not sum(len(y) for y in ys):
+        raise TrainingError(f"split {split.name!r} has no (image, caption) pairs to fit CCA on")
+    return torch.cat(xs), torch.cat(ys)
 
 
 def _pair_covariances(split):
@@ -224,3 +260,57 @@ def solve_cca(
     w_x = torch.linalg.solve_triangular(l_x.t(), u[:, :dim], upper=True)
     w_y = torch.linalg.solve_triangular(l_y.t(), vh[:dim].t(), upper=True)
     return w_x, w_y, s[:dim]
+
+
+def use_sample_space(n_rows: int, sizes: list[int]) -> bool:
+    """Whether to solve in sample space: a view has more dimensions than there are rows
+    (its covariance is then of rank at most ``n_rows``, and the sample-space solution is
+    the cheaper one)."""
+    return 0 < n_rows < max(sizes)
+
+
+def sample_whitening(z: torch.Tensor, reg: float, view: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The whitening of one centred view ``z (N, D)`` (float64) in sample space.
+
+    With the thin SVD ``z = U diag(s) V^T`` (``r = min(N, D)`` components) and
+    ``ridge = reg * tr(C) / D`` for ``C = z^T z / N``, returns ``U (N, r)``,
+    ``a = s / sqrt(N) * (s^2 / N + ridge)^-1/2 (r,)`` (the whitened view's singular values
+    over ``sqrt(N)``), ``V (D, r)`` and ``e = (s^2 / N + ridge)^-1/2 (r,)``:
+    ``(C + ridge I)^-1/2 z^T / sqrt(N) = V diag(a) U^T``. The same errors as the
+    covariance route on a constant or (numerically) singular view.
+    """
+    n, dim = z.shape
+    u, s, vh = torch.linalg.svd(z, full_matrices=False)
+    var = s * s / n  # the covariance's non-zero eigenvalues (and zeros when N < D)
+    scale = float(var.sum()) / dim
+    if scale <= 0:
+        raise TrainingError(f"the {view} features have zero variance over the training pairs; CCA cannot be fitted")
+    ridge = reg * scale
+    smallest = ridge + (float(var.min()) if len(var) == dim else 0.0)
+    if smallest <= _SINGULAR * scale:
+        raise TrainingError(
+            f"the covariance of the {view} features is singular (rank-deficient features); "
+            f"raise model.reg above {reg}"
+        )
+    e = (var + ridge).rsqrt()
+    return u, s / math.sqrt(n) * e, vh.t(), e
+
+
+def solve_cca_rows(
+    xc: torch.Tensor, yc: torch.Tensor, *, dim: int, reg: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`solve_cca` from the centred aligned rows ``xc (N, D_x)``, ``yc (N, D_y)``
+    (float64) in sample space (module docstring): the same ``W_x``, ``W_y``, ``rho`` up
+    to the sign of each component, without forming a ``(D, D)`` matrix. When ``dim``
+    exceeds the rank a sample-space solution has, the covariances are formed and solved
+    as usual."""
+    n = len(xc)
+    if dim > min(n, xc.shape[1], yc.shape[1]):
+        return solve_cca(xc.t() @ xc / n, yc.t() @ yc / n, xc.t() @ yc / n, dim=dim, reg=reg)
+    u_x, a_x, v_x, e_x = sample_whitening(xc, reg, "image")
+    u_y, a_y, v_y, e_y = sample_whitening(yc, reg, "text")
+    small = a_x[:, None] * (u_x.t() @ u_y) * a_y[None, :]
+    p, rho, qh = torch.linalg.svd(small, full_matrices=False)
+    w_x = v_x @ (e_x[:, None] * p[:, :dim])
+    w_y = v_y @ (e_y[:, None] * qh[:dim].t())
+    return w_x, w_y, rho[:dim]

@@ -24,7 +24,9 @@ Fitting, on every (image, text) training pair, each with its image's labels:
    the image and text blocks ``W_x (D_x, k)``, ``W_y (D_y, k)`` of their eigenvectors
    are kept. The eigenvectors are normalised jointly, ``W^T S_diag W = I`` (the
    normalisation of a symmetric-definite generalised eigensolver, and of Gong et al.'s
-   code): the blocks are not rescaled view by view.
+   code): the blocks are not rescaled view by view. With fewer pairs than dimensions
+   in a view the same solution comes from the pair rows in sample space
+   (:func:`solve_multiview_cca_rows`), without a ``(D, D)`` matrix.
 
 Embedding (Gong et al.'s scaled projection): ``emb = l2norm(((x - mean) @ W) * d ** p)``
 with ``p = power`` (4 in Gong et al.; 0 = unweighted). Similarity: cosine, as in
@@ -49,7 +51,13 @@ import torch
 from pydantic import Field
 
 from xmrbench.core.models.base import InputDims, RetrievalModel
-from xmrbench.core.models.cca import ProjectionEncoders, _caption_blocks, _regularised_cholesky
+from xmrbench.core.models.cca import (
+    ProjectionEncoders,
+    _caption_blocks,
+    _regularised_cholesky,
+    sample_whitening,
+    use_sample_space,
+)
 from xmrbench.errors import ConfigError, DataError, TrainingError
 from xmrbench.params import Params
 
@@ -85,9 +93,9 @@ def label_indicators(labels, n_images: int, *, split: str = "train") -> np.ndarr
     return out
 
 
-def _view_covariances(split, indicators: np.ndarray | None):
-    """Mean ``(D,)`` and covariance ``(D, D)`` (float64) of the stacked views ``[x, y(, z)]``
-    over every (image, caption) pair of ``split``; a caption's ``z`` is its image's row."""
+def _stacked_rows(split, indicators: np.ndarray | None):
+    """A function of a caption block giving its pairs' stacked views ``[x, y(, z)]``
+    (float64 rows); a caption's ``z`` is its image's row."""
 
     def rows(images, captions, local):
         x = split.image_batch(images).double()[local]
@@ -97,6 +105,24 @@ def _view_covariances(split, indicators: np.ndarray | None):
             parts.append(torch.from_numpy(indicators[images]).double()[local])
         return torch.cat(parts, 1)
 
+    return rows
+
+
+def _view_rows(split, indicators: np.ndarray | None):
+    """Mean ``(D,)`` and the centred stacked views ``(N, D)`` of every pair (float64)."""
+    rows = _stacked_rows(split, indicators)
+    blocks = [rows(*block) for block in _caption_blocks(split)]
+    if not blocks or not sum(len(b) for b in blocks):
+        raise TrainingError(f"split {split.name!r} has no (image, caption) pairs to fit CCA-3V on")
+    stacked = torch.cat(blocks)
+    mean = stacked.mean(0)
+    return mean, stacked - mean
+
+
+def _view_covariances(split, indicators: np.ndarray | None):
+    """Mean ``(D,)`` and covariance ``(D, D)`` (float64) of the stacked views ``[x, y(, z)]``
+    over every (image, caption) pair of ``split``; a caption's ``z`` is its image's row."""
+    rows = _stacked_rows(split, indicators)
     n_pairs, total = 0, None
     for images, captions, local in _caption_blocks(split):
         block = rows(images, captions, local)
@@ -127,12 +153,8 @@ def solve_multiview_cca(
     names = views or [f"view {i + 1}" for i in range(len(sizes))]
     if sum(sizes) != cov.shape[0] or cov.shape[0] != cov.shape[1]:
         raise ValueError(f"view sizes {sizes} do not match a covariance of shape {tuple(cov.shape)}")
-    limit = sum(sizes) - max(sizes)
-    if dim > limit:
-        raise ConfigError(f"{dim} components asked for, but views of sizes {sizes} have at most {limit} "
-                          "correlated directions", key="model.dim")
-    bounds = np.cumsum([0, *sizes])
-    blocks = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+    _check_dim(dim, sizes)
+    blocks = _blocks(sizes)
     factors = [_regularised_cholesky(cov[b, b], reg, name) for b, name in zip(blocks, names)]
     whitened = torch.eye(cov.shape[0], dtype=cov.dtype)  # diagonal blocks: L_i^-1 (S_ii + ridge) L_i^-T = I
     for i, (bi, li) in enumerate(zip(blocks, factors)):
@@ -142,14 +164,69 @@ def solve_multiview_cca(
             off = torch.linalg.solve_triangular(lj, left.t(), upper=False).t()  # L_i^-1 S_ij L_j^-T
             whitened[bi, bj] = off
             whitened[bj, bi] = off.t()
-    # only the top dim eigenpairs (ascending from LAPACK, reversed here): about half the
-    # time of a full decomposition on the ~7,000-dimensional problems of ACMR's datasets
-    n = whitened.shape[0]
-    values_np, vectors_np = scipy.linalg.eigh(whitened.numpy(), subset_by_index=[n - dim, n - 1])
-    values = torch.from_numpy(np.ascontiguousarray(values_np[::-1]))
-    vectors = torch.from_numpy(np.ascontiguousarray(vectors_np[:, ::-1]))
+    values, vectors = _top_eigh(whitened, dim)
     projections = [torch.linalg.solve_triangular(li.t(), vectors[b], upper=True) for b, li in zip(blocks, factors)]
     return projections, values
+
+
+def solve_multiview_cca_rows(
+    centred: torch.Tensor, sizes: list[int], *, dim: int, reg: float, views: list[str] | None = None
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """:func:`solve_multiview_cca` from the centred stacked views ``centred (N, D)`` in sample
+    space, for fewer rows than dimensions: the same projections (up to the sign of each
+    component) and eigenvalues, without a ``(D, D)`` matrix.
+
+    With each view whitened in sample space (:func:`~xmrbench.core.models.cca.sample_whitening`,
+    ``Z_i^T / sqrt(N)`` whitened ``= V_i diag(a_i) U_i^T``), the whitened joint covariance is
+    ``I + V (K - I) V^T`` with ``V`` the block diagonal of the ``V_i`` (orthonormal columns)
+    and ``K`` the small symmetric matrix with identity diagonal blocks and off-diagonal
+    blocks ``diag(a_i) U_i^T U_j diag(a_j)``. Its eigenvalues other than 1 are those of
+    ``K``, with eigenvectors ``V q``; ``W_i = V_i diag(e_i) q_i``. When ``dim`` exceeds the
+    eigenvalues ``K`` can hold above 1, the covariance is formed and solved as usual.
+    """
+    names = views or [f"view {i + 1}" for i in range(len(sizes))]
+    if sum(sizes) != centred.shape[1]:
+        raise ValueError(f"view sizes {sizes} do not match rows of width {centred.shape[1]}")
+    _check_dim(dim, sizes)
+    n = len(centred)
+    ranks = [min(n, d) for d in sizes]
+    if dim > sum(ranks) - max(ranks):
+        return solve_multiview_cca(centred.t() @ centred / n, sizes, dim=dim, reg=reg, views=views)
+    parts = [sample_whitening(centred[:, b], reg, name) for b, name in zip(_blocks(sizes), names)]
+    small_blocks = _blocks(ranks)
+    small = torch.eye(sum(ranks), dtype=centred.dtype)
+    for i, (u_i, a_i, _, _) in enumerate(parts):
+        for j in range(i + 1, len(parts)):
+            u_j, a_j = parts[j][0], parts[j][1]
+            off = a_i[:, None] * (u_i.t() @ u_j) * a_j[None, :]
+            small[small_blocks[i], small_blocks[j]] = off
+            small[small_blocks[j], small_blocks[i]] = off.t()
+    values, vectors = _top_eigh(small, dim)
+    projections = [v_i @ (e_i[:, None] * vectors[b]) for (_, _, v_i, e_i), b in zip(parts, small_blocks)]
+    return projections, values
+
+
+def _check_dim(dim: int, sizes: list[int]) -> None:
+    limit = sum(sizes) - max(sizes)
+    if dim > limit:
+        raise ConfigError(f"{dim} components asked for, but views of sizes {sizes} have at most {limit} "
+                          "correlated directions", key="model.dim")
+
+
+def _blocks(sizes: list[int]) -> list[slice]:
+    bounds = np.cumsum([0, *sizes])
+    return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _top_eigh(sym: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top ``dim`` eigenpairs of a symmetric matrix, in decreasing order."""
+    # only the top dim eigenpairs (ascending from LAPACK, reversed here): about half the
+    # time of a full decomposition on the ~7,000-dimensional problems of ACMR's datasets
+    n = sym.shape[0]
+    values_np, vectors_np = scipy.linalg.eigh(sym.numpy(), subset_by_index=[n - dim, n - 1])
+    values = torch.from_numpy(np.ascontiguousarray(values_np[::-1]))
+    vectors = torch.from_numpy(np.ascontiguousarray(vectors_np[:, ::-1]))
+    return values, vectors
 
 
 class CCA3V(ProjectionEncoders, RetrievalModel):
@@ -200,9 +277,14 @@ class CCA3V(ProjectionEncoders, RetrievalModel):
         if indicators is not None:
             sizes.append(indicators.shape[1])
             views.append("label")
-        mean, cov = _view_covariances(split, indicators)
-        (w_x, w_y, *_), values = solve_multiview_cca(cov, sizes, dim=self.params.dim, reg=self.params.reg,
-                                                     views=views)
+        if use_sample_space(len(split.caption_image()), sizes):
+            mean, centred = _view_rows(split, indicators)
+            (w_x, w_y, *_), values = solve_multiview_cca_rows(centred, sizes, dim=self.params.dim,
+                                                              reg=self.params.reg, views=views)
+        else:
+            mean, cov = _view_covariances(split, indicators)
+            (w_x, w_y, *_), values = solve_multiview_cca(cov, sizes, dim=self.params.dim, reg=self.params.reg,
+                                                         views=views)
         dx, dy = sizes[0], sizes[1]
         device = self.proj_img.device
         self.mean_img.copy_(mean[:dx].to(device))

@@ -46,11 +46,11 @@ KEYS = ["i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"]
 NUMBER = re.compile(r"^[-+]?\d+(\.\d+)?$")
 
 
-@pytest.fixture
-def store_report(tmp_path):
-    """A recipe file, its store of three seeds per runnable row (one row without results) and its report."""
-    path = tmp_path / "console.yaml"
-    path.write_text(tiny_recipe("console-test", ROWS, seeds="[0, 1, 2]", extra=EXTRA))
+def _stored(tmp_path: Path, rid: str, extra: str):
+    """A recipe file of ROWS with ``extra``, its store of three seeds per runnable row (one
+    row without results) and its report."""
+    path = tmp_path / f"{rid}.yaml"
+    path.write_text(tiny_recipe(rid, ROWS, seeds="[0, 1, 2]", extra=extra))
     resolved = resolve(path, profile="smoke")
     store = ResultStore(tmp_path / "store")
     for cell in resolved.cells:
@@ -59,6 +59,11 @@ def store_report(tmp_path):
                                 protocols={"test": {"dataset": "synthetic", "images": 100}},
                                 env={"git_commit": "0123456789abcdef"})
     return path, store.root, collect_resolved(resolved, store)
+
+
+@pytest.fixture
+def store_report(tmp_path):
+    return _stored(tmp_path, "console-test", EXTRA)
 
 
 def _console_numbers(text: str, ids: list[str]) -> dict[tuple[str, str], set[str]]:
@@ -235,3 +240,17 @@ def test_the_schema_page_names_every_field():
              "p_below", "p_tost", "p_outside", "rows", "note", "short", "authors", "venue", "year"}
     missing = sorted(k for k in keys if f"`{k}`" not in page)
     assert not missing, missing
+
+
+def test_a_claim_with_some_pairs_judged_says_how_many(tmp_path):
+    """A claim of two pairs, one of them without results: untested as a whole, and its
+    pairs column says that one of the two was judged (the legend explains j/n)."""
+    extra = EXTRA.replace(f"pairs: [[{LONG_ID}, linear-single]]", f"pairs: [[{LONG_ID}, linear-single], "
+                                                                   f"[waiting-row, linear-single]]")
+    text = to_console([_stored(tmp_path, "console-partial", extra)[2]], width=80)
+    (line,) = [line for line in text.splitlines() if line.startswith("long-beats-linear ")]
+    assert line.split()[1] == "untested" and " 1/2 " in line
+    (other,) = [line for line in text.splitlines() if line.startswith("linear-beats-long ")]
+    assert not re.search(r"\s\d+/\d+\s", other)  # both of its pairs judged: a plain count
+    assert "pairs j/n: only j of the claim's n pairs could be judged" in " ".join(text.split())
+    assert max(len(x) for x in text.splitlines()) <= 80

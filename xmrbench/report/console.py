@@ -346,6 +346,12 @@ def _pair_effect(pv: PairVerdict) -> float | None:
     return None if pv.seed_test is None else pv.seed_test.mean_diff
 
 
+def _pair_count(cv: ClaimVerdict) -> str:
+    """A claim's pairs: their number, or ``judged/all`` when some could not be judged."""
+    judged = sum(pv.verdict != "untested" for pv in cv.pairs)
+    return str(len(cv.pairs)) if judged == len(cv.pairs) else f"{judged}/{len(cv.pairs)}"
+
+
 def _claims(rep: TableReport, width: int) -> list[str]:
     several = len(rep.recipe.protocols) > 1
     rows = []
@@ -358,7 +364,7 @@ def _claims(rep: TableReport, width: int) -> list[str]:
             metric += f" within ±{cv.margin:g}"
         digits = (3 if K.METRICS[cv.metric].scale == "fraction" else 1) + 1 if cv.metric in K.METRICS else 3
         rows.append([cv.id, cv.label, "-" if effect is None else f"{effect:+.{digits}f}",
-                     "-" if p is None else f"{p:.3g}", str(len(cv.pairs)), metric])
+                     "-" if p is None else f"{p:.3g}", _pair_count(cv), metric])
     header = ["claim", "verdict", "Δ", "p", "pairs", "metric"]
     right = {2, 3, 4}
     for ncols in (6, 5):
@@ -378,6 +384,9 @@ def _claims(rep: TableReport, width: int) -> list[str]:
     note = ("Δ, p: the mean difference over seeds and the Holm-corrected p of the pair that decides each "
             "verdict (of the claim's pairs with its verdict, the one with the largest p; '-': none, e.g. a pair "
             "equal across seeds). Every pair's evidence: --markdown or --json.")
+    if any("/" in r[4] for r in rows):
+        note += (" pairs j/n: only j of the claim's n pairs could be judged (the others have no results yet "
+                 "or have not converged); the claim stays untested until every pair is judged.")
     out += [""] + _wrap(note, width)
     if rep.allow_unconverged:
         out += [""] + _wrap(UNCONVERGED_INCLUDED, width)

@@ -6,6 +6,7 @@ train mode is the most common way peer numbers go wrong.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,10 +108,14 @@ def evaluate_split(
     batch_size: int = 256,
     block_images: int = 1000,
     sentence: bool = False,
+    on_sims: Callable[[list[torch.Tensor]], None] | None = None,
 ) -> tuple[dict[str, float], dict[str, list[int]]]:
-    """Metrics (averaged over ``folds`` consecutive folds) and 0-based per-query ranks."""
+    """Metrics (averaged over ``folds`` consecutive folds) and 0-based per-query ranks;
+    ``on_sims``, when given, receives the folds' similarity matrices."""
     enc = encode(model, split, device=device, batch_size=batch_size)
     fold_sims = fold_similarities(model, split, enc, folds=folds, block_images=block_images)
+    if on_sims is not None:
+        on_sims(fold_sims)
     metrics, ranks = metrics_from_similarities(fold_sims, captions_per_image=split.captions_per_image)
     if sentence:
         if isinstance(enc.txt_emb, Padded):

@@ -18,11 +18,15 @@
   with a ground-truth box of the phrase is in the top K (ties count against it).
 
 The engine picks the evaluator from :data:`TASKS`; a new task is a function with
-the signature of :func:`image_text` and one line in the registry.
+the signature of :func:`image_text` and one line in the registry. A task that scores
+images against captions hands its similarity matrices to ``on_sims`` (one per fold) when
+given: the runner keeps an ensemble member's matrices so that the ensemble averages them
+instead of scoring the member again (``xmrbench/runner/kept_sims.py``).
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 
@@ -43,14 +47,16 @@ from xmrbench.registry import Registry
 Metrics = dict[str, float]
 Ranks = dict[str, list[int]]
 TaskEvaluator = Callable[..., tuple[Metrics, Ranks]]
+SimsSink = Callable[[list[torch.Tensor]], None]
 
 
 def image_text(model: RetrievalModel, split: PreparedSplit, protocol: Protocol, *, device: torch.device,
-               batch_size: int, block_images: int, sentence: bool) -> tuple[Metrics, Ranks]:
+               batch_size: int, block_images: int, sentence: bool,
+               on_sims: SimsSink | None = None) -> tuple[Metrics, Ranks]:
     """Image-sentence retrieval metrics (and, with ``sentence``, s2s recalls too; with the
     protocol's ``r10_fraction``, R@10 / 100 of each direction and their mean too)."""
     metrics, ranks = evaluate_split(model, split, folds=protocol.folds, device=device, batch_size=batch_size,
-                                    block_images=block_images, sentence=sentence)
+                                    block_images=block_images, sentence=sentence, on_sims=on_sims)
     if protocol.r10_fraction:
         metrics.update(r10_fractions(metrics))
     return metrics, ranks
@@ -64,7 +70,8 @@ def r10_fractions(metrics: Metrics) -> Metrics:
 
 
 def label(model: RetrievalModel, split: PreparedSplit, protocol: Protocol, *, device: torch.device,
-          batch_size: int, block_images: int, sentence: bool) -> tuple[Metrics, Ranks]:
+          batch_size: int, block_images: int, sentence: bool,
+          on_sims: SimsSink | None = None) -> tuple[Metrics, Ranks]:
     """Image-query and text-query mAP by label agreement (whole list, or mAP@50 where the
     protocol's ``map_at`` is 50), their mean, and precision at K = 50, 100, ..., 1000
     for K up to the gallery size of each direction (:func:`label_metrics`); with the
@@ -80,6 +87,8 @@ def label(model: RetrievalModel, split: PreparedSplit, protocol: Protocol, *, de
     txt_labels = img_labels[torch.from_numpy(split.caption_image())]
     enc = encode(model, split, device=device, batch_size=batch_size)
     sims = similarity_matrix(model, enc, block_images=block_images)
+    if on_sims is not None:
+        on_sims([sims])
     rel = relevance_from_labels(img_labels, txt_labels)
     metrics = label_metrics(sims, rel, maps=(protocol.map_at,))
     if protocol.map_at is None:  # the whole-list mAP's chance level on this split, for the gate's learning bar
@@ -90,8 +99,9 @@ def label(model: RetrievalModel, split: PreparedSplit, protocol: Protocol, *, de
 
 
 def sentence(model: RetrievalModel, split: PreparedSplit, protocol: Protocol, *, device: torch.device,
-             batch_size: int, block_images: int, sentence: bool) -> tuple[Metrics, Ranks]:
-    """Sentence-to-sentence recalls over the split's captions."""
+             batch_size: int, block_images: int, sentence: bool,
+             on_sims: SimsSink | None = None) -> tuple[Metrics, Ranks]:
+    """Sentence-to-sentence recalls over the split's captions (no image-text matrix: ``on_sims`` is not called)."""
     enc = encode(model, split, device=device, batch_size=batch_size)
     if isinstance(enc.txt_emb, Padded):
         raise TrainingError("sentence-to-sentence retrieval needs one embedding per caption")
@@ -109,10 +119,13 @@ def evaluate_protocols(
     block_images: int,
     sentence: bool,
     seconds: dict[str, float] | None = None,
+    on_sims: Callable[[str, list[torch.Tensor]], None] | None = None,
 ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, list[int]]]]:
     """Metrics and per-query ranks of every protocol, each by its task's evaluator;
     ``seconds``, when given, receives each protocol's wall-clock time (encoding, the
-    similarity matrices and the ranking: ADAPT's Figure 3 plots it)."""
+    similarity matrices and the ranking: ADAPT's Figure 3 plots it); ``on_sims``, when
+    given, receives ``(protocol, matrices)`` from each task that scores images against
+    captions."""
     metrics, ranks = {}, {}
     for name in protocols:
         proto = PROTOCOLS[name]
@@ -125,6 +138,7 @@ def evaluate_protocols(
             batch_size=batch_size,
             block_images=block_images,
             sentence=sentence,
+            on_sims=None if on_sims is None else functools.partial(on_sims, name),
         )
         if seconds is not None:
             seconds[name] = time.perf_counter() - t0
@@ -132,7 +146,8 @@ def evaluate_protocols(
 
 
 def phrase(model: RetrievalModel, split: PreparedSplit, protocol: Protocol, *, device: torch.device,
-           batch_size: int, block_images: int, sentence: bool) -> tuple[Metrics, Ranks]:
+           batch_size: int, block_images: int, sentence: bool,
+           on_sims: SimsSink | None = None) -> tuple[Metrics, Ranks]:
     """Phrase localization recall at 1, 5 and 10 (IoU >= 0.5), per-phrase ranks, the
     proposals' upper bound, and for the regression gate the chance level of R@1 (the
     mean share of correct proposals: the expected R@1 of a random ranking) and the
@@ -141,7 +156,8 @@ def phrase(model: RetrievalModel, split: PreparedSplit, protocol: Protocol, *, d
     The split's ``extras["entities"]`` is the phrase-region split (``data/entities.py``):
     every phrase of every caption is encoded as a text (with the captions' vocabulary or
     tf-idf statistics), every proposal of its image as a global image vector, and the
-    proposals are ranked by the model's similarity.
+    proposals are ranked by the model's similarity (not an image-caption matrix:
+    ``on_sims`` is not called).
     """
     from xmrbench.data.entities import IOU_HIT, iou
 

@@ -320,12 +320,15 @@ def train_and_evaluate(
     stop_requested: Callable[[], bool] | None = None,
     init_state: dict[str, torch.Tensor] | None = None,
     artifacts: dict[str, dict[str, Any]] | None = None,
+    on_sims: Callable[[str, list[torch.Tensor]], None] | None = None,
 ) -> RunOutput:
     """Train ``cfg`` with ``seed`` (resuming from ``work_dir`` if it holds a checkpoint) and evaluate.
 
     ``init_state``: model weights to start from (an earlier stage's selected model)
     instead of the initialisation; ``artifacts``: what earlier stages derived (mined
-    candidate lists, say), handed to the training method as ``StepContext.artifacts``.
+    candidate lists, say), handed to the training method as ``StepContext.artifacts``;
+    ``on_sims``: receives ``(protocol, matrices)`` of the selected model's final
+    evaluation (:func:`xmrbench.engine.tasks.evaluate_protocols`).
     """
     events = events or NullEvents()
     t_start = time.perf_counter()
@@ -352,7 +355,8 @@ def train_and_evaluate(
         method.fit(train)
         fit_s = time.perf_counter() - t0
         best_dev = _evaluate_dev(model, dev, cfg.train.select_by, eval_kw)
-        return _finish(model, prepared, cfg, {"epoch": [], "fit_s": [fit_s]}, best_dev, 0, eval_kw, t_start, None)
+        return _finish(model, prepared, cfg, {"epoch": [], "fit_s": [fit_s]}, best_dev, 0, eval_kw, t_start, None,
+                       on_sims)
     method.setup()
     extras = tuple(dict.fromkeys((*type(model).batch_extras, *type(method).batch_extras)))
     declared = method.streams()
@@ -470,7 +474,7 @@ def train_and_evaluate(
         best_epoch = 0
     else:
         model.load_state_dict(best_state)
-    return _finish(model, prepared, cfg, curves, best_dev, best_epoch, eval_kw, t_start, resumed)
+    return _finish(model, prepared, cfg, curves, best_dev, best_epoch, eval_kw, t_start, resumed, on_sims)
 
 
 def _evaluate_dev(model: RetrievalModel, dev: Any, select_by: str, eval_kw: dict[str, Any]) -> dict[str, float]:
@@ -487,12 +491,13 @@ def _evaluate_dev(model: RetrievalModel, dev: Any, select_by: str, eval_kw: dict
     return metrics
 
 
-def _finish(model, prepared, cfg, curves, best_dev, best_epoch, eval_kw, t_start, resumed) -> RunOutput:
+def _finish(model, prepared, cfg, curves, best_dev, best_epoch, eval_kw, t_start, resumed, on_sims=None) -> RunOutput:
     """Evaluate the selected model on the cell's protocols and package the output."""
     t0 = time.perf_counter()
     protocol_s: dict[str, float] = {}
     metrics, ranks = evaluate_protocols(
-        model, prepared, cfg.eval.protocols, sentence=cfg.eval.sentence_retrieval, seconds=protocol_s, **eval_kw
+        model, prepared, cfg.eval.protocols, sentence=cfg.eval.sentence_retrieval, seconds=protocol_s,
+        on_sims=on_sims, **eval_kw
     )
     t_eval = time.perf_counter() - t0
     if "dev" not in cfg.eval.protocols:  # a "dev" protocol (the whole split) keeps its own numbers

@@ -25,6 +25,7 @@ import torch
 
 from xmrbench.engine.train import Events, NullEvents
 from xmrbench.recipe.resolve import Cell, ResolvedRecipe
+from xmrbench.runner.kept_sims import release
 from xmrbench.runner.locks import RunLock
 from xmrbench.runner.run import DataCache
 from xmrbench.runner.worker import RunOutcome, RunTask
@@ -170,18 +171,25 @@ def reproduce(
     store.save_resolved(resolved.to_dict())
     root = str(store.root.absolute())
     stages: dict[int, list[RunTask]] = {}
-    for cell, seed, state in plan_runs(resolved, store):
+    planned = plan_runs(resolved, store)
+    todo = [(cell, seed) for cell, seed, state in planned if force or state != "done"]
+    # a member run scheduled with its ensemble keeps its matrices for it (runner/kept_sims.py)
+    keep = {(m.id, seed) for cell, seed in todo for m in cell.members}
+    for cell, seed, state in planned:
         if state == "done" and not force:
             summary.skipped.append((cell.id, seed))
             reporter.run_skip(cell, seed, "done")
             _tidy_finished_run(store, resolved.id, cell.id, cell.hash, seed)  # type: ignore[arg-type]
+            if cell.members:
+                release(store, resolved, cell.members, seed)  # left by an ensemble run that was killed
             continue
         path = store.result_path(resolved.id, cell.id, cell.hash, seed)  # type: ignore[arg-type]
         if state == "corrupt":
             status = store.status(resolved.id, cell.id, cell.hash, seed)  # type: ignore[arg-type]
             reporter.warn(f"{status.path}: {status.problem}; recomputing")
             summary.recomputed_corrupt.append(status.path)
-        task = RunTask(resolved, cell.id, seed, root, force=force, expect=store.identity(path) if force else None)
+        task = RunTask(resolved, cell.id, seed, root, force=force, expect=store.identity(path) if force else None,
+                       keep_sims=(cell.id, seed) in keep and not cell.members)
         stages.setdefault(cell.stage, []).append(task)
     tasks = [t for stage in sorted(stages) for t in stages[stage]]
     with _StopFlag() as stop:

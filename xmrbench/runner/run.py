@@ -34,6 +34,7 @@ from xmrbench.errors import ConfigError, StoreError
 from xmrbench.provenance.env import environment
 from xmrbench.provenance.fingerprint import run_fingerprint
 from xmrbench.recipe.resolve import Cell, ResolvedRecipe
+from xmrbench.runner.kept_sims import SimsKeeper, kept_dir, load_kept, release
 from xmrbench.runner.stages import artifact, initial_weights
 from xmrbench.runner.stored import inputs_of, load_member, write_plain
 from xmrbench.store.schema import SCHEMA_VERSION, CellRef, DatasetRef, RecipeRef, ResultDoc
@@ -70,8 +71,13 @@ def run_one(
     device: torch.device,
     events: Events | None = None,
     stop_requested: Callable[[], bool] | None = None,
+    keep_sims: bool = False,
 ) -> tuple[ResultDoc, Path]:
-    """Train and evaluate one (cell, seed) and write its result document."""
+    """Train and evaluate one (cell, seed) and write its result document.
+
+    ``keep_sims``: keep the final image-text similarity matrices for an ensemble of this
+    cell that runs next (``xmrbench/runner/kept_sims.py``).
+    """
     if cell.members:
         return _run_ensemble(resolved, cell, seed, store=store, cache=cache, device=device)
     cfg = cell.config
@@ -89,6 +95,7 @@ def run_one(
                                                   stop_requested=stop_requested)
     work = store.work_dir(resolved.id, cell.id, cell.hash, seed)
     work.mkdir(parents=True, exist_ok=True)
+    keeper = SimsKeeper(work, kept_dir(store, resolved.id, cell, seed)) if keep_sims else None
     out = train_and_evaluate(
         cfg,
         seed,
@@ -100,11 +107,14 @@ def run_one(
         stop_requested=stop_requested,
         init_state=init_state,
         artifacts=artifacts,
+        on_sims=keeper,
     )
     config = cfg.to_dict() | ({"needs": cell.needs.identity()} if cell.needs is not None else {})
     doc = _result_doc(resolved, cell, seed, out, config, cache.data(cfg.data), prepared, device)
     model_path = store.model_path(resolved.id, cell.id, cell.hash, seed)
     _save_model({"config": doc.config, "seed": seed, "state_dict": out.state_dict}, model_path)
+    if keeper is not None:
+        keeper.seal(model_path)
     path = store.write(doc)
     store.finish_run(resolved.id, cell.id, cell.hash, seed)
     return doc, path
@@ -164,7 +174,8 @@ def _result_doc(resolved, cell, seed, out: RunOutput, config: dict, data, prepar
 
 
 def _run_ensemble(resolved, cell, seed, *, store, cache, device) -> tuple[ResultDoc, Path]:
-    """Average the members' similarity matrices (same seed) and evaluate the average."""
+    """Average the members' similarity matrices (same seed) and evaluate the average;
+    a member's matrices kept by its run are used instead of scoring it again."""
     t0 = time.perf_counter()
     members = [load_member(store, resolved, m, seed, cache, device) for m in cell.members]
     cfg = cell.config
@@ -172,16 +183,21 @@ def _run_ensemble(resolved, cell, seed, *, store, cache, device) -> tuple[Result
 
     weight = cell.row.region_phrase_weight
 
-    def averaged(split_name: str, folds: int, max_images: int | None = None):
+    def averaged(split_name: str, folds: int, max_images: int | None = None, protocol: str | None = None):
         if weight is not None:
             return fused(split_name, folds, max_images)
         total = None
         cpi = None
-        for model, prepared in members:
+        for member, (model, prepared) in zip(cell.members, members):
             split = prepared.split(split_name, max_images=max_images)
             cpi = split.captions_per_image
-            enc = encode(model, split, **eval_kw)
-            sims = fold_similarities(model, split, enc, folds=folds, block_images=cfg.eval.block_images)
+            sims = None if protocol is None else load_kept(
+                kept_dir(store, resolved.id, member, seed), protocol,
+                model_path=store.model_path(resolved.id, member.id, member.hash, seed),
+                images=split.n_images, captions=split.n_captions, folds=folds)
+            if sims is None:
+                enc = encode(model, split, **eval_kw)
+                sims = fold_similarities(model, split, enc, folds=folds, block_images=cfg.eval.block_images)
             total = sims if total is None else [a + b for a, b in zip(total, sims)]
         return metrics_from_similarities([s / len(members) for s in total], captions_per_image=cpi)
 
@@ -209,7 +225,7 @@ def _run_ensemble(resolved, cell, seed, *, store, cache, device) -> tuple[Result
         if proto.task != "image_text":
             raise ConfigError(f"protocol {name!r} measures task {proto.task!r}; an ensemble averages image-text "
                               "similarity matrices only", where=f"{resolved.id}/{cell.id}")
-        metrics[name], ranks[name] = averaged(proto.split, proto.folds)
+        metrics[name], ranks[name] = averaged(proto.split, proto.folds, protocol=name)
     if "dev" not in cfg.eval.protocols:  # a "dev" protocol (the whole split) keeps its own numbers
         metrics["dev"], _ = averaged("dev", 1, cfg.eval.dev_images)
     out = RunOutput(
@@ -224,7 +240,9 @@ def _run_ensemble(resolved, cell, seed, *, store, cache, device) -> tuple[Result
     config = {"ensemble": {m.id: m.config.to_dict() for m in cell.members}}
     first_prepared = members[0][1]
     doc = _result_doc(resolved, cell, seed, out, config, cache.data(cfg.data), first_prepared, device)
-    return doc, store.write(doc)
+    path = store.write(doc)
+    release(store, resolved, cell.members, seed)
+    return doc, path
 
 
 def _member_convergence(store, resolved, member, seed) -> Convergence | None:

@@ -43,7 +43,8 @@ class RunTask:
     ``expect`` is the identity (inode, size, mtime) of the result file when the run
     was planned, so that ``force`` recomputes a result once but does not redo one
     that another forced process rewrote meanwhile. ``wait`` waits for a run that
-    another process holds instead of reporting it busy.
+    another process holds instead of reporting it busy. ``keep_sims`` keeps the run's
+    final similarity matrices for an ensemble scheduled after it (``runner/kept_sims.py``).
     """
 
     resolved: ResolvedRecipe
@@ -54,6 +55,7 @@ class RunTask:
     expect: tuple[int, int, int] | None = None
     wait: bool = False
     attempt: int = 1
+    keep_sims: bool = False
 
     @property
     def key(self) -> tuple[str, int]:
@@ -146,7 +148,7 @@ def attempt_run(
                               attempts=task.attempt)
         events = start() if start is not None else NullEvents()
         doc, path = run_one(resolved, cell, seed, store=store, cache=cache, device=device, events=events,
-                            stop_requested=stop_requested)
+                            stop_requested=stop_requested, keep_sims=task.keep_sims)
         stored = True
         return RunOutcome("ran", cell.id, seed, doc=doc, path=str(path), attempts=task.attempt)
     except KeyboardInterrupt:

@@ -66,7 +66,7 @@ def build_synthetic_labelled(cfg: DataConfig) -> RetrievalData:
     wikipedia, pascal, nus-wide-10k, mscoco; ``data.variant``: deep, or shallow for
     Wikipedia), generated once into the cache in the labelled layout and read back by the
     loader real labelled sets take. ``data.size``: tiny (at most 200 training and 100
-    test instances) or small (the dataset's own sizes, acmr.md Table 1);
+    test instances) or small (the dataset's own sizes, ACMR paper Table 1);
     ``data.world_seed`` seeds the generator; ``data.dev_from_train`` holds out the dev
     split the model is selected on (the sets have none of their own)."""
     from xmrbench.data.labelled import labelled_retrieval_data

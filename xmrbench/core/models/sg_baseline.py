@@ -1,4 +1,4 @@
-"""A3VSE's unsupervised baseline with image-level semantics (a3vse.md Sec. 4.2).
+"""A3VSE's unsupervised baseline with image-level semantics (A3VSE paper Sec. 4.2).
 
 No parallel annotation is used. Every image carries image-level semantic scores
 ``s_g`` (tags from pre-trained classifiers, scores in [0, 1]); every caption becomes

@@ -1,4 +1,4 @@
-"""Labelled cross-modal feature sets in the shapes of ACMR's four datasets (acmr.md Table 1).
+"""Labelled cross-modal feature sets in the shapes of ACMR's four datasets (ACMR paper Table 1).
 
 Each instance is a synthetic scene (the world's generative model), an image feature,
 a text feature and a label (or labels). What differs between the four is how the
@@ -63,7 +63,7 @@ from xmrbench.errors import ConfigError
 
 @dataclass(frozen=True)
 class LabelledSpec:
-    """Shape of one labelled dataset (acmr.md Table 1)."""
+    """Shape of one labelled dataset (ACMR paper Table 1)."""
 
     name: str
     train: int
@@ -421,6 +421,6 @@ def load_synthetic_labelled(name: str = "wikipedia", *, variant: str = "deep", s
     :func:`~xmrbench.data.labelled.load_labelled` (the loader real data takes).
 
     ``name``: wikipedia, pascal, nus-wide-10k, mscoco; ``variant``: deep, or shallow
-    (wikipedia only); ``size``: paper (acmr.md Table 1 sizes) or tiny (<= 200 / 100).
+    (wikipedia only); ``size``: paper (ACMR paper Table 1 sizes) or tiny (<= 200 / 100).
     """
     return load_labelled(synthetic_labelled_dir(name, variant=variant, seed=seed, size=size, cache_dir=cache_dir))

@@ -1,6 +1,6 @@
 """Machine-made semantics of synthetic images: detector output, image-level tags, labels.
 
-What A3VSE feeds on besides captions (a3vse.md Sec. 3.1 and 4.2):
+What A3VSE feeds on besides captions (A3VSE paper Sec. 3.1 and 4.2):
 
 - **regional semantics** (``extras["semantics"]``, one string per image): what an
   object detector with attribute heads (Faster R-CNN on Visual Genome) says,

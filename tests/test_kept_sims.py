@@ -95,6 +95,16 @@ def test_ensemble_averages_kept_matrices_bit_for_bit(recipe, tmp_path, used):
     assert _ensemble_docs(other, resolved) == kept_numbers  # metrics and ranks, exactly
 
 
+def test_beyond_the_budget_nothing_is_kept_and_the_ensemble_scores_again(recipe, tmp_path, used, monkeypatch):
+    monkeypatch.setattr(kept_sims, "KEEP_BUDGET_BYTES", 150_000)  # less than the smallest set (200 kB)
+    resolved = resolve(recipe, profile="smoke", seeds=[0])
+    store = ResultStore(tmp_path / "s")
+    summary = reproduce(resolved, store, device="cpu")
+    assert not summary.failed and ("ab", 0) in summary.ran
+    assert used and not any(found for _, found in used)
+    assert not (store.recipe_dir(resolved.id) / ".sims").exists()
+
+
 def test_a_member_run_alone_keeps_nothing(recipe, tmp_path):
     resolved = resolve(recipe, profile="smoke", seeds=[0])
     store = ResultStore(tmp_path / "s")

@@ -14,6 +14,12 @@ shape ``(folds, images, captions)``, float32, and ``kept.json``). The ensemble r
 averages those instead of scoring the member again, and the folder is removed once
 every ensemble that lists the member has its result for that seed.
 
+Keeping is bounded: all members' matrices wait until the ensembles' stage, so a recipe
+with many members (AOQ Table 1 has 48 member runs, 600 MB each at the 5K size) would
+otherwise fill a disk. A matrix is kept only while the recipe's kept and pending
+matrices stay within :data:`KEEP_BUDGET_BYTES` and the disk keeps :data:`MIN_FREE_BYTES`
+free; beyond that the ensemble scores the member again, as it always did.
+
 A kept folder is used only if ``kept.json`` names the sha256 of the member's stored
 model file (a member recomputed since is scored again) and its shapes fit the split.
 A kept matrix is what scoring the stored model again computes (same weights, inputs
@@ -39,6 +45,8 @@ from xmrbench.store.store import ResultStore
 
 KEPT_FILE = "kept.json"
 PENDING = "sims"  # inside the run's work dir, until the model is stored
+KEEP_BUDGET_BYTES = 8 * 2**30  # kept and pending matrices of one recipe in one store
+MIN_FREE_BYTES = 4 * 2**30  # never keep a matrix that would leave less free on the disk
 
 
 def kept_dir(store: ResultStore, recipe_id: str, cell: Cell, seed: int) -> Path:
@@ -62,11 +70,21 @@ class SimsKeeper:
         self.target = target
         self.shapes: dict[str, list[int]] = {}
 
+    def _room_for(self, nbytes: int) -> bool:
+        recipe_dir = self.target.parent.parent
+        held = sum(p.stat().st_size for pattern in (".sims/*/*.npy", ".work/*/sims/*.npy")
+                   for p in recipe_dir.glob(pattern) if p.is_file())
+        free = shutil.disk_usage(recipe_dir).free
+        return held + nbytes <= KEEP_BUDGET_BYTES and free - nbytes >= MIN_FREE_BYTES
+
     def __call__(self, protocol: str, matrices: list[torch.Tensor]) -> None:
         if PROTOCOLS[protocol].task != "image_text" or not matrices:
             return  # an ensemble averages image-text matrices only
-        array = torch.stack([m.float().cpu() for m in matrices]).numpy()
+        nbytes = sum(m.numel() for m in matrices) * 4
         self.pending.mkdir(parents=True, exist_ok=True)
+        if not self._room_for(nbytes):
+            return  # the ensemble scores this member again
+        array = torch.stack([m.float().cpu() for m in matrices]).numpy()
         path = self.pending / f"{protocol}.npy"
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:

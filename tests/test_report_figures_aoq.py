@@ -191,3 +191,14 @@ def test_stored_scorer_scores_runs_and_averages_ensembles(stored, tmp_path, caps
     store.model_path(rep.recipe.id, b.id, b.hash, 0).unlink()
     assert score(rep.resolved, b, 0, "test") is None and score(rep.resolved, ens, 0, "test") is None
     assert score(rep.resolved, a, 0, "test") is not None
+
+
+def test_curves_of_runs_stopped_early_are_padded_to_the_longest():
+    from xmrbench.report.plots import _padded
+
+    epochs, values = _padded([[1, 2], [1, 2, 3, 4], [1, 2, 3]], [[5.0, 6.0], [1.0, 2.0, 3.0, 4.0], [7.0, 8.0, 9.0]])
+    assert epochs.tolist() == [1, 2, 3, 4]
+    assert values.shape == (3, 4)
+    assert np.isnan(values[0, 2:]).all() and np.isnan(values[2, 3])
+    assert values[1].tolist() == [1.0, 2.0, 3.0, 4.0]
+    assert np.nanmean(values, axis=0).tolist() == [13 / 3, 16 / 3, 6.0, 4.0]

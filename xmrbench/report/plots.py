@@ -69,14 +69,10 @@ def curves(rep: TableReport, out_dir: Path) -> Path | None:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for cid, cs in series.items():
-        n = min(len(c[key]) for c in cs)
-        values = np.array([c[key][:n] for c in cs])
-        epochs = np.asarray(cs[0]["epoch"][:n])
+        epochs, values = _padded([c["epoch"] for c in cs], [c[key] for c in cs])
         dev_images = docs[cid][0].config.get("eval", {}).get("dev_images")
         label = cid if dev_images is None else f"{cid} (dev: first {dev_images} images)"
-        ax.plot(epochs, values.mean(0), label=label)
-        if len(cs) > 1:
-            ax.fill_between(epochs, values.min(0), values.max(0), alpha=0.2)
+        _mean_and_band(ax, epochs, values, label)
     ax.set_xlabel("epoch")
     ax.set_ylabel("dev rsum" if key == "dev_rsum" else "dev mean mAP")
     ax.set_title(f"{rep.recipe.id}: training curves\n{_subtitle(rep)}", fontsize=9)
@@ -295,10 +291,38 @@ _CURVE_LABELS = {"dev_i2t_r1": "i2t R@1 (dev)", "dev_t2i_r1": "t2i R@1 (dev)", "
                  "dev_avg_map": "mean mAP (dev)", "emb_loss": "embedding loss L_emb", "adv_loss": "adversarial loss L_adv"}
 
 
+def _padded(epochs: list[list[int]], curves: list[list[float]]) -> tuple[np.ndarray, np.ndarray]:
+    """Seeds' curves of different lengths (early stopping) as epochs ``(E,)`` of the
+    longest and values ``(S, E)``, NaN where a seed had stopped."""
+    n = [min(len(e), len(c)) for e, c in zip(epochs, curves)]
+    longest = int(np.argmax(n))
+    values = np.full((len(curves), n[longest]), np.nan)
+    for row, (c, k) in enumerate(zip(curves, n)):
+        values[row, :k] = c[:k]
+    return np.asarray(epochs[longest][: n[longest]]), values
+
+
+def _mean_and_band(ax: Any, epochs: np.ndarray, values: np.ndarray, label: str) -> None:
+    """The mean over the seeds still running at each epoch: solid while every seed runs,
+    dotted after the first stopped; a band from the lowest to the highest seed where at
+    least two run."""
+    running = (~np.isnan(values)).sum(0)
+    mean = np.nanmean(values, axis=0)
+    every = running == len(values)
+    line = ax.plot(np.where(every, epochs, np.nan), np.where(every, mean, np.nan), label=label)[0]
+    if not every.all():
+        tail = np.flatnonzero(~every)[0] - 1  # join the dotted part to the solid one
+        ax.plot(epochs[max(tail, 0):], mean[max(tail, 0):], linestyle=":", color=line.get_color())
+    if len(values) > 1:  # every column holds the longest run's value: no empty slices
+        ax.fill_between(epochs, np.nanmin(values, axis=0), np.nanmax(values, axis=0), where=running >= 2,
+                        alpha=0.2, color=line.get_color())
+
+
 def curves_data(rep: TableReport, fig: Figure) -> dict[str, list[tuple[Cell, np.ndarray, np.ndarray]]]:
-    """Per stored curve of ``fig.series`` that some cell has: (cell, epochs ``(E,)``, values
-    ``(S, E)`` over its S seeds, cut to the shortest), per cell of ``fig.rows`` in order.
-    Cells whose results lack the curve (older results, ensembles) are left out."""
+    """Per stored curve of ``fig.series`` that some cell has: (cell, epochs ``(E,)`` of its
+    longest run, values ``(S, E)`` over its S seeds, NaN after a seed stopped early), per
+    cell of ``fig.rows`` in order. Cells whose results lack the curve (older results,
+    ensembles) are left out."""
     by_id = {c.id: c for c in rep.cells}
     drawn: dict[str, list[tuple[Cell, np.ndarray, np.ndarray]]] = {}
     for key in fig.series:
@@ -306,16 +330,16 @@ def curves_data(rep: TableReport, fig: Figure) -> dict[str, list[tuple[Cell, np.
             docs = by_id[cell.id].docs if cell.id in by_id else []
             have = [d for d in docs if d.curves.get(key) and d.curves.get("epoch")]
             if have:
-                n = min(min(len(d.curves[key]), len(d.curves["epoch"])) for d in have)
-                values = np.array([d.curves[key][:n] for d in have], dtype=float)
-                drawn.setdefault(key, []).append((cell, np.asarray(have[0].curves["epoch"][:n]), values))
+                epochs, values = _padded([d.curves["epoch"] for d in have], [d.curves[key] for d in have])
+                drawn.setdefault(key, []).append((cell, epochs, values))
     return drawn
 
 
 def curves_figure(rep: TableReport, fig: Figure, out_dir: Path) -> Path | None:
     """A declared ``curves`` figure (AOQ Figure 4): one subplot per stored curve in
-    ``fig.series``, one line per cell of ``fig.rows`` against the epoch (mean over seeds,
-    band from the lowest to the highest seed). Cells without the curve are left out
+    ``fig.series``, one line per cell of ``fig.rows`` against the epoch (mean over the
+    seeds still running, dotted once one has stopped early; band from the lowest to the
+    highest seed). Cells without the curve are left out
     (:func:`curves_data`); None when nothing is left to draw."""
     recipe = rep.recipe
     drawn = curves_data(rep, fig)
@@ -327,9 +351,7 @@ def curves_figure(rep: TableReport, fig: Figure, out_dir: Path) -> Path | None:
     figure, axes = plt.subplots(1, len(drawn), figsize=(5.2 * len(drawn), 4.2), squeeze=False, layout="constrained")
     for ax, (key, lines) in zip(axes[0], drawn.items()):
         for cell, epochs, values in lines:
-            line = ax.plot(epochs, values.mean(0), label=cell.label)[0]
-            if len(values) > 1:
-                ax.fill_between(epochs, values.min(0), values.max(0), alpha=0.2, color=line.get_color())
+            _mean_and_band(ax, epochs, values, cell.label)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(_CURVE_LABELS.get(key, key))

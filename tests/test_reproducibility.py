@@ -156,3 +156,16 @@ def test_two_threads_give_identical_numbers_with_repeated_index_gathers(tmp_path
     assert all(torch.equal(outs[0].state_dict[k], outs[1].state_dict[k]) for k in outs[0].state_dict)
     seed_everything(0, torch.device("cpu"))
     assert torch.are_deterministic_algorithms_enabled()
+
+
+def test_seeding_switches_on_the_deterministic_kernels_without_loading_the_compiler():
+    code = (
+        "import sys, torch\n"
+        "from xmrbench.engine.train import seed_everything\n"
+        "assert not torch.are_deterministic_algorithms_enabled()\n"
+        "seed_everything(0, torch.device('cpu'))\n"
+        "print(torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),\n"
+        "      'torch._inductor.config' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", "True", "False"]

@@ -102,11 +102,13 @@ def deterministic_algorithms() -> None:
     here is compiled, so the eager switch it sets is set directly; the public call is
     used where torch lacks that switch or the compiler is already loaded.
     """
-    eager = getattr(torch._C, "_set_deterministic_algorithms", None)
-    if eager is None or "torch._inductor.config" in sys.modules:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    else:
-        eager(True, warn_only=True)
+    if "torch._inductor.config" not in sys.modules:
+        try:
+            torch._C._set_deterministic_algorithms(True, warn_only=True)
+            return
+        except AttributeError:  # a torch without that switch
+            pass
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def seed_everything(seed: int, device: torch.device) -> None:

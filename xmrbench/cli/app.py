@@ -314,7 +314,8 @@ def _execute(resolved, store, *, executor, device: str, force: bool, keep_going:
             highlight=False,
         )
         raise typer.Exit(130)
-    console.print(f"{len(summary.ran)} run(s) computed, {len(summary.skipped)} already done{elsewhere}")
+    twins = f", {len(summary.adopted)} copied from an identical row" if summary.adopted else ""
+    console.print(f"{len(summary.ran)} run(s) computed{twins}, {len(summary.skipped)} already done{elsewhere}")
     if summary.failed:
         if summary.not_run:
             console.print(f"{len(summary.not_run)} other run(s) not done; fix the error and run the same command "

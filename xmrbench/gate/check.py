@@ -17,7 +17,6 @@ cell) and refuses a cell whose band is not clearly above chance.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -40,7 +39,8 @@ from xmrbench.gate.learning import (
 )
 from xmrbench.gate.references import read_reference, reference_path, write_reference
 from xmrbench.recipe.resolve import Cell, ResolvedRecipe, resolve
-from xmrbench.store.schema import CellRef, RecipeRef, ResultDoc
+from xmrbench.runner.adopt import adopt_run
+from xmrbench.store.schema import ResultDoc
 from xmrbench.store.store import ResultStore
 
 PROFILE = "smoke"
@@ -146,18 +146,7 @@ class RunPool:
                 src = self._done.get((cell.hash, seed))  # type: ignore[arg-type]
                 if src is None or store.status(resolved.id, cell.id, cell.hash, seed).state == "done":  # type: ignore[arg-type]
                     continue
-                doc, model = src
-                recipe = resolved.recipe
-                moved = doc.model_copy(update={
-                    "recipe": RecipeRef(id=resolved.id, path=str(resolved.path), hash=resolved.hash, paper=recipe.paper,
-                                        table=recipe.table, profile=resolved.profile),
-                    "cell": CellRef(id=cell.id, label=cell.label, row=cell.row.id, point=cell.point, hash=cell.hash),
-                })
-                target = store.model_path(resolved.id, cell.id, cell.hash, seed)  # type: ignore[arg-type]
-                target.parent.mkdir(parents=True, exist_ok=True)
-                if model.is_file():
-                    shutil.copyfile(model, target)
-                store.write(moved)
+                adopt_run(store, resolved, cell, seed, *src)
                 adopted += 1
         return adopted
 

@@ -25,6 +25,7 @@ import torch
 
 from xmrbench.engine.train import Events, NullEvents
 from xmrbench.recipe.resolve import Cell, ResolvedRecipe
+from xmrbench.runner.adopt import adopt_run, twins
 from xmrbench.runner.kept_sims import release
 from xmrbench.runner.locks import RunLock
 from xmrbench.runner.run import DataCache
@@ -90,6 +91,7 @@ class Summary:
     waited_for: list[tuple[str, int]] = field(default_factory=list)  # held by another process when first tried
     failed: list[RunFailure] = field(default_factory=list)
     not_run: list[tuple[str, int]] = field(default_factory=list)  # left undone after a failure or a stop
+    adopted: list[tuple[str, int]] = field(default_factory=list)  # a twin cell's run, copied (runner/adopt.py)
 
     @property
     def ok(self) -> bool:
@@ -175,6 +177,8 @@ def reproduce(
     todo = [(cell, seed) for cell, seed, state in planned if force or state != "done"]
     # a member run scheduled with its ensemble keeps its matrices for it (runner/kept_sims.py)
     keep = {(m.id, seed) for cell, seed in todo for m in cell.members}
+    twin_of = twins(resolved)  # trained once, adopted by the twin after its source's stage
+    adopt_after: dict[int, list[tuple[Cell, int]]] = {}
     for cell, seed, state in planned:
         if state == "done" and not force:
             summary.skipped.append((cell.id, seed))
@@ -182,6 +186,9 @@ def reproduce(
             _tidy_finished_run(store, resolved.id, cell.id, cell.hash, seed)  # type: ignore[arg-type]
             if cell.members:
                 release(store, resolved, cell.members, seed)  # left by an ensemble run that was killed
+            continue
+        if cell.id in twin_of:
+            adopt_after.setdefault(cell.stage, []).append((cell, seed))
             continue
         path = store.result_path(resolved.id, cell.id, cell.hash, seed)  # type: ignore[arg-type]
         if state == "corrupt":
@@ -195,14 +202,22 @@ def reproduce(
     with _StopFlag() as stop:
         hooks = _Hooks(resolved, reporter, summary, stop, total=len(tasks), keep_going=keep_going)
         try:
-            for stage in sorted(stages):  # a stage starts once every run it needs is stored
-                phase = stages[stage]
-                if stop.requested or not phase:
+            for stage in sorted({*stages, *adopt_after}):  # a stage starts once every run it needs is stored
+                phase = stages.get(stage, [])
+                if stop.requested:
                     continue
-                executor.run(phase, device=device_name, hooks=hooks, stop=stop)
-                waiting = hooks.take_busy()
-                if waiting and not stop.requested:  # held elsewhere: wait for them, take over what is left
-                    executor.run([t.again(wait=True) for t in waiting], device=device_name, hooks=hooks, stop=stop)
+                if phase:
+                    executor.run(phase, device=device_name, hooks=hooks, stop=stop)
+                    waiting = hooks.take_busy()
+                    if waiting and not stop.requested:  # held elsewhere: wait for them, take over what is left
+                        executor.run([t.again(wait=True) for t in waiting], device=device_name, hooks=hooks, stop=stop)
+                for cell, seed in adopt_after.get(stage, []):
+                    source = twin_of[cell.id]
+                    status = store.status(resolved.id, source.id, source.hash, seed)  # type: ignore[arg-type]
+                    if status.doc is not None:
+                        adopt_run(store, resolved, cell, seed, status.doc,
+                                  store.model_path(resolved.id, source.id, source.hash, seed))  # type: ignore[arg-type]
+                        summary.adopted.append((cell.id, seed))
         except KeyboardInterrupt:
             stop.request("interrupt")
         summary.interrupted = stop.requested and stop.reason == "interrupt"

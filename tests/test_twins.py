@@ -46,3 +46,16 @@ def test_a_twin_row_is_trained_once_and_copied(tmp_path):
             store.model_path(resolved.id, "a", a.hash, seed).read_bytes()
     again = reproduce(resolved, store, device="cpu")
     assert not again.ran and not again.adopted and len(again.skipped) == 8
+
+
+def test_a_twin_selected_alone_copies_a_stored_source_or_trains_itself(tmp_path):
+    path = tmp_path / "tiny-twins.yaml"
+    path.write_text(RECIPE)
+    resolved = resolve(path, profile="smoke", seeds=[0])
+    alone = resolved.restricted_to_rows(["a-again"])
+    trained = reproduce(alone, ResultStore(tmp_path / "fresh"), device="cpu")
+    assert trained.ran == [("a-again", 0)] and not trained.adopted  # its source is neither stored nor selected
+    store = ResultStore(tmp_path / "s")
+    reproduce(resolved.restricted_to_rows(["a"]), store, device="cpu")
+    copied = reproduce(alone, store, device="cpu")
+    assert not copied.ran and copied.adopted == [("a-again", 0)]

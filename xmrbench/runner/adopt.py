@@ -35,10 +35,13 @@ def adopt_run(store: ResultStore, resolved: ResolvedRecipe, cell: Cell, seed: in
 
 
 def twins(resolved: ResolvedRecipe) -> dict[str, Cell]:
-    """Runnable trained cells whose hash an earlier runnable cell of the recipe has: id -> that cell."""
+    """Trained cells whose hash an earlier runnable cell of the recipe has: id -> that cell
+    (whether or not ``--rows`` selected it)."""
     first: dict[str, Cell] = {}
     out: dict[str, Cell] = {}
-    for cell in resolved.runnable_cells():
+    for cell in resolved.cells:
+        if not cell.runnable:
+            continue
         if cell.members or cell.hash is None:
             continue
         source = first.setdefault(cell.hash, cell)

@@ -177,7 +177,11 @@ def reproduce(
     todo = [(cell, seed) for cell, seed, state in planned if force or state != "done"]
     # a member run scheduled with its ensemble keeps its matrices for it (runner/kept_sims.py)
     keep = {(m.id, seed) for cell, seed in todo for m in cell.members}
-    twin_of = twins(resolved)  # trained once, adopted by the twin after its source's stage
+    # a twin is adopted after its source's stage when the source is stored or runs now
+    scheduled = {(c.id, seed) for c, seed in todo}
+    twin_of = {cid: src for cid, src in twins(resolved).items()
+               if all((src.id, s) in scheduled or store.status(resolved.id, src.id, src.hash, s).state == "done"  # type: ignore[arg-type]
+                      for s in resolved.seeds)}
     adopt_after: dict[int, list[tuple[Cell, int]]] = {}
     for cell, seed, state in planned:
         if state == "done" and not force:

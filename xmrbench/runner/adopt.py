@@ -8,6 +8,7 @@ of its result document (with its own recipe and cell references) and of its mode
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -28,7 +29,7 @@ def adopt_run(store: ResultStore, resolved: ResolvedRecipe, cell: Cell, seed: in
     target = store.model_path(resolved.id, cell.id, cell.hash, seed)  # type: ignore[arg-type]
     target.parent.mkdir(parents=True, exist_ok=True)
     if model.is_file() and model != target:
-        tmp = target.with_name(f".{target.name}.adopt.tmp")
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")  # a dead copier's is cleaned as any temporary
         shutil.copyfile(model, tmp)
         tmp.replace(target)
     return store.write(moved)
@@ -40,9 +41,7 @@ def twins(resolved: ResolvedRecipe) -> dict[str, Cell]:
     first: dict[str, Cell] = {}
     out: dict[str, Cell] = {}
     for cell in resolved.cells:
-        if not cell.runnable:
-            continue
-        if cell.members or cell.hash is None:
+        if not cell.runnable or cell.members or cell.hash is None:
             continue
         source = first.setdefault(cell.hash, cell)
         if source is not cell:

@@ -315,7 +315,9 @@ def _execute(resolved, store, *, executor, device: str, force: bool, keep_going:
         )
         raise typer.Exit(130)
     twins = f", {len(summary.adopted)} copied from an identical row" if summary.adopted else ""
-    console.print(f"{len(summary.ran)} run(s) computed{twins}, {len(summary.skipped)} already done{elsewhere}")
+    reused = (f" ({len(summary.reused_training)} evaluating a stored model trained with the same config)"
+              if summary.reused_training else "")
+    console.print(f"{len(summary.ran)} run(s) computed{reused}{twins}, {len(summary.skipped)} already done{elsewhere}")
     if summary.failed:
         if summary.not_run:
             console.print(f"{len(summary.not_run)} other run(s) not done; fix the error and run the same command "

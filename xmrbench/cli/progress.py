@@ -190,7 +190,7 @@ class RichReporter:
     def run_end(self, cell: Cell, seed: int, doc: ResultDoc, path: Path) -> None:
         self._end_epochs(cell, seed)
         self._advance()
-        if doc.resumed_from_epoch is None and cell.hash:  # a whole run: the next seeds' estimate
+        if doc.resumed_from_epoch is None and doc.trained_by is None and cell.hash:  # a whole run: the next seeds' estimate
             self.durations.setdefault(cell.hash, []).append(run_seconds(doc))
         first = next(iter(doc.metrics))
         metrics = doc.metrics[first]
@@ -199,6 +199,8 @@ class RichReporter:
                  else ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k.endswith("_map")) or "done")
         took = doc.timing.get("train_s", 0) + doc.timing.get("eval_s", 0)
         resumed = f", resumed at epoch {doc.resumed_from_epoch + 1}" if doc.resumed_from_epoch is not None else ""
+        if doc.trained_by is not None:
+            took, resumed = doc.timing.get("eval_s", 0), f", the model trained by {doc.trained_by}"
         if not self.quiet:
             self.console.print(
                 f"[green]done[/] {cell.id} seed {seed}: {first} {shown} "

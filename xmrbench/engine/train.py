@@ -327,6 +327,52 @@ def _load_word_vectors(model: RetrievalModel, prepared: PreparedData, name: str,
         embedding.weight.copy_(torch.from_numpy(vectors))
 
 
+def _build_model(cfg: CellConfig, prepared: PreparedData, label: str, state: dict[str, torch.Tensor] | None = None,
+                 what: str = "the weights") -> RetrievalModel:
+    """The cell's model, initialised as a training run starts it, then given ``state``
+    (``what``: the weights' name in the error when they do not fit) when there is one."""
+    model = MODELS[cfg.model.name](cfg.model.params, prepared.dims)
+    model.prepare_training(prepared.split("train"))  # parameters sized by the training split (DPC: one class per image)
+    _load_word_vectors(model, prepared, cfg.model.name, label)
+    if state is not None:
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+            raise TrainingError(f"{what} do not fit model {cfg.model.name!r} ({first})", where=label) from None
+    return model
+
+
+def evaluate_trained(
+    cfg: CellConfig,
+    seed: int,
+    prepared: PreparedData,
+    state: dict[str, torch.Tensor],
+    curves: dict[str, list[float]],
+    best_epoch: int | None,
+    *,
+    device: torch.device,
+    label: str = "run",
+    on_sims: Callable[[str, list[torch.Tensor]], None] | None = None,
+) -> RunOutput:
+    """Evaluate a model another cell selected, trained with this cell's training
+    configuration (the two differ only in what is reported: ``runner/adopt.py``).
+
+    ``state`` is that run's selected weights, ``curves`` and ``best_epoch`` its training
+    record. The selection metrics are recomputed from the weights on the same dev
+    images (the same numbers the training run selected by), then the cell's protocols
+    are evaluated as at the end of training: the output is the one training this cell
+    would give on the machine and thread count that trained the weights.
+    """
+    t_start = time.perf_counter()
+    seed_everything(seed, device)
+    model = _build_model(cfg, prepared, label, state, "the trained weights").to(device)
+    dev = prepared.split("dev", max_images=cfg.eval.dev_images)
+    eval_kw = dict(device=device, batch_size=cfg.eval.batch_size, block_images=cfg.eval.block_images)
+    best_dev = _evaluate_dev(model, dev, cfg.train.select_by, eval_kw)
+    return _finish(model, prepared, cfg, curves, best_dev, best_epoch, eval_kw, t_start, None, on_sims)
+
+
 def train_and_evaluate(
     cfg: CellConfig,
     seed: int,
@@ -353,18 +399,8 @@ def train_and_evaluate(
     t_start = time.perf_counter()
     seed_everything(seed, device)
 
-    model_cls = MODELS[cfg.model.name]
-    model = model_cls(cfg.model.params, prepared.dims)
+    model = _build_model(cfg, prepared, label, init_state, "the initial weights").to(device)
     train = prepared.split("train")
-    model.prepare_training(train)  # parameters sized by the training split (DPC: one class per image)
-    _load_word_vectors(model, prepared, cfg.model.name, label)
-    if init_state is not None:
-        try:
-            model.load_state_dict(init_state)
-        except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-            raise TrainingError(f"the initial weights do not fit model {cfg.model.name!r} ({first})", where=label) from None
-    model = model.to(device)
     dev = prepared.split("dev", max_images=cfg.eval.dev_images)
     eval_kw = dict(device=device, batch_size=cfg.eval.batch_size, block_images=cfg.eval.block_images)
     loss_fn = LOSSES[cfg.loss.name](cfg.loss.params).to(device) if cfg.loss is not None else None

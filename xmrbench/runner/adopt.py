@@ -1,20 +1,79 @@
-"""Adopting a stored run for another cell with the same content hash.
+"""Adopting a stored run, or a stored run's training, for another cell.
 
 Two cells with one content hash train the same thing: a row the paper prints twice
 (ADAPT Table 3's "ADAPT-T2I" and "ADAPT-T2I (lambda = 10)"), or a cell several recipes
 share in the regression gate. Such a run is computed once; the other cell gets a copy
 of its result document (with its own recipe and cell references) and of its model.
+
+Two cells whose configs differ only in what they report (``eval.protocols``,
+``eval.sentence_retrieval``, ``eval.store_ranks``) train the same model too: ADAPT's
+Table 1 reports ADAPT-T2I on the test split, Table 3 the same model on the validation
+split. Their *training hash* is equal. Every training run leaves a reference to itself
+under ``<results>/_trained/``, keyed by training hash and seed; a run of another cell
+with that training hash and seed evaluates the stored model on its own protocols
+instead of training again (``run_one``), and its result names the source
+(``trained_by``).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
+from xmrbench.config import content_hash
 from xmrbench.recipe.resolve import Cell, ResolvedRecipe
 from xmrbench.store.schema import CellRef, RecipeRef, ResultDoc
-from xmrbench.store.store import ResultStore
+from xmrbench.store.store import ResultStore, atomic_write_text, safe_name
+
+#: eval keys that choose what a run reports, not what it trains or selects
+REPORTING_KEYS = ("protocols", "sentence_retrieval", "store_ranks")
+
+
+def training_hash(config: dict[str, Any]) -> str:
+    """Content hash of a run's stored config (``ResultDoc.config``: the cell config,
+    with ``needs`` for a later stage) without the keys that only choose what is reported."""
+    reduced = dict(config)
+    reduced["eval"] = {k: v for k, v in config.get("eval", {}).items() if k not in REPORTING_KEYS}
+    return content_hash(reduced, length=16)
+
+
+def trained_ref_path(store: ResultStore, train_hash: str, seed: int) -> Path:
+    """Where the reference to the stored training run of ``train_hash`` and ``seed`` lives
+    (the leading underscore keeps the folder apart from recipe folders)."""
+    return store.root / "_trained" / f"{safe_name(train_hash)}--seed{seed}.ref"
+
+
+def record_training(store: ResultStore, doc: ResultDoc) -> None:
+    """Leave a reference to ``doc``'s run (a run that trained its model) for cells with
+    its training hash; the first run of a training hash and seed keeps the reference."""
+    path = trained_ref_path(store, training_hash(doc.config), doc.seed)
+    if path.exists() and find_training(store, doc.config, doc.seed) is not None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps({"recipe": doc.recipe.id, "cell": doc.cell.id, "hash": doc.cell.hash}) + "\n")
+
+
+def find_training(store: ResultStore, config: dict[str, Any], seed: int) -> tuple[ResultDoc, Path] | None:
+    """A stored run, of any recipe in the store, that trained ``config``'s model with
+    ``seed``: its result document and model file. None if there is none, or if the
+    reference is stale (result or model gone, recomputed under another config)."""
+    want = training_hash(config)
+    path = trained_ref_path(store, want, seed)
+    try:
+        ref = json.loads(path.read_text(encoding="utf-8"))
+        recipe, cell, chash = str(ref["recipe"]), str(ref["cell"]), str(ref["hash"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    status = store.status(recipe, cell, chash, seed)
+    model = store.model_path(recipe, cell, chash, seed)
+    if status.doc is None or not model.is_file() or status.doc.trained_by is not None:
+        return None
+    if training_hash(status.doc.config) != want:
+        return None
+    return status.doc, model
 
 
 def adopt_run(store: ResultStore, resolved: ResolvedRecipe, cell: Cell, seed: int, doc: ResultDoc,
@@ -47,3 +106,22 @@ def twins(resolved: ResolvedRecipe) -> dict[str, Cell]:
         if source is not cell:
             out[cell.id] = source
     return out
+
+
+def index_trainings(store: ResultStore) -> int:
+    """Leave the references of a store written before they existed (no ``_trained/``
+    folder): every stored run that trained its model. Returns how many were written; a
+    store that has the folder is left as it is (its runs wrote their own)."""
+    if (store.root / "_trained").is_dir() or not store.root.is_dir():
+        return 0
+    written = 0
+    for recipe_id in store.recipe_ids():
+        for _, doc, _problem in store.iter_results(recipe_id):
+            if doc is None or doc.trained_by is not None or doc.cell.hash is None or "model" not in doc.config:
+                continue  # unreadable, evaluated from another run's model, or an ensemble
+            if store.model_path(recipe_id, doc.cell.id, doc.cell.hash, doc.seed).is_file():
+                record_training(store, doc)
+                written += 1
+    (store.root / "_trained").mkdir(exist_ok=True)
+    return written
+

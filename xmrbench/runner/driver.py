@@ -25,7 +25,7 @@ import torch
 
 from xmrbench.engine.train import Events, NullEvents
 from xmrbench.recipe.resolve import Cell, ResolvedRecipe
-from xmrbench.runner.adopt import adopt_run, twins
+from xmrbench.runner.adopt import adopt_run, index_trainings, twins
 from xmrbench.runner.kept_sims import release
 from xmrbench.runner.locks import RunLock
 from xmrbench.runner.run import DataCache
@@ -92,6 +92,8 @@ class Summary:
     failed: list[RunFailure] = field(default_factory=list)
     not_run: list[tuple[str, int]] = field(default_factory=list)  # left undone after a failure or a stop
     adopted: list[tuple[str, int]] = field(default_factory=list)  # a twin cell's run, copied (runner/adopt.py)
+    # of ``ran``: evaluated from a model another cell trained (same training hash, runner/adopt.py)
+    reused_training: list[tuple[str, int]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -170,6 +172,7 @@ def reproduce(
     device_name = str(device)
     summary = Summary()
     store.clean_temporaries(resolved.id, older_than_s=STALE_TEMPORARY_S)
+    index_trainings(store)  # a store from before training references (runner/adopt.py)
     store.save_resolved(resolved.to_dict())
     root = str(store.root.absolute())
     stages: dict[int, list[RunTask]] = {}
@@ -277,6 +280,8 @@ class _Hooks:
         key = task.key
         if outcome.state == "ran":
             self.summary.ran.append(key)
+            if outcome.doc is not None and outcome.doc.trained_by is not None:
+                self.summary.reused_training.append(key)
             self.reporter.run_end(cell, task.seed, outcome.doc, Path(outcome.path))  # type: ignore[arg-type]
         elif outcome.state == "done_elsewhere":
             self.summary.finished_elsewhere.append(key)

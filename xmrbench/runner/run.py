@@ -29,11 +29,12 @@ from xmrbench.data.registry import DATASETS
 from xmrbench.engine.evaluate import encode, fold_similarities, metrics_from_similarities
 from xmrbench.engine.inputs import PreparedData
 from xmrbench.engine.region_phrase import fuse, region_phrase_distances
-from xmrbench.engine.train import Events, RunOutput, train_and_evaluate
+from xmrbench.engine.train import Events, RunOutput, evaluate_trained, load_plain, train_and_evaluate
 from xmrbench.errors import ConfigError, StoreError
 from xmrbench.provenance.env import environment
 from xmrbench.provenance.fingerprint import run_fingerprint
 from xmrbench.recipe.resolve import Cell, ResolvedRecipe
+from xmrbench.runner.adopt import find_training, record_training
 from xmrbench.runner.kept_sims import SimsKeeper, kept_dir, load_kept, release
 from xmrbench.runner.stages import artifact, initial_weights
 from xmrbench.runner.stored import inputs_of, load_member, write_plain
@@ -72,11 +73,14 @@ def run_one(
     events: Events | None = None,
     stop_requested: Callable[[], bool] | None = None,
     keep_sims: bool = False,
+    reuse_training: bool = True,
 ) -> tuple[ResultDoc, Path]:
     """Train and evaluate one (cell, seed) and write its result document.
 
     ``keep_sims``: keep the final image-text similarity matrices for an ensemble of this
-    cell that runs next (``xmrbench/runner/kept_sims.py``).
+    cell that runs next (``xmrbench/runner/kept_sims.py``). ``reuse_training``: when the
+    store holds a run of another cell that trained this cell's model (the same training
+    hash and seed, ``runner/adopt.py``), evaluate that model instead of training again.
     """
     if cell.members:
         return _run_ensemble(resolved, cell, seed, store=store, cache=cache, device=device)
@@ -84,6 +88,24 @@ def run_one(
     assert cfg is not None and cell.hash is not None
     image_input, text_input = inputs_of(cfg)
     prepared = cache.prepared(cfg.data, image_input, text_input)
+    config = cfg.to_dict() | ({"needs": cell.needs.identity()} if cell.needs is not None else {})
+    label = f"{resolved.id}/{cell.id}/seed{seed}"
+    work = store.work_dir(resolved.id, cell.id, cell.hash, seed)
+    source = find_training(store, config, seed) if reuse_training else None
+    if source is not None:
+        src_doc, src_model = source
+        payload = load_plain(src_model, what="stored model", map_location="cpu")
+        state = payload.get("state_dict")
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise StoreError("cannot read stored model: no state_dict of tensors", where=str(src_model))
+        work.mkdir(parents=True, exist_ok=True)
+        keeper = SimsKeeper(work, kept_dir(store, resolved.id, cell, seed)) if keep_sims else None
+        out = evaluate_trained(cfg, seed, prepared, state, src_doc.curves, src_doc.best_epoch, device=device,
+                               label=label, on_sims=keeper)
+        doc = _result_doc(resolved, cell, seed, out, config, cache.data(cfg.data), prepared, device)
+        doc = doc.model_copy(update={
+            "trained_by": f"{src_doc.recipe.id}/{store.run_name(src_doc.cell.id, src_doc.cell.hash, seed)}"})
+        return _store_run(store, resolved, cell, seed, doc, out, keeper, trained=False)
     init_state, artifacts = None, {}
     if cell.needs is not None:  # a later stage: what earlier stages produced, same seed
 
@@ -93,7 +115,6 @@ def run_one(
             artifacts[ref.name] = artifact(store, resolved, ref, seed, cache, device,
                                                   warn=events.warn if events is not None else None,
                                                   stop_requested=stop_requested)
-    work = store.work_dir(resolved.id, cell.id, cell.hash, seed)
     work.mkdir(parents=True, exist_ok=True)
     keeper = SimsKeeper(work, kept_dir(store, resolved.id, cell, seed)) if keep_sims else None
     out = train_and_evaluate(
@@ -103,20 +124,28 @@ def run_one(
         device=device,
         work_dir=work,
         events=events,
-        label=f"{resolved.id}/{cell.id}/seed{seed}",
+        label=label,
         stop_requested=stop_requested,
         init_state=init_state,
         artifacts=artifacts,
         on_sims=keeper,
     )
-    config = cfg.to_dict() | ({"needs": cell.needs.identity()} if cell.needs is not None else {})
     doc = _result_doc(resolved, cell, seed, out, config, cache.data(cfg.data), prepared, device)
-    model_path = store.model_path(resolved.id, cell.id, cell.hash, seed)
+    return _store_run(store, resolved, cell, seed, doc, out, keeper, trained=True)
+
+
+def _store_run(store: ResultStore, resolved: ResolvedRecipe, cell: Cell, seed: int, doc: ResultDoc, out: RunOutput,
+               keeper: SimsKeeper | None, *, trained: bool) -> tuple[ResultDoc, Path]:
+    """Write the model, then the result (the result marks the run done), and for a run that
+    trained its model the reference other cells with its training hash find it by."""
+    model_path = store.model_path(resolved.id, cell.id, cell.hash, seed)  # type: ignore[arg-type]
     _save_model({"config": doc.config, "seed": seed, "state_dict": out.state_dict}, model_path)
     if keeper is not None:
         keeper.seal(model_path)
     path = store.write(doc)
-    store.finish_run(resolved.id, cell.id, cell.hash, seed)
+    if trained:
+        record_training(store, doc)
+    store.finish_run(resolved.id, cell.id, cell.hash, seed)  # type: ignore[arg-type]
     return doc, path
 
 

@@ -148,7 +148,7 @@ def attempt_run(
                               attempts=task.attempt)
         events = start() if start is not None else NullEvents()
         doc, path = run_one(resolved, cell, seed, store=store, cache=cache, device=device, events=events,
-                            stop_requested=stop_requested, keep_sims=task.keep_sims)
+                            stop_requested=stop_requested, keep_sims=task.keep_sims, reuse_training=not task.force)
         stored = True
         return RunOutcome("ran", cell.id, seed, doc=doc, path=str(path), attempts=task.attempt)
     except KeyboardInterrupt:

@@ -67,6 +67,9 @@ class ResultDoc(_Model):
     env: dict[str, Any] = {}
     created: str
     resumed_from_epoch: int | None = None
+    # "<recipe>/<run>" of the stored run whose model this run evaluated instead of
+    # training (the same training config, other protocols: runner/adopt.py); None: trained here
+    trained_by: str | None = None
     # whether the run converged (core/convergence.py: Convergence.to_dict); None: not
     # recorded (a version-1 document; readers derive it from ``curves``)
     convergence: dict[str, Any] | None = None

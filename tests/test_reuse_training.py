@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from xmrbench.cli.json_out import plan_payload
 from xmrbench.recipe.resolve import resolve
 from xmrbench.runner.adopt import trained_ref_path, training_hash
 from xmrbench.runner.driver import reproduce
@@ -39,6 +40,10 @@ def test_the_second_table_evaluates_the_first_tables_models(tmp_path):
         assert training_hash(one.config.to_dict()) == training_hash(two.config.to_dict())
     store = ResultStore(tmp_path / "s")
     assert not reproduce(first, store, device="cpu").reused_training
+    planned = plan_payload(second, store, store.root)["runs"]
+    assert [r["trained_by"] for r in planned] == [
+        f"{first.id}/{store.run_name(r['cell'], first.cell(r['cell']).hash, r['seed'])}" for r in planned]
+    assert all(r["estimate_s"] is not None for r in planned)  # the source's evaluation time
     summary = reproduce(second, store, device="cpu")
     assert not summary.failed
     assert sorted(summary.reused_training) == sorted(summary.ran) == [("a", 0), ("a", 1), ("b", 0), ("b", 1)]

@@ -253,6 +253,7 @@ def plan(
     table = _table(_no_wrap("cell"), _no_wrap("seed", justify="right"), _no_wrap("state"),
                    _no_wrap("estimate", justify="right"), _column("converged"))
     needs_lines: dict[str, str] = {}
+    reuse_lines: list[str] = []
     for i, r in enumerate(doc["runs"]):
         if i and r["stage"] != doc["runs"][i - 1]["stage"]:
             table.add_section()  # a later stage: runs that need the ones above
@@ -264,7 +265,12 @@ def plan(
         parts += [f"{a['name']} ({a['miner']} of {a['source']})" for a in needs["artifacts"]]
         if parts:
             needs_lines[r["cell"]] = f"{r['cell']} (stage {r['stage']}) needs: {'; '.join(parts)}"
+        if r["trained_by"]:
+            reuse_lines.append(f"{r['cell']} seed {r['seed']}: evaluates the stored model of {r['trained_by']} "
+                               "(same training config)")
     console.print(table)
+    for line in reuse_lines:
+        _say(line)
     for line in needs_lines.values():
         _say(line)
     for a in doc["artifacts"]:

@@ -134,17 +134,28 @@ def _needs(cell: Any) -> dict[str, Any] | None:
 def plan_payload(resolved: Any, store: Any, results: Path) -> dict[str, Any]:
     """Every run ``reproduce`` would consider: its row, seed, cell hash, store state, time
     estimate and (done) convergence; the artifacts it needs; the totals."""
+    from xmrbench.runner.adopt import find_training
     from xmrbench.runner.plan import artifact_plan, estimate
 
-    rows, total, basis = estimate(resolved, store)
+    rows, _, basis = estimate(resolved, store)
     runs = []
     for cell_id, seed, state, est in rows:
         cell = resolved.cell(cell_id)
         done = state == "done"
+        trained_by = None
+        if not done and cell.config is not None and not cell.members:
+            config = cell.config.to_dict() | ({"needs": cell.needs.identity()} if cell.needs is not None else {})
+            source = find_training(store, config, seed)
+            if source is not None:  # evaluates a stored model: its time is the evaluation's
+                doc = source[0]
+                trained_by = f"{doc.recipe.id}/{store.run_name(doc.cell.id, doc.cell.hash, seed)}"
+                est = doc.timing.get("eval_s", 0.0)
         runs.append({"cell": cell_id, "row": cell.row.id, "stage": cell.stage, "seed": seed, "hash": cell.hash,
                      "state": state, "todo": not done, "estimate_s": None if done else est,
                      "convergence": _convergence(store, resolved, cell, seed) if done else None,
-                     "needs": _needs(cell)})
+                     "needs": _needs(cell), "trained_by": trained_by})
+    todo = [r["estimate_s"] for r in runs if r["todo"]]
+    total = None if any(e is None for e in todo) else float(sum(todo))
     artifacts = [{"key": a.key, "miner": a.miner, "source": a.source, "seed": a.seed, "state": a.state,
                   "used_by": list(a.used_by)} for a in artifact_plan(resolved, store)]
     return {

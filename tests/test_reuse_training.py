@@ -104,3 +104,22 @@ def test_a_store_from_before_the_references_is_indexed_once(tmp_path):
     assert summary.reused_training == [("a", 0), ("a", 1)]
     assert sorted(p.name for p in (store.root / "_trained").iterdir()) == sorted(
         trained_ref_path(store, training_hash(first.cell("a").config.to_dict()), s).name for s in (0, 1))
+
+
+def test_a_changed_file_that_the_config_names_stops_the_reuse(tmp_path):
+    from xmrbench.runner.adopt import file_stamps
+
+    first, second = _recipes(tmp_path)
+    lists = tmp_path / "lists.npy"
+    lists.write_bytes(b"1234")
+    config = {"method": {"candidate_files": [str(lists), "not/a/file.npy"]}, "train": {"lr": 0.1}, "eval": {}}
+    stamps = file_stamps(config)
+    assert list(stamps) == [str(lists)] and stamps[str(lists)][0] == 4
+    store = ResultStore(tmp_path / "s")
+    reproduce(first.restricted_to_rows(["a"]), store, device="cpu")
+    cell = first.cell("a")
+    ref = trained_ref_path(store, training_hash(cell.config.to_dict()), 0)
+    stored = ref.read_text()
+    ref.write_text(stored.replace('"files": {}', f'"files": {{"{lists}": [3, 0]}}'))  # a file named then, changed now
+    summary = reproduce(second.restricted_to_rows(["a"]), store, device="cpu", force=False)
+    assert summary.reused_training == [("a", 1)]  # seed 0's reference no longer matches its files

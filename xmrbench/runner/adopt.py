@@ -46,26 +46,59 @@ def trained_ref_path(store: ResultStore, train_hash: str, seed: int) -> Path:
     return store.root / "_trained" / f"{safe_name(train_hash)}--seed{seed}.ref"
 
 
+def file_stamps(config: Any) -> dict[str, list[int]]:
+    """Size and modification time of every existing file the config names (candidate
+    lists, word vectors, vocabularies): a config holds their paths, not their contents,
+    so a reference is only used while they are unchanged."""
+    found: dict[str, list[int]] = {}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, (list, tuple)):
+            for value in node:
+                walk(value)
+        elif isinstance(node, str) and ("/" in node or "." in node):
+            try:
+                st = os.stat(node)
+            except (OSError, ValueError):
+                return
+            if os.path.isfile(node):
+                found[node] = [st.st_size, st.st_mtime_ns]
+
+    walk(config)
+    return found
+
+
 def record_training(store: ResultStore, doc: ResultDoc) -> None:
     """Leave a reference to ``doc``'s run (a run that trained its model) for cells with
-    its training hash; the first run of a training hash and seed keeps the reference."""
+    its training hash, with its dataset's fingerprint and the stamps of the files its
+    config names; the first usable run of a training hash and seed keeps the reference."""
     path = trained_ref_path(store, training_hash(doc.config), doc.seed)
     if path.exists() and find_training(store, doc.config, doc.seed) is not None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps({"recipe": doc.recipe.id, "cell": doc.cell.id, "hash": doc.cell.hash}) + "\n")
+    ref = {"recipe": doc.recipe.id, "cell": doc.cell.id, "hash": doc.cell.hash,
+           "dataset": doc.dataset.fingerprint, "files": file_stamps(doc.config)}
+    atomic_write_text(path, json.dumps(ref) + "\n")
 
 
-def find_training(store: ResultStore, config: dict[str, Any], seed: int) -> tuple[ResultDoc, Path] | None:
+def find_training(store: ResultStore, config: dict[str, Any], seed: int,
+                  dataset: str | None = None) -> tuple[ResultDoc, Path] | None:
     """A stored run, of any recipe in the store, that trained ``config``'s model with
     ``seed``: its result document and model file. None if there is none, or if the
-    reference is stale (result or model gone, recomputed under another config)."""
+    reference is stale: the result or model gone or recomputed under another config, a
+    file the config names changed since, or (when ``dataset`` is given) the data's
+    fingerprint differs."""
     want = training_hash(config)
     path = trained_ref_path(store, want, seed)
     try:
         ref = json.loads(path.read_text(encoding="utf-8"))
         recipe, cell, chash = str(ref["recipe"]), str(ref["cell"]), str(ref["hash"])
     except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if ref.get("files") != file_stamps(config) or (dataset is not None and ref.get("dataset") != dataset):
         return None
     status = store.status(recipe, cell, chash, seed)
     model = store.model_path(recipe, cell, chash, seed)

@@ -91,7 +91,7 @@ def run_one(
     config = cfg.to_dict() | ({"needs": cell.needs.identity()} if cell.needs is not None else {})
     label = f"{resolved.id}/{cell.id}/seed{seed}"
     work = store.work_dir(resolved.id, cell.id, cell.hash, seed)
-    source = find_training(store, config, seed) if reuse_training else None
+    source = find_training(store, config, seed, cache.data(cfg.data).fingerprint) if reuse_training else None
     if source is not None:
         src_doc, src_model = source
         payload = load_plain(src_model, what="stored model", map_location="cpu")

@@ -136,6 +136,7 @@ def plan_payload(resolved: Any, store: Any, results: Path) -> dict[str, Any]:
     estimate and (done) convergence; the artifacts it needs; the totals."""
     from xmrbench.runner.adopt import find_training
     from xmrbench.runner.plan import artifact_plan, estimate
+    from xmrbench.runner.stored import run_config
 
     rows, _, basis = estimate(resolved, store)
     runs = []
@@ -144,8 +145,7 @@ def plan_payload(resolved: Any, store: Any, results: Path) -> dict[str, Any]:
         done = state == "done"
         trained_by = None
         if not done and cell.config is not None and not cell.members:
-            config = cell.config.to_dict() | ({"needs": cell.needs.identity()} if cell.needs is not None else {})
-            source = find_training(store, config, seed)
+            source = find_training(store, run_config(cell), seed)
             if source is not None:  # evaluates a stored model: its time is the evaluation's
                 doc = source[0]
                 trained_by = f"{doc.recipe.id}/{store.run_name(doc.cell.id, doc.cell.hash, seed)}"

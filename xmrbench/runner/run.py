@@ -29,7 +29,7 @@ from xmrbench.data.registry import DATASETS
 from xmrbench.engine.evaluate import encode, fold_similarities, metrics_from_similarities
 from xmrbench.engine.inputs import PreparedData
 from xmrbench.engine.region_phrase import fuse, region_phrase_distances
-from xmrbench.engine.train import Events, RunOutput, evaluate_trained, load_plain, train_and_evaluate
+from xmrbench.engine.train import Events, RunOutput, evaluate_trained, train_and_evaluate
 from xmrbench.errors import ConfigError, StoreError
 from xmrbench.provenance.env import environment
 from xmrbench.provenance.fingerprint import run_fingerprint
@@ -37,7 +37,7 @@ from xmrbench.recipe.resolve import Cell, ResolvedRecipe
 from xmrbench.runner.adopt import find_training, record_training
 from xmrbench.runner.kept_sims import SimsKeeper, kept_dir, load_kept, release
 from xmrbench.runner.stages import artifact, initial_weights
-from xmrbench.runner.stored import inputs_of, load_member, write_plain
+from xmrbench.runner.stored import inputs_of, load_member, load_state, run_config, write_plain
 from xmrbench.store.schema import SCHEMA_VERSION, CellRef, DatasetRef, RecipeRef, ResultDoc
 from xmrbench.store.store import ResultStore
 
@@ -88,16 +88,13 @@ def run_one(
     assert cfg is not None and cell.hash is not None
     image_input, text_input = inputs_of(cfg)
     prepared = cache.prepared(cfg.data, image_input, text_input)
-    config = cfg.to_dict() | ({"needs": cell.needs.identity()} if cell.needs is not None else {})
+    config = run_config(cell)
     label = f"{resolved.id}/{cell.id}/seed{seed}"
     work = store.work_dir(resolved.id, cell.id, cell.hash, seed)
     source = find_training(store, config, seed, cache.data(cfg.data).fingerprint) if reuse_training else None
     if source is not None:
         src_doc, src_model = source
-        payload = load_plain(src_model, what="stored model", map_location="cpu")
-        state = payload.get("state_dict")
-        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise StoreError("cannot read stored model: no state_dict of tensors", where=str(src_model))
+        state = load_state(src_model)
         work.mkdir(parents=True, exist_ok=True)
         keeper = SimsKeeper(work, kept_dir(store, resolved.id, cell, seed)) if keep_sims else None
         out = evaluate_trained(cfg, seed, prepared, state, src_doc.curves, src_doc.best_epoch, device=device,

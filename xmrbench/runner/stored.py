@@ -34,10 +34,7 @@ def load_member(store: ResultStore, resolved: ResolvedRecipe, cell: Cell, seed: 
     path = store.model_path(resolved.id, cell.id, cell.hash, seed)  # type: ignore[arg-type]
     if not path.is_file():
         raise StoreError(f"no stored model for {cell.id!r} seed {seed}; run reproduce for it first", where=str(path))
-    payload = load_plain(path, what="stored model", map_location="cpu")
-    state = payload.get("state_dict")
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise StoreError("cannot read stored model: no state_dict of tensors", where=str(path))
+    state = load_state(path)
     cfg = cell.config
     prepared = cache.prepared(cfg.data, *inputs_of(cfg))  # type: ignore[union-attr]
     model = MODELS[cfg.model.name](cfg.model.params, prepared.dims)  # type: ignore[union-attr]
@@ -47,6 +44,21 @@ def load_member(store: ResultStore, resolved: ResolvedRecipe, cell: Cell, seed: 
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         raise StoreError(f"stored weights do not fit {cell.id!r} ({first})", where=str(path)) from None
     return model.to(device).eval(), prepared
+
+
+def load_state(path: Path) -> dict[str, torch.Tensor]:
+    """The weights of a stored model file, read with ``weights_only=True`` (``load_plain``)."""
+    payload = load_plain(path, what="stored model", map_location="cpu")
+    state = payload.get("state_dict")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise StoreError("cannot read stored model: no state_dict of tensors", where=str(path))
+    return state
+
+
+def run_config(cell: Any) -> dict[str, Any]:
+    """A training cell's config as its result stores it: the cell config, with ``needs``
+    for a later stage."""
+    return cell.config.to_dict() | ({"needs": cell.needs.identity()} if cell.needs is not None else {})
 
 
 def write_plain(payload: dict[str, Any], path: Path, *, what: str) -> None:

@@ -128,11 +128,37 @@ def test_two_stages_share_one_artifact_and_start_from_the_first_stage(tmp_path, 
     doc = torch.load(artifacts[0], weights_only=True)
     assert doc["meta"]["source"]["cell"] == "round1" and doc["tensors"]["i2t"].shape == (200, 5)
     stored = json.loads(store.result_path("stages-test", "finetune", resolved.cell("finetune").hash, 0).read_text())
-    assert stored["config"]["needs"]["init"] == resolved.cell("round1").hash
+    assert stored["config"]["needs"]["init"] == resolved.cell("round1").training_hash
     code, out, _ = cli(["plan", str(path), "--profile", "smoke", "--results", str(store.root)], capsys)
     assert code == 0 and "0 of 3 runs to do" in out
     again = reproduce(resolve(path, profile="smoke"), store, device="cpu")
     assert again.ok and not again.ran and sum(e.startswith("mine ") for e in _log(log)) == 1
+
+
+def test_a_later_stage_names_its_source_by_training_hash(tmp_path, monkeypatch):
+    """Another table whose round one only reports differently (eval.store_ranks) shares
+    the mined artifact and the round-two trainings; a changed round one does not."""
+    monkeypatch.setenv("STAGEKIT_LOG", str(tmp_path / "events.log"))
+    first = resolve(_recipe(tmp_path), profile="smoke")
+    (tmp_path / "other").mkdir()
+    reports = RECIPE.replace("id: stages-test", "id: stages-other").replace(
+        "set: {method.name: test_alternating}}", "set: {method.name: test_alternating, eval.store_ranks: false}}")
+    other = resolve(_recipe(tmp_path / "other", reports), profile="smoke")
+    assert other.cell("round1").hash != first.cell("round1").hash
+    assert other.cell("round1").training_hash == first.cell("round1").training_hash
+    for row in ("finetune", "scratch"):
+        assert other.cell(row).hash == first.cell(row).hash
+        assert other.cell(row).needs.artifacts[0].key(0) == first.cell(row).needs.artifacts[0].key(0)
+    (tmp_path / "lr").mkdir()
+    trains = RECIPE.replace("lr: 0.001", "lr: 0.002")
+    changed = resolve(_recipe(tmp_path / "lr", trains), profile="smoke")
+    assert changed.cell("scratch").needs.artifacts[0].key(0) != first.cell("scratch").needs.artifacts[0].key(0)
+    store = ResultStore(tmp_path / "results")
+    assert reproduce(first, store, device="cpu").ok
+    again = reproduce(other, store, device="cpu")
+    assert again.ok and sorted(again.reused_training) == [("finetune", 0), ("round1", 0), ("scratch", 0)]
+    assert sum(e.startswith("mine ") for e in _log(tmp_path / "events.log")) == 1
+    assert sum(e.startswith("setup ") for e in _log(tmp_path / "events.log")) == 2  # no second round two
 
 
 DRIVER = """\

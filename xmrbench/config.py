@@ -223,6 +223,19 @@ def content_hash(obj: Any, length: int = 12) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
+#: eval keys that choose what a run reports, not what it trains or selects
+REPORTING_KEYS = ("protocols", "sentence_retrieval", "store_ranks")
+
+
+def training_hash(config: Mapping[str, Any]) -> str:
+    """Content hash of what a run trains: its stored config (the cell config, with
+    ``needs`` for a later stage) without the eval keys that only choose what is reported.
+    Two runs with one training hash and seed train the same model."""
+    reduced = dict(config)
+    reduced["eval"] = {k: v for k, v in config.get("eval", {}).items() if k not in REPORTING_KEYS}
+    return content_hash(reduced, length=16)
+
+
 # ---------------------------------------------------------------------------
 # dotted-key helpers
 

@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from xmrbench.config import CellConfig, content_hash, deep_merge, expand_dotted, flatten
+from xmrbench.config import CellConfig, content_hash, deep_merge, expand_dotted, flatten, training_hash
 from xmrbench.errors import ConfigError, RecipeError, UsageError, XmrbenchError
 from xmrbench.recipe.config import validate_cell_config
 from xmrbench.recipe.lint import lint_recipe_full, normalized_values
@@ -48,7 +48,9 @@ class ArtifactRef:
     def identity(self) -> dict[str, Any]:
         from xmrbench.engine.miners import MINERS
 
-        return {"source": self.source.hash, "miner": self.miner, "version": MINERS[self.miner].version,
+        # the source's training hash: the same model mined in another table (which
+        # reports other protocols) is the same artifact
+        return {"source": self.source.training_hash, "miner": self.miner, "version": MINERS[self.miner].version,
                 "params": self.params.model_dump(mode="json")}
 
     def key(self, seed: int) -> str:
@@ -64,7 +66,7 @@ class CellNeeds:
     artifacts: tuple[ArtifactRef, ...]
 
     def identity(self) -> dict[str, Any]:
-        return {"init": self.init.hash if self.init is not None else None,
+        return {"init": self.init.training_hash if self.init is not None else None,
                 "artifacts": {a.name: a.identity() for a in self.artifacts}}
 
     def sources(self) -> list[Cell]:
@@ -113,6 +115,22 @@ class Cell:
         if self.needs is not None:  # the same config from other weights or artifacts is another run
             return content_hash({"config": self.config.hash(), "needs": self.needs.identity()})
         return self.config.hash()
+
+    @property
+    def training_hash(self) -> str | None:
+        """What this cell's model is, apart from what it reports: equal for two cells whose
+        configs differ only in ``REPORTING_KEYS`` (config.training_hash of the stored
+        config). A later stage names its sources by it, so the round two of one table
+        and of another that reports other protocols are one training."""
+        if self.members:
+            ident: dict[str, Any] = {"ensemble": [m.training_hash for m in self.members]}
+            if self.row.region_phrase_weight is not None:
+                ident["region_phrase_weight"] = self.row.region_phrase_weight
+            return content_hash(ident, length=16)
+        if self.config is None:
+            return None
+        stored = self.config.to_dict() | ({"needs": self.needs.identity()} if self.needs is not None else {})
+        return training_hash(stored)
 
     @property
     def runnable(self) -> bool:

@@ -160,11 +160,14 @@ def test_exported_lists_read_back_train_the_same_model(tmp_path, capsys):
     (own,) = (store / "aoq-own-lists").glob("vsrn-own-lists--*seed0.json")
     assert json.loads(own.read_text())["metrics"] == json.loads(mined.read_text())["metrics"]
     np.save(t2i, np.load(t2i)[:500])  # a caption list of the wrong length
-    recipe.write_text(OWN_LISTS.format(base=base, i2t=i2t, t2i=t2i).replace("own-lists", "bad-lists"))
-    code, out, err = cli(["reproduce", str(recipe), "--no-report", *args], capsys)
-    assert code != 0
-    line = [ln for ln in (out + err).splitlines() if "t2i_tiny.npy" in ln]
-    assert line and "500" in line[0] and "1000" in line[0] and "Traceback" not in out + err
+    for name in ("bad-lists", "own-lists"):  # a new cell, and the stored one: its file changed since
+        recipe.write_text(OWN_LISTS.format(base=base, i2t=i2t, t2i=t2i).replace("own-lists", name))
+        code, out, err = cli(["reproduce", str(recipe), "--no-report", *args], capsys)
+        assert code != 0
+        line = [ln for ln in (out + err).splitlines() if "t2i_tiny.npy" in ln and "500" in ln]
+        assert line and "1000" in line[0] and "Traceback" not in out + err
+    code, out, err = cli(["report", str(recipe), "--profile", "smoke", "--results", str(store)], capsys)
+    assert "t2i_tiny.npy changed since the run (ignored" in " ".join((out + err).split())
 
 
 def test_the_gate_runs_the_first_round_its_judged_cells_read():

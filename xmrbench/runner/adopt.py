@@ -23,52 +23,19 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from xmrbench.config import content_hash
+from xmrbench.config import REPORTING_KEYS, training_hash
 from xmrbench.recipe.resolve import Cell, ResolvedRecipe
 from xmrbench.store.schema import CellRef, RecipeRef, ResultDoc
+from xmrbench.store.stamps import file_stamps
 from xmrbench.store.store import ResultStore, atomic_write_text, safe_name
 
-#: eval keys that choose what a run reports, not what it trains or selects
-REPORTING_KEYS = ("protocols", "sentence_retrieval", "store_ranks")
-
-
-def training_hash(config: dict[str, Any]) -> str:
-    """Content hash of a run's stored config (``ResultDoc.config``: the cell config,
-    with ``needs`` for a later stage) without the keys that only choose what is reported."""
-    reduced = dict(config)
-    reduced["eval"] = {k: v for k, v in config.get("eval", {}).items() if k not in REPORTING_KEYS}
-    return content_hash(reduced, length=16)
+__all__ = ["REPORTING_KEYS", "file_stamps", "training_hash"]  # re-exported for callers of this module
 
 
 def trained_ref_path(store: ResultStore, train_hash: str, seed: int) -> Path:
     """Where the reference to the stored training run of ``train_hash`` and ``seed`` lives
     (the leading underscore keeps the folder apart from recipe folders)."""
     return store.root / "_trained" / f"{safe_name(train_hash)}--seed{seed}.ref"
-
-
-def file_stamps(config: Any) -> dict[str, list[int]]:
-    """Size and modification time of every existing file the config names (candidate
-    lists, word vectors, vocabularies): a config holds their paths, not their contents,
-    so a reference is only used while they are unchanged."""
-    found: dict[str, list[int]] = {}
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, (list, tuple)):
-            for value in node:
-                walk(value)
-        elif isinstance(node, str) and ("/" in node or "." in node):
-            try:
-                st = os.stat(node)
-            except (OSError, ValueError):
-                return
-            if os.path.isfile(node):
-                found[node] = [st.st_size, st.st_mtime_ns]
-
-    walk(config)
-    return found
 
 
 def record_training(store: ResultStore, doc: ResultDoc) -> None:
@@ -80,7 +47,8 @@ def record_training(store: ResultStore, doc: ResultDoc) -> None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     ref = {"recipe": doc.recipe.id, "cell": doc.cell.id, "hash": doc.cell.hash,
-           "dataset": doc.dataset.fingerprint, "files": file_stamps(doc.config)}
+           "dataset": doc.dataset.fingerprint,
+           "files": doc.files if doc.files is not None else file_stamps(doc.config)}
     atomic_write_text(path, json.dumps(ref) + "\n")
 
 
@@ -102,7 +70,7 @@ def find_training(store: ResultStore, config: dict[str, Any], seed: int,
         return None
     status = store.status(recipe, cell, chash, seed)
     model = store.model_path(recipe, cell, chash, seed)
-    if status.doc is None or not model.is_file() or status.doc.trained_by is not None:
+    if status.state != "done" or status.doc is None or not model.is_file() or status.doc.trained_by is not None:
         return None
     if training_hash(status.doc.config) != want:
         return None

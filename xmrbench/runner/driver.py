@@ -86,6 +86,7 @@ class Summary:
     ran: list[tuple[str, int]] = field(default_factory=list)
     skipped: list[tuple[str, int]] = field(default_factory=list)
     recomputed_corrupt: list[Path] = field(default_factory=list)
+    recomputed_stale: list[Path] = field(default_factory=list)  # a file the config names changed since
     interrupted: bool = False
     finished_elsewhere: list[tuple[str, int]] = field(default_factory=list)  # stored by another process meanwhile
     waited_for: list[tuple[str, int]] = field(default_factory=list)  # held by another process when first tried
@@ -136,7 +137,7 @@ class _StopFlag:
 
 
 def plan_runs(resolved: ResolvedRecipe, store: ResultStore) -> list[tuple[Cell, int, str]]:
-    """Every runnable (cell, seed) with its store state: done, missing or corrupt."""
+    """Every runnable (cell, seed) with its store state: done, missing, corrupt or stale."""
     out = []
     for cell in sorted(resolved.runnable_cells(), key=lambda c: c.stage):  # needed cells (and members) first
         for seed in resolved.seeds:
@@ -198,10 +199,10 @@ def reproduce(
             adopt_after.setdefault(cell.stage, []).append((cell, seed))
             continue
         path = store.result_path(resolved.id, cell.id, cell.hash, seed)  # type: ignore[arg-type]
-        if state == "corrupt":
+        if state in ("corrupt", "stale"):
             status = store.status(resolved.id, cell.id, cell.hash, seed)  # type: ignore[arg-type]
             reporter.warn(f"{status.path}: {status.problem}; recomputing")
-            summary.recomputed_corrupt.append(status.path)
+            (summary.recomputed_corrupt if state == "corrupt" else summary.recomputed_stale).append(status.path)
         task = RunTask(resolved, cell.id, seed, root, force=force, expect=store.identity(path) if force else None,
                        keep_sims=(cell.id, seed) in keep and not cell.members)
         stages.setdefault(cell.stage, []).append(task)

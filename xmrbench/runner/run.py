@@ -39,6 +39,7 @@ from xmrbench.runner.kept_sims import SimsKeeper, kept_dir, load_kept, release
 from xmrbench.runner.stages import artifact, initial_weights
 from xmrbench.runner.stored import inputs_of, load_member, load_state, run_config, write_plain
 from xmrbench.store.schema import SCHEMA_VERSION, CellRef, DatasetRef, RecipeRef, ResultDoc
+from xmrbench.store.stamps import file_stamps
 from xmrbench.store.store import ResultStore
 
 
@@ -89,6 +90,7 @@ def run_one(
     image_input, text_input = inputs_of(cfg)
     prepared = cache.prepared(cfg.data, image_input, text_input)
     config = run_config(cell)
+    files = file_stamps(config)  # before anything is read: a file edited during the run makes it stale
     label = f"{resolved.id}/{cell.id}/seed{seed}"
     work = store.work_dir(resolved.id, cell.id, cell.hash, seed)
     source = find_training(store, config, seed, cache.data(cfg.data).fingerprint) if reuse_training else None
@@ -101,7 +103,8 @@ def run_one(
                                label=label, on_sims=keeper)
         doc = _result_doc(resolved, cell, seed, out, config, cache.data(cfg.data), prepared, device)
         doc = doc.model_copy(update={
-            "trained_by": f"{src_doc.recipe.id}/{store.run_name(src_doc.cell.id, src_doc.cell.hash, seed)}"})
+            "trained_by": f"{src_doc.recipe.id}/{store.run_name(src_doc.cell.id, src_doc.cell.hash, seed)}",
+            "files": files})
         return _store_run(store, resolved, cell, seed, doc, out, keeper, trained=False)
     init_state, artifacts = None, {}
     if cell.needs is not None:  # a later stage: what earlier stages produced, same seed
@@ -128,6 +131,7 @@ def run_one(
         on_sims=keeper,
     )
     doc = _result_doc(resolved, cell, seed, out, config, cache.data(cfg.data), prepared, device)
+    doc = doc.model_copy(update={"files": files})
     return _store_run(store, resolved, cell, seed, doc, out, keeper, trained=True)
 
 

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict
 
 from xmrbench.config import PLATEAU_DEFAULTS
 from xmrbench.core.convergence import Convergence, of_record
+from xmrbench.store.stamps import changed_files
 
 SCHEMA_VERSION = 2
 KIND = "xmrbench.result"
@@ -70,9 +71,17 @@ class ResultDoc(_Model):
     # "<recipe>/<run>" of the stored run whose model this run evaluated instead of
     # training (the same training config, other protocols: runner/adopt.py); None: trained here
     trained_by: str | None = None
+    # size and modification time of each file the config names, taken when the run
+    # started (store/stamps.py); a run whose files changed since is stale. None: a
+    # document from before stamps were kept
+    files: dict[str, list[int]] | None = None
     # whether the run converged (core/convergence.py: Convergence.to_dict); None: not
     # recorded (a version-1 document; readers derive it from ``curves``)
     convergence: dict[str, Any] | None = None
+
+    def changed_files(self) -> list[str]:
+        """The files this run read that have changed since it started (store/stamps.py)."""
+        return changed_files(self.files, self.config)
 
     def convergence_record(self) -> Convergence | None:
         """Whether this run converged: the record it carries, else derived from its curves

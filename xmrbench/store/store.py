@@ -69,7 +69,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 @dataclass(frozen=True)
 class Status:
-    state: Literal["done", "missing", "corrupt"]
+    state: Literal["done", "missing", "corrupt", "stale"]  # stale: a file its config names changed
     path: Path
     doc: ResultDoc | None = None
     problem: str | None = None
@@ -143,6 +143,9 @@ class ResultStore:
             return Status("corrupt", path, problem=exc.message)
         if doc.cell.hash != cell_hash or doc.seed != seed:
             return Status("corrupt", path, problem="the file does not belong to this cell (hash or seed differ)")
+        changed = doc.changed_files()
+        if changed:
+            return Status("stale", path, doc, problem="; ".join(changed))
         return Status("done", path, doc)
 
     def iter_results(self, recipe_id: str) -> Iterator[tuple[Path, ResultDoc | None, str | None]]:

@@ -246,6 +246,9 @@ def test_check_end_to_end(recipes, tmp_path, capsys):
     assert code == 1 and "no reference for tiny-check" in out and "check --update tiny-check" in out
     assert "tiny-pending | skipped" in out and "all run: false" in out
     assert len(err.strip().splitlines()) == 1 and "1 other problem(s) in 1 recipe(s)" in err
+    # where the time went: the runs computed here, and their own summed seconds
+    timing = " ".join(line for line in out.splitlines() if line.startswith("time (s):") or line.startswith("  "))
+    assert "time (s): startup" in out and "the runs' own" in timing and "judge" in timing
     # record over the reference seeds, then the gate seeds replay bit for bit here
     code, out, _ = cli(["check", "--reference", str(ref), "--update", *LEARNING], capsys)
     assert code == 0 and "check updated: 1 recipe(s), 1 skipped" in out
@@ -257,6 +260,10 @@ def test_check_end_to_end(recipes, tmp_path, capsys):
         assert check["mean"] - check["tolerance"] >= check["bar"] == pytest.approx(BAR * C.chance_rsum(100))
     code, out, _ = cli(base, capsys)
     assert code == 0 and "check passed" in out and "| 2/2 " in out and " identical" in out
+    code, out, _ = cli([*base, "--json"], capsys)
+    seconds = json.loads(out)["seconds"]
+    assert code == 0 and {"startup", "prepare", "runs", "run_time", "judge"} <= set(seconds)
+    assert seconds["run_time"] == 0 and all(v is None or v >= 0 for v in seconds.values())  # every run was stored
     # another machine: replay does not apply, the learning checks do
     other = json.loads((ref / "tiny-check.json").read_text())
     other["env"]["cpu_flags"] = "another-cpu"

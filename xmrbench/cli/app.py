@@ -770,6 +770,23 @@ def _print_gate(gate) -> None:
             print(f"problem: {problem}")
     for line in gate.refused:
         print(f"refused: {line}")
+    timing = gate_timing_line(gate.seconds)
+    if timing:
+        _say(timing)
+
+
+def gate_timing_line(seconds: dict) -> str:
+    """Where the gate's wall time went, on one line (GateResult.seconds)."""
+    parts = []
+    for phase in ("startup", "kernels", "prepare", "runs", "judge"):
+        value = seconds.get(phase)
+        if value is None:
+            continue
+        text = f"{phase} {value:,.0f}"
+        if phase == "runs" and seconds.get("run_time"):
+            text += f" (the runs' own {seconds['run_time']:,.0f}, summed over workers)"
+        parts.append(text)
+    return "time (s): " + ", ".join(parts) if parts else ""
 
 
 @app.command()

@@ -208,7 +208,7 @@ def _recipe_check(r: Any) -> dict[str, Any]:
         "learning": [_learning(c) for c in r.learning],
         "replay": {"applied": applied, "compared": r.replay_compared,
                    "identical": r.replay_compared - len(r.replay_mismatches), "mismatches": list(r.replay_mismatches)},
-        "problems": list(r.problems), "not_gated": list(r.not_gated),
+        "problems": list(r.problems), "not_gated": list(r.not_gated), "seconds": dict(r.seconds),
     }
 
 
@@ -231,6 +231,7 @@ def check_payload(gate: Any, *, layers: list[str], update: bool) -> dict[str, An
         "mode": "update" if update else "check", "layers": list(layers), "passed": gate.passed and not gate.refused,
         "exit_code": check_exit_code(gate), "kernels": kernels,
         "recipes": [_recipe_check(r) for r in gate.recipes], "refused": list(gate.refused),
+        "seconds": dict(gate.seconds),
     }
 
 

@@ -17,6 +17,8 @@ cell) and refuses a cell whose band is not clearly above chance.
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -238,6 +240,8 @@ class RecipeCheck:
     replay_mismatches: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # one line each: missing runs or references, failed runs
     not_gated: list[str] = field(default_factory=list)  # one line each: declared cells the gate does not judge
+    # wall seconds of this recipe's phases (see GateResult.seconds): prepare, runs, run_time, judge
+    seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def learning_failures(self) -> list[LearningCheck]:
@@ -330,6 +334,15 @@ class GateResult:
     kernels: list[Any] | None = None  # GoldenDiff per golden, None when the layer did not run
     kernels_note: str = ""
     refused: list[str] = field(default_factory=list)  # update: one line per cell that was not recorded
+    # where the gate's wall time went, in seconds: startup (process start to the gate:
+    # interpreter, imports, argument parsing; None where /proc is absent), kernels,
+    # prepare (loading, resolving and choosing cells), runs (computing the missing runs,
+    # wall), run_time (the runs' own training and evaluation, summed over workers), judge
+    # (collecting runs and comparing them with the references)
+    seconds: dict[str, float | None] = field(default_factory=dict)
+
+    def add_seconds(self, phase: str, secs: float) -> None:
+        self.seconds[phase] = (self.seconds.get(phase) or 0.0) + secs
 
     @property
     def kernel_failures(self) -> list[Any]:
@@ -338,6 +351,28 @@ class GateResult:
     @property
     def passed(self) -> bool:
         return not self.kernel_failures and all(r.passed for r in self.recipes)
+
+
+def process_age_s() -> float | None:
+    """Seconds since this process started (Linux /proc; None elsewhere)."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _run_time(resolved: ResolvedRecipe, store: ResultStore, summary: Any) -> float:
+    """The summed training and evaluation seconds of the runs ``summary`` computed (each
+    run's own ``timing.wall_s``), to set against the wall time of computing them."""
+    total = 0.0
+    for cell_id, seed in getattr(summary, "ran", []):
+        cell = resolved.cell(cell_id)
+        status = store.status(resolved.id, cell.id, cell.hash, seed)  # type: ignore[arg-type]
+        if status.doc is not None:
+            total += float(status.doc.timing.get("wall_s", 0.0))
+    return total
 
 
 def run_kernels(reference_dir: Path, *, update: bool) -> tuple[list[Any] | None, str]:
@@ -380,10 +415,15 @@ def run_check(
                          else f"--layers: name at least one of {', '.join(LAYERS)}")
     if update and rows:
         raise UsageError("--update records every runnable cell of a recipe; drop --rows")
-    targets = [load_recipe(target) for target in check_targets(names)]  # bad names fail before any work
     gate = GateResult([])
+    gate.seconds["startup"] = process_age_s()
+    clock = time.perf_counter()
+    targets = [load_recipe(target) for target in check_targets(names)]  # bad names fail before any work
+    gate.add_seconds("prepare", time.perf_counter() - clock)
     if "kernels" in layers:
+        clock = time.perf_counter()
         gate.kernels, gate.kernels_note = run_kernels(reference_dir, update=update)
+        gate.add_seconds("kernels", time.perf_counter() - clock)
     if "learning" not in layers and "replay" not in layers:
         return gate
     pool = RunPool()
@@ -392,6 +432,8 @@ def run_check(
     seeds = REFERENCE_SEEDS if update else GATE_SEEDS
     for recipe, path in targets:
         seen.add(recipe.id)
+        secs: dict[str, float] = {}
+        clock = time.perf_counter()
         if PROFILE not in recipe.profiles:
             gate.recipes.append(RecipeCheck(recipe.id, "skipped", note=f"no {PROFILE} profile"))
             continue
@@ -407,11 +449,19 @@ def run_check(
         cells = cells_to_run(resolved, judged)
         resolved = replace(resolved, only=frozenset(c.id for c in cells))
         pool.adopt(resolved, cells, store)
+        secs["prepare"] = time.perf_counter() - clock
+        clock = time.perf_counter()
         summary = execute(resolved)
+        secs["runs"] = time.perf_counter() - clock
+        secs["run_time"] = _run_time(resolved, store, summary)
+        clock = time.perf_counter()
         pool.record(resolved, cells, store)
         runs = collect_runs(resolved, judged, store)
+        secs["judge"] = time.perf_counter() - clock
+        for phase, value in secs.items():
+            gate.add_seconds(phase, value)
         if summary.failed:
-            result = RecipeCheck(resolved.id, "failed", runs=sum(len(r.metrics) for r in runs))
+            result = RecipeCheck(resolved.id, "failed", runs=sum(len(r.metrics) for r in runs), seconds=secs)
             result.problems.extend(f.message for f in summary.failed)
             gate.recipes.append(result)
             continue
@@ -421,11 +471,13 @@ def run_check(
             if problems:
                 refused.extend(problems)
                 gate.recipes.append(RecipeCheck(resolved.id, "refused", note="not recorded",
-                                                runs=sum(len(r.metrics) for r in runs), not_gated=not_gated))
+                                                runs=sum(len(r.metrics) for r in runs), not_gated=not_gated,
+                                                seconds=secs))
                 continue
             write_reference(ref_path, doc)
             gate.recipes.append(RecipeCheck(resolved.id, "updated", note=str(ref_path),
-                                            runs=sum(len(r.metrics) for r in runs), not_gated=not_gated))
+                                            runs=sum(len(r.metrics) for r in runs), not_gated=not_gated,
+                                            seconds=secs))
             continue
         if not ref_path.is_file():
             result = RecipeCheck(resolved.id, "failed", note="no reference")
@@ -433,8 +485,12 @@ def run_check(
                                    f"xmrbench check --update {resolved.id}")
             gate.recipes.append(result)
             continue
+        clock = time.perf_counter()
         result = compare(resolved, read_reference(ref_path), runs, layers=layers)
+        secs["judge"] += time.perf_counter() - clock
+        gate.add_seconds("judge", time.perf_counter() - clock)
         result.not_gated = not_gated
+        result.seconds = secs
         gate.recipes.append(result)
     if not names:  # every recipe was checked: a reference without a recipe is stale
         own = {reference_path(reference_dir, rid) for rid in seen}  # kept even when unreadable or refused

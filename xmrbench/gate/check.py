@@ -487,8 +487,9 @@ def run_check(
             continue
         clock = time.perf_counter()
         result = compare(resolved, read_reference(ref_path), runs, layers=layers)
-        secs["judge"] += time.perf_counter() - clock
-        gate.add_seconds("judge", time.perf_counter() - clock)
+        judged_s = time.perf_counter() - clock
+        secs["judge"] += judged_s
+        gate.add_seconds("judge", judged_s)
         result.not_gated = not_gated
         result.seconds = secs
         gate.recipes.append(result)

@@ -103,13 +103,22 @@ class Cell:
             return self.row.label
         return f"{self.row.label} [{', '.join(f'{k}={v}' for k, v in self.point.items())}]"
 
+    def _ensemble_identity(self, member_hashes: list[str | None]) -> dict[str, Any]:
+        ident: dict[str, Any] = {"ensemble": member_hashes}
+        if self.row.region_phrase_weight is not None:  # another way of combining the members
+            ident["region_phrase_weight"] = self.row.region_phrase_weight
+        return ident
+
+    def stored_config(self) -> dict[str, Any]:
+        """A training cell's config as its result stores it: the cell config, with
+        ``needs`` for a later stage."""
+        assert self.config is not None
+        return self.config.to_dict() | ({"needs": self.needs.identity()} if self.needs is not None else {})
+
     @property
     def hash(self) -> str | None:
         if self.members:
-            ident: dict[str, Any] = {"ensemble": [m.hash for m in self.members]}
-            if self.row.region_phrase_weight is not None:  # another way of combining the members
-                ident["region_phrase_weight"] = self.row.region_phrase_weight
-            return content_hash(ident)
+            return content_hash(self._ensemble_identity([m.hash for m in self.members]))
         if self.config is None:
             return None
         if self.needs is not None:  # the same config from other weights or artifacts is another run
@@ -123,14 +132,10 @@ class Cell:
         config). A later stage names its sources by it, so the round two of one table
         and of another that reports other protocols are one training."""
         if self.members:
-            ident: dict[str, Any] = {"ensemble": [m.training_hash for m in self.members]}
-            if self.row.region_phrase_weight is not None:
-                ident["region_phrase_weight"] = self.row.region_phrase_weight
-            return content_hash(ident, length=16)
+            return content_hash(self._ensemble_identity([m.training_hash for m in self.members]), length=16)
         if self.config is None:
             return None
-        stored = self.config.to_dict() | ({"needs": self.needs.identity()} if self.needs is not None else {})
-        return training_hash(stored)
+        return training_hash(self.stored_config())
 
     @property
     def runnable(self) -> bool:

@@ -160,8 +160,8 @@ def collect_resolved(resolved: ResolvedRecipe, store: ResultStore, *, allow_unco
     for p, doc, problem in store.iter_results(recipe.id):
         if doc is None:
             problems.append(f"{p}: {problem} (ignored; re-run reproduce to recompute it)")
-        elif doc.recipe.profile == profile and doc.changed_files():
-            problems.append(f"{p}: {'; '.join(doc.changed_files())} (ignored; re-run reproduce to recompute it)")
+        elif doc.recipe.profile == profile and (changed := doc.changed_files()):
+            problems.append(f"{p}: {'; '.join(changed)} (ignored; re-run reproduce to recompute it)")
         elif doc.recipe.profile == profile:
             docs.append(doc)
     by_cell: dict[str, list[ResultDoc]] = defaultdict(list)

@@ -58,7 +58,7 @@ def load_state(path: Path) -> dict[str, torch.Tensor]:
 def run_config(cell: Any) -> dict[str, Any]:
     """A training cell's config as its result stores it: the cell config, with ``needs``
     for a later stage."""
-    return cell.config.to_dict() | ({"needs": cell.needs.identity()} if cell.needs is not None else {})
+    return cell.stored_config()
 
 
 def write_plain(payload: dict[str, Any], path: Path, *, what: str) -> None:

@@ -16,7 +16,7 @@ import torch
 
 from xmrbench.errors import RecipeError
 from xmrbench.recipe.resolve import resolve
-from xmrbench.runner.driver import reproduce
+from xmrbench.runner.driver import plan_runs, reproduce
 from xmrbench.runner.run import DataCache
 from xmrbench.runner.stored import load_member
 from xmrbench.store.store import ResultStore
@@ -159,6 +159,35 @@ def test_a_later_stage_names_its_source_by_training_hash(tmp_path, monkeypatch):
     assert again.ok and sorted(again.reused_training) == [("finetune", 0), ("round1", 0), ("scratch", 0)]
     assert sum(e.startswith("mine ") for e in _log(tmp_path / "events.log")) == 1
     assert sum(e.startswith("setup ") for e in _log(tmp_path / "events.log")) == 2  # no second round two
+
+
+def test_a_store_of_result_documents_only_trains_again_what_a_later_stage_needs(tmp_path, monkeypatch):
+    """A store holding the documents but not the models (results/measured): round one is
+    done, round two not yet. Round one is trained again (its model is the init and the
+    artifact's source), the artifact mined from it; a round one whose artifact is stored
+    and that nothing initialises from would not be."""
+    log = tmp_path / "events.log"
+    monkeypatch.setenv("STAGEKIT_LOG", str(log))
+    path = _recipe(tmp_path)
+    resolved = resolve(path, profile="smoke").restricted_to_rows(["round1"])
+    store = ResultStore(tmp_path / "results")
+    assert reproduce(resolved, store, device="cpu").ok
+    round1 = resolved.cell("round1")
+    model = store.model_path("stages-test", "round1", round1.hash, 0)
+    model.unlink()
+    both = resolve(path, profile="smoke")
+    states = {(c.id, s): state for c, s, state in plan_runs(both, store)}
+    assert states == {("round1", 0): "weightless", ("finetune", 0): "missing", ("scratch", 0): "missing"}
+    assert {(c.id, s): st for c, s, st in plan_runs(resolved, store)} == {("round1", 0): "done"}  # nothing needs it
+    summary = reproduce(both, store, device="cpu")
+    assert summary.ok and sorted(summary.ran) == [("finetune", 0), ("round1", 0), ("scratch", 0)]
+    assert summary.retrained_weightless == [store.result_path("stages-test", "round1", round1.hash, 0)]
+    assert model.is_file() and sum(e.startswith("mine ") for e in _log(log)) == 1
+    # with the artifact stored, only the init needs round one's weights; without an init, nothing does
+    model.unlink()
+    scratch_only = resolve(path, profile="smoke").restricted_to_rows(["round1", "scratch"])
+    store.result_path("stages-test", "scratch", both.cell("scratch").hash, 0).unlink()
+    assert {(c.id, s): st for c, s, st in plan_runs(scratch_only, store)}[("round1", 0)] == "done"
 
 
 DRIVER = """\

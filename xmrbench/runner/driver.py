@@ -87,6 +87,7 @@ class Summary:
     skipped: list[tuple[str, int]] = field(default_factory=list)
     recomputed_corrupt: list[Path] = field(default_factory=list)
     recomputed_stale: list[Path] = field(default_factory=list)  # a file the config names changed since
+    retrained_weightless: list[Path] = field(default_factory=list)  # stored without its model, needed by a later run
     interrupted: bool = False
     finished_elsewhere: list[tuple[str, int]] = field(default_factory=list)  # stored by another process meanwhile
     waited_for: list[tuple[str, int]] = field(default_factory=list)  # held by another process when first tried
@@ -137,12 +138,35 @@ class _StopFlag:
 
 
 def plan_runs(resolved: ResolvedRecipe, store: ResultStore) -> list[tuple[Cell, int, str]]:
-    """Every runnable (cell, seed) with its store state: done, missing, corrupt or stale."""
-    out = []
-    for cell in sorted(resolved.runnable_cells(), key=lambda c: c.stage):  # needed cells (and members) first
+    """Every runnable (cell, seed) with its store state: done, missing, corrupt, stale, or
+    ``weightless``: stored, but its model file is not in the store and a run still to do
+    needs it (the ``init`` of a later stage, the source of an artifact not yet mined, an
+    ensemble's member). A store that keeps result documents only (``results/measured``)
+    is one; such a run is trained again, and its document rewritten with the new run's."""
+    cells = sorted(resolved.runnable_cells(), key=lambda c: c.stage)  # needed cells (and members) first
+    state = {(cell.id, seed): store.status(resolved.id, cell.id, cell.hash, seed).state  # type: ignore[arg-type]
+             for cell in cells for seed in resolved.seeds}
+    for cell in reversed(cells):  # later stages first, so that a weightless run's own sources are marked too
         for seed in resolved.seeds:
-            status = store.status(resolved.id, cell.id, cell.hash, seed)  # type: ignore[arg-type]
-            out.append((cell, seed, status.state))
+            if state[(cell.id, seed)] == "done":
+                continue
+            for source in _weights_needed(store, cell, seed):
+                key = (source.id, seed)
+                if state.get(key) == "done" and not store.model_path(
+                        resolved.id, source.id, source.hash, seed).is_file():  # type: ignore[arg-type]
+                    state[key] = "weightless"
+    return [(cell, seed, state[(cell.id, seed)]) for cell in cells for seed in resolved.seeds]
+
+
+def _weights_needed(store: ResultStore, cell: Cell, seed: int) -> list[Cell]:
+    """The cells whose stored weights a run of ``cell`` reads."""
+    from xmrbench.runner.stages import artifact_state
+
+    out = list(cell.members)
+    if cell.needs is not None:
+        if cell.needs.init is not None:
+            out.append(cell.needs.init)
+        out += [ref.source for ref in cell.needs.artifacts if artifact_state(store, ref, seed) != "done"]
     return out
 
 
@@ -203,7 +227,11 @@ def reproduce(
             status = store.status(resolved.id, cell.id, cell.hash, seed)  # type: ignore[arg-type]
             reporter.warn(f"{status.path}: {status.problem}; recomputing")
             (summary.recomputed_corrupt if state == "corrupt" else summary.recomputed_stale).append(status.path)
-        task = RunTask(resolved, cell.id, seed, root, force=force, expect=store.identity(path) if force else None,
+        again = force or state == "weightless"
+        if state == "weightless":
+            reporter.warn(f"{path}: its model is not in the store and a later run needs it; training it again")
+            summary.retrained_weightless.append(path)
+        task = RunTask(resolved, cell.id, seed, root, force=again, expect=store.identity(path) if again else None,
                        keep_sims=(cell.id, seed) in keep and not cell.members)
         stages.setdefault(cell.stage, []).append(task)
     tasks = [t for stage in sorted(stages) for t in stages[stage]]

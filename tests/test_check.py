@@ -428,5 +428,5 @@ def test_the_learning_layer_catches_a_broken_model(mutate, name, recipe, row, mo
     code, out, err = cli(["check", recipe, "--rows", row, "--layers", "learning", "--executor", "local"], capsys)
     assert code == 1, out + err
     failed = out.split("learning checks that failed:")[1]
-    assert f"| {recipe} " in failed and f"| {row} " in failed
+    assert f"learning failed: {recipe}/{row} " in failed
     assert "other problem(s)" in err and " 0 other problem(s)" in err  # the learning check, not a missing run

@@ -320,4 +320,5 @@ def test_the_gate_records_and_checks_a_label_recipe(label_recipes, tmp_path, mon
                           "learning", "--executor", "local"], capsys)
     assert code == 1 and "1 learning check(s) failed" in err, out + err
     failed = out.split("learning checks that failed:")[1]
-    assert "| tiny-map-check " in failed and "test_labels.avg_map" in failed and "below the learning bar" in failed
+    assert "learning failed: tiny-map-check/" in failed and "test_labels.avg_map" in failed
+    assert "below the learning bar" in failed and all(len(line) < 200 for line in failed.splitlines())

@@ -751,12 +751,10 @@ def _print_gate(gate) -> None:
         if r.note:
             _say(f"note: {r.recipe}: {r.note}")
     failed = [c for r in gate.recipes for c in r.learning_failures]
-    if failed:
+    if failed:  # a sentence per failure, not a table: it reads in an 80-column terminal too
         print("\nlearning checks that failed:")
-        print(tabulate([[c.recipe, c.cell, f"{c.protocol}.{c.metric}", f"{c.reference_mean:.2f} ± {c.tolerance:.2f}",
-                         f"{c.current_mean:.2f}", f"{c.bar:.2f}", c.why()] for c in failed],
-                       headers=["recipe", "cell", "metric", "reference ± tol", "now", "bar", "why"],
-                       tablefmt="github", disable_numparse=True))
+        for c in failed:
+            print(f"learning failed: {c.recipe}/{c.cell} {c.protocol}.{c.metric}: {c.summary()}")
     mismatches = [m for r in gate.recipes for m in r.replay_mismatches]
     for line in mismatches[:40]:
         print(f"not replayed: {line}")

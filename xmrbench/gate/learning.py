@@ -114,10 +114,24 @@ class LearningCheck:
     def passed(self) -> bool:
         return self.within and self.on_the_right_side
 
+    def _digits(self) -> int:
+        return 4 if K.METRICS.get(self.metric) is not None and K.METRICS[self.metric].scale == "fraction" else 2
+
+    def summary(self) -> str:
+        """The mean now against the reference band, then why the check failed."""
+        d = self._digits()
+        parts = [f"now {self.current_mean:.{d}f}, reference {self.reference_mean:.{d}f} ± {self.tolerance:.{d}f}"]
+        if not self.within:
+            parts.append(f"{self.delta:+.{d}f} is beyond the tolerance")
+        if not self.on_the_right_side:
+            side = "below" if self.expect == "learns" else "above"
+            parts.append(f"{side} the learning bar {self.bar:.{d}f} (chance {self.chance:.{d}f})")
+        return "; ".join(parts)
+
     def why(self) -> str:
         """One line saying why a failed check failed."""
         parts = []
-        d = 4 if K.METRICS.get(self.metric) is not None and K.METRICS[self.metric].scale == "fraction" else 2
+        d = self._digits()
         if not self.within:
             parts.append(f"mean {self.current_mean:.{d}f} is {self.delta:+.{d}f} from the reference "
                          f"{self.reference_mean:.{d}f} (tolerance {self.tolerance:.{d}f})")

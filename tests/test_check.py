@@ -275,8 +275,8 @@ def test_check_end_to_end(recipes, tmp_path, capsys):
     (ref / "tiny-check.json").write_text(json.dumps(other))
     code, out, err = cli(base, capsys)
     assert code == 1 and "1 learning check(s) failed" in err and len(err.strip().splitlines()) == 1
-    row = next(line for line in out.splitlines() if line.startswith("| tiny-check ") and "| b " in line)
-    assert "test.rsum" in row and "from the reference" in row
+    row = next(line for line in out.splitlines() if line.startswith("learning failed: tiny-check/b "))
+    assert "test.rsum" in row and "beyond the tolerance" in row
     # the same environment: one metric of one seed that differs in the last place is caught
     (ref / "tiny-check.json").write_text(json.dumps(doc))
     doc["cells"][0]["runs"]["1"]["test"]["t2i_meanr"] += 1e-9
@@ -292,6 +292,18 @@ def test_check_end_to_end(recipes, tmp_path, capsys):
     (folder / "t" / "check.yaml").write_text(RECIPE.replace("lr: 0.005", "lr: 0.004"))
     code, out, _ = cli(base, capsys)
     assert code == 1 and "its config changed since the reference was recorded" in out
+    # --rehash re-keys the references without running; the next check finds that the
+    # numbers did change (the learning rate did): not replayed bit for bit
+    (ref / "old-recipe.json").unlink()
+    assert cli(["check", "--reference", str(ref), "--rehash", "--update"], capsys)[0] == 2
+    code, out, _ = cli(["check", "--reference", str(ref), "--rehash"], capsys)
+    assert code == 0 and "tiny-check: 2 cell(s) re-keyed" in out and "1 reference(s) re-keyed" in out
+    rekeyed = json.loads((ref / "tiny-check.json").read_text())
+    assert [c["hash"] for c in rekeyed["cells"]] != [c["hash"] for c in doc["cells"]]
+    assert [c["runs"] for c in rekeyed["cells"]] == [c["runs"] for c in doc["cells"]]
+    assert "0 reference(s) re-keyed" in cli(["check", "--reference", str(ref), "--rehash"], capsys)[1]
+    code, out, err = cli(base, capsys)
+    assert code == 1 and "not replayed: tiny-check: a seed" in out and "its config changed" not in out
 
 
 @pytest.mark.slow

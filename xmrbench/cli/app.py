@@ -651,6 +651,9 @@ def check(
     results: Annotated[Path | None, typer.Option("--results", help="Run into this store and keep it (default: a temporary one).")] = None,
     reference: Annotated[Path, typer.Option("--reference", help="Directory of the reference results.")] = Path("results/reference"),
     update: Annotated[bool, typer.Option("--update/--no-update", help="Record the references (every runnable cell, the reference seeds) instead of comparing.")] = False,
+    rehash: Annotated[bool, typer.Option("--rehash/--no-rehash", help="Run nothing: give each reference cell its "
+                                         "cell's current hash, keeping its numbers (a change that re-keys cells "
+                                         "but not what they compute); the next check verifies them.")] = False,
     all_cells: Annotated[bool, typer.Option("--all/--ci-set", help="Check every runnable cell (default: the CI set, see the README).")] = False,
     rows: RowsOpt = None,
     layers: Annotated[str, typer.Option("--layers", help="Comma-separated layers: kernels, learning, replay (default: all).")] = "kernels,learning,replay",
@@ -676,6 +679,16 @@ def check(
 
     if reference.exists() and not reference.is_dir():
         raise UsageError(f"--reference {reference}: not a directory")
+    if rehash:
+        from xmrbench.gate.check import rehash_references
+
+        if update:
+            raise UsageError("--rehash keeps the recorded numbers and --update records new ones: choose one")
+        lines = rehash_references(recipes, reference_dir=reference)
+        for line in lines:
+            _say(line)
+        console.print(f"check --rehash: {len(lines)} reference(s) re-keyed; run xmrbench check to verify them")
+        return
     chosen_layers = [x.strip() for x in layers.split(",") if x.strip()]
     runner, dev = _executor(executor, jobs, retries, address, device, threads)
     root = results if results is not None else Path(tempfile.mkdtemp(prefix="xmrbench-check-"))

@@ -388,6 +388,40 @@ def run_kernels(reference_dir: Path, *, update: bool) -> tuple[list[Any] | None,
     return diffs, f"{len(diffs)} goldens compared with {path}"
 
 
+def rehash_references(names: Sequence[str] | None, *, reference_dir: Path) -> list[str]:
+    """Give each reference cell the current hash of its cell, keeping its numbers; one line
+    per recipe that changed.
+
+    For a change that re-keys cells without changing what they compute (a hash that
+    covers a new field at its default, a stage that names its source another way): the
+    references then need no new recording. Nothing is run, so nothing is verified here;
+    the next ``check`` is the verification (bit-exact replay in the recording
+    environment, the learning bands everywhere). A cell whose row is gone, or whose
+    ``expect`` changed, is left for ``check --update``.
+    """
+    from xmrbench.recipe.load import load_recipe
+
+    lines = []
+    for recipe, path in (load_recipe(target) for target in check_targets(names)):
+        ref_path = reference_path(reference_dir, recipe.id)
+        if PROFILE not in recipe.profiles or not ref_path.is_file():
+            continue
+        doc = read_reference(ref_path)
+        resolved = resolve(recipe, profile=PROFILE, path=path, seeds=list(doc["seeds"]))
+        current = {c.id: c for c in resolved.runnable_cells()}
+        changed = []
+        for entry in doc["cells"]:
+            cell = current.get(entry["cell"])
+            if cell is None or cell.hash == entry["hash"] or _expect(resolved, cell)[0] != entry["expect"]:
+                continue
+            changed.append(f"{entry['cell']} {entry['hash']} -> {cell.hash}")
+            entry["hash"] = cell.hash
+        if changed:
+            write_reference(ref_path, {k: v for k, v in doc.items() if k not in ("kind", "version")})
+            lines.append(f"{recipe.id}: {len(changed)} cell(s) re-keyed: " + ", ".join(changed))
+    return lines
+
+
 def run_check(
     names: Sequence[str] | None,
     *,

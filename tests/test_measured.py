@@ -1,0 +1,59 @@
+"""The versioned store of measured quick results (results/measured): every document is a
+readable result of the quick profile, measured on the synthetic world and labelled so,
+of a recipe that exists; no weights are versioned; and the report reads the store
+without training anything."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from xmrbench.recipe.load import recipe_index
+from xmrbench.store.store import ResultStore
+
+from support import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+MEASURED = ROOT / "results" / "measured"
+
+
+def _docs() -> list[tuple[Path, object]]:
+    store = ResultStore(MEASURED)
+    out = []
+    for recipe_id in store.recipe_ids():
+        for path, doc, problem in store.iter_results(recipe_id):
+            assert problem is None and doc is not None, f"{path}: {problem}"
+            out.append((path, doc))
+    return out
+
+
+def test_every_measured_document_is_a_synthetic_quick_result_of_a_known_recipe():
+    docs = _docs()
+    assert docs, "results/measured holds no result documents"
+    known = recipe_index()
+    for path, doc in docs:
+        assert doc.recipe.id in known and doc.recipe.profile == "quick", path
+        assert doc.dataset.name.startswith("synthetic-"), path  # never a real dataset's number
+        assert doc.dataset.info.get("source") == "synthetic", path
+        assert path.parent.name == doc.recipe.id, path
+
+
+def test_no_weights_or_working_files_are_versioned():
+    try:
+        files = subprocess.run(["git", "ls-files", "results/measured"], cwd=ROOT, capture_output=True, text=True,
+                               check=True).stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout")
+    assert files
+    for name in files:
+        assert name.endswith((".json", ".md", ".gitignore")), name
+        assert "/models/" not in name and "/_artifacts/" not in name and "/.work/" not in name, name
+
+
+def test_the_report_reads_the_measured_store(capsys):
+    recipes = sorted({doc.recipe.id for _, doc in _docs()})
+    code, out, err = cli(["report", recipes[0], "--profile", "quick", "--results", str(MEASURED), "--markdown"], capsys)
+    assert code == 0, err
+    assert "synthetic" in out.lower() and "NOT COMPARABLE" in out

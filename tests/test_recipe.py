@@ -191,6 +191,19 @@ def test_claims_must_name_cells(tmp_path):
         resolve(path, profile="smoke")
 
 
+def test_claims_and_figures_read_only_protocols_their_cells_evaluate(tmp_path):
+    narrowed = RECIPE.replace("set: {model.linear: true}", "set: {model.linear: true, eval.protocols: [dev]}")
+    with pytest.raises(RecipeError, match=r"claims\.a-beats-b: cell 'b' does not evaluate protocol 'test'"):
+        resolve(write(tmp_path, narrowed), profile="smoke")
+    # only in one profile: the other profiles still resolve
+    per_profile = RECIPE.replace("set: {model.linear: true}",
+                                 "set: {model.linear: true}\n    profiles: {quick: {eval.protocols: [dev]}}")
+    path = write(tmp_path, per_profile)
+    assert resolve(path, profile="smoke").cells
+    with pytest.raises(RecipeError, match="does not evaluate protocol 'test'"):
+        resolve(path, profile="quick")
+
+
 def test_parse_set_types():
     assert parse_set(["a.b=0.1", "c=true", "d=[1, 2]", "e=null", "f=text"]) == {
         "a.b": 0.1, "c": True, "d": [1, 2], "e": None, "f": "text",

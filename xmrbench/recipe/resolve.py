@@ -396,6 +396,7 @@ def resolve(
         if _declared(recipe.near_chance, cell) and _declared(recipe.not_gated, cell):
             raise RecipeError(f"{cell.id}: declared both near_chance and not_gated; the gate checks one or the other",
                               where=where)
+    by_id = {c.id: c for c in cells}
     for claim in recipe.claims:
         proto = claim.protocol or recipe.default_protocol
         if proto not in recipe.protocols:
@@ -404,7 +405,12 @@ def resolve(
             for cid in (better, worse):
                 if cid not in known_cells:
                     raise RecipeError(f"claims.{claim.id}: no cell {cid!r}", where=where)
+                _require_protocol(by_id[cid], proto, f"claims.{claim.id}", where)
     for fig in recipe.figures:
+        if fig.protocol is not None:
+            for cell in cells:
+                if cell.row.id in fig.rows:
+                    _require_protocol(cell, fig.protocol, f"figures.{fig.id}", where)
         for panel in fig.panels:
             if panel.cell not in known_cells:
                 raise RecipeError(f"figures.{fig.id}.panels: no cell {panel.cell!r}", where=where)
@@ -419,6 +425,15 @@ def resolve(
         warnings=warnings,
         acknowledged=acknowledged,
     )
+
+
+def _require_protocol(cell: Cell, protocol: str, what: str, where: str) -> None:
+    """A claim or figure reads ``protocol`` of ``cell``: the cell must evaluate it (a row
+    may narrow ``eval.protocols`` to what its table prints; an ensemble evaluates its
+    first member's)."""
+    if cell.config is not None and protocol not in cell.config.eval.protocols:
+        raise RecipeError(f"{what}: cell {cell.id!r} does not evaluate protocol {protocol!r} "
+                          f"(its eval.protocols: {', '.join(cell.config.eval.protocols)})", where=where)
 
 
 def _attach_needs(recipe: Recipe, cells: list[Cell], where: str) -> list[Cell]:

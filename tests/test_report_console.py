@@ -254,3 +254,31 @@ def test_a_claim_with_some_pairs_judged_says_how_many(tmp_path):
     assert not re.search(r"\s\d+/\d+\s", other)  # both of its pairs judged: a plain count
     assert "pairs j/n: only j of the claim's n pairs could be judged" in " ".join(text.split())
     assert max(len(x) for x in text.splitlines()) <= 80
+
+
+def test_a_row_that_does_not_evaluate_a_protocol_leaves_its_section(tmp_path):
+    """A row narrowed to other protocols (``eval.protocols``) is left out of a protocol's
+    section when the paper prints nothing there, and says it is not evaluated when it does,
+    in the console and in Markdown; a row that evaluates the protocol is unaffected."""
+    rows = ROWS + (
+        "  - {id: narrowed-silent, label: Narrowed without numbers, set: {eval.protocols: [dev]}}\n"
+        "  - {id: narrowed-printed, label: Narrowed with numbers, set: {eval.protocols: [dev]}, "
+        "paper: {test: [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]}}\n"
+    )
+    path = tmp_path / "narrowed.yaml"
+    path.write_text(tiny_recipe("narrowed", rows, seeds="[0, 1, 2]", extra=EXTRA))
+    rep = collect_resolved(resolve(path, profile="smoke"), ResultStore(tmp_path / "store"))
+    text = to_console([rep], width=120)
+    table = text.split("── rows")[0]
+    assert "narrowed-silent" not in table
+    (line,) = [x for x in table.splitlines() if x.startswith("narrowed-printed")]
+    assert "paper" in line
+    assert "not evaluated on this protocol" in table
+    assert "waiting-row" in table  # evaluates the protocol, no results yet
+    from xmrbench.report.render import table_rows
+
+    _, md_rows = table_rows(rep, "test")
+    kinds = {r[0]: r[1] for r in md_rows if r[0]}
+    assert "Narrowed without numbers" not in kinds
+    assert kinds["Narrowed with numbers"] == "paper (not evaluated on this protocol)"
+    assert kinds["A row without results yet"] == "ours: no results yet"

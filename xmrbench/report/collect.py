@@ -47,6 +47,12 @@ class CellReport:
     docs: list[ResultDoc] = field(default_factory=list, repr=False)  # the results behind ``ours``
     config_differs: bool = False
     convergence: dict[int, Convergence | None] = field(default_factory=dict)  # seed -> record (None: unknown)
+    protocols: tuple[str, ...] | None = None  # what its config evaluates (a row may narrow it; None: not run)
+
+    def evaluates(self, protocol: str) -> bool:
+        """Whether this cell's runs report ``protocol`` (a row may narrow ``eval.protocols``
+        to what its table prints)."""
+        return self.protocols is None or protocol in self.protocols
 
     @property
     def unconverged(self) -> str | None:
@@ -172,7 +178,8 @@ def collect_resolved(resolved: ResolvedRecipe, store: ResultStore, *, allow_unco
     sides: dict[tuple[str, str, str], Side] = {}
     fingerprints: dict[tuple[str, str], dict[str, Any]] = {}
     for cell in resolved.cells:
-        rep = CellReport(cell.id, cell.label, cell.runnable, cell.row.pending, cell.row.source, cell.paper)
+        rep = CellReport(cell.id, cell.label, cell.runnable, cell.row.pending, cell.row.source, cell.paper,
+                         protocols=cell.config.eval.protocols if cell.config is not None else None)
         group = by_cell.get(cell.id, [])
         chosen = [d for d in group if d.cell.hash == cell.hash]
         if not chosen and group:

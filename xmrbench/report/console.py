@@ -183,6 +183,10 @@ def _groups(rep: TableReport, protocol: str, cols: list[str], *, sd_line: bool, 
             if not paper:
                 continue
             lines.append(_Line(OURS, text="not run"))
+        elif not cell.evaluates(protocol):
+            if not paper:
+                continue
+            lines.append(_Line(OURS, text="not evaluated on this protocol"))
         elif not ours:
             lines.append(_Line(_ours_kind(rep, cell), text="no results yet" if not cell.seeds
                                else "no results on this protocol"))

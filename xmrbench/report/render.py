@@ -62,6 +62,11 @@ def table_rows(rep: TableReport, protocol: str) -> tuple[list[str], list[list[st
             if paper:
                 rows.append([label, "paper (not run)"] + [fmt_value(c, paper.get(c)) for c in cols])
             continue
+        if not cell.evaluates(protocol):
+            if paper:
+                rows.append([label, "paper (not evaluated on this protocol)"]
+                            + [fmt_value(c, paper.get(c)) for c in cols])
+            continue
         if paper:
             rows.append([label, "paper"] + [fmt_value(c, paper.get(c)) for c in cols])
             label = ""

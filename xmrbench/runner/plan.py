@@ -13,32 +13,63 @@ def _run_seconds(doc) -> float:
     return float(doc.timing.get("train_s", 0.0) + doc.timing.get("eval_s", 0.0))
 
 
+def _kind(config: dict | None) -> tuple[str, str, str]:
+    """(dataset, model, method) of a stored run's config; ensembles are their own model."""
+    if not config or "model" not in config:
+        return ("", "ensemble", "")
+    data = config.get("data") or {}
+    method = config.get("method") or {}
+    return (f"{data.get('name', '')}/{data.get('size', '')}", config["model"].get("name", "?"), method.get("name", ""))
+
+
+def _cell_kind(cell) -> tuple[str, str, str]:
+    if cell.members or cell.config is None:
+        return ("", "ensemble", "")
+    return _kind(cell.config.to_dict())
+
+
+# the pools an estimate is taken from, most specific first, and how the basis names them
+_POOLS = ("the same cell", "the same model, method and dataset", "the same model and method",
+          "the same model", "this recipe")
+
+
 def estimate(resolved: ResolvedRecipe, store: ResultStore) -> tuple[list[tuple[str, int, str, float | None]], float | None, str]:
     """Rows (cell, seed, state, estimated seconds) and the total for the runs not done.
 
-    Estimates come from stored timings, most specific first: the same cell (other
-    seeds), then runs of this recipe and profile with the same model, then every run
-    of this recipe and profile.
+    Estimates are medians of stored run times of the same profile, most specific first:
+    the same cell (its other seeds, in any recipe: a cell hash is its content), then runs
+    of any recipe with the same model, method and dataset, the same model and method, the
+    same model, and last every run of this recipe. A model's training time says little
+    about another's (a VSRN run costs several SCAN runs), and an ensemble only evaluates
+    its members, so the pools never mix models. Runs that evaluated a model another run
+    trained count with that run's training time, which is what a run of theirs costs.
     """
     from xmrbench.runner.driver import plan_runs
 
-    by_hash: dict[str, list[float]] = {}
-    by_model: dict[str, list[float]] = {}
-    everything: list[float] = []
-    for _, doc, _problem in store.iter_results(resolved.id):
-        if doc is None or doc.recipe.profile != resolved.profile:
-            continue
-        secs = _run_seconds(doc)
-        by_hash.setdefault(doc.cell.hash, []).append(secs)
-        by_model.setdefault(doc.config.get("model", {}).get("name", "?"), []).append(secs)
-        everything.append(secs)
+    pools: list[dict] = [{} for _ in _POOLS]
+    for recipe_id in store.recipe_ids():
+        for _, doc, _problem in store.iter_results(recipe_id):
+            if doc is None or doc.recipe.profile != resolved.profile:
+                continue
+            secs = _run_seconds(doc)
+            dataset, model, method = _kind(doc.config)
+            keys = (doc.cell.hash, (dataset, model, method), (model, method), model,
+                    resolved.id if recipe_id == resolved.id else None)
+            for pool, key in zip(pools, keys):
+                if key is not None:
+                    pool.setdefault(key, []).append(secs)
     rows = []
     total, unknown = 0.0, False
+    used: dict[str, int] = {}
     for cell, seed, state in plan_runs(resolved, store):
+        dataset, model, method = _cell_kind(cell)
+        keys = (cell.hash or "", (dataset, model, method), (model, method), model, resolved.id)
         est = None
-        for pool in (by_hash.get(cell.hash or ""), by_model.get(cell.config.model.name if cell.config else ""), everything):
-            if pool:
-                est = statistics.median(pool)
+        for name, pool, key in zip(_POOLS, pools, keys):
+            if pool.get(key):
+                est = statistics.median(pool[key])
+                if state != "done":
+                    used[name] = used.get(name, 0) + 1
                 break
         rows.append((cell.id, seed, state, est))
         if state != "done":
@@ -46,7 +77,11 @@ def estimate(resolved: ResolvedRecipe, store: ResultStore) -> tuple[list[tuple[s
                 unknown = True
             else:
                 total += est
-    basis = f"median of {len(everything)} stored run time(s) of this recipe and profile" if everything else "no stored timings"
+    if used:
+        basis = "medians of stored run times of this profile: " + ", ".join(
+            f"{n} run(s) from {name}" for name, n in sorted(used.items(), key=lambda kv: _POOLS.index(kv[0])))
+    else:
+        basis = "no stored timings"
     return rows, (None if unknown else total), basis
 
 

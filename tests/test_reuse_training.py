@@ -4,6 +4,8 @@ training it would give."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from xmrbench.cli.json_out import plan_payload
@@ -123,3 +125,28 @@ def test_a_changed_file_that_the_config_names_stops_the_reuse(tmp_path):
     ref.write_text(stored.replace('"files": {}', f'"files": {{"{lists}": [3, 0]}}'))  # a file named then, changed now
     summary = reproduce(second.restricted_to_rows(["a"]), store, device="cpu", force=False)
     assert summary.reused_training == [("a", 1)]  # seed 0's reference no longer matches its files
+
+
+def test_a_kill_while_a_reference_is_written_is_repaired_by_the_next_reproduce(tmp_path):
+    """A run stored, then killed while writing its training reference: a temporary and no
+    reference. The next reproduce removes the dead writer's temporary (a live writer's
+    stays) and writes the reference, so the second table evaluates the model again."""
+    import subprocess
+    import sys
+
+    first, second = _recipes(tmp_path)
+    store = ResultStore(tmp_path / "s")
+    assert not reproduce(first, store, device="cpu").failed
+    ref = trained_ref_path(store, training_hash(first.cell("a").config.to_dict()), 0)
+    text = ref.read_text()
+    ref.unlink()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_tmp = ref.with_name(f".{ref.name}.{int(dead.stdout)}.tmp")
+    live_tmp = ref.with_name(f".other.ref.{os.getpid()}.tmp")
+    dead_tmp.write_text(text[:10])
+    live_tmp.write_text("")
+    summary = reproduce(first, store, device="cpu")
+    assert not summary.ran and not summary.failed
+    assert not dead_tmp.exists() and live_tmp.exists()
+    assert ref.read_text() == text
+    assert sorted(reproduce(second, store, device="cpu").reused_training) == [("a", 0), ("a", 1), ("b", 0), ("b", 1)]

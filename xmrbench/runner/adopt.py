@@ -20,10 +20,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 from xmrbench.config import REPORTING_KEYS, training_hash
+from xmrbench.errors import StoreError
 from xmrbench.recipe.resolve import Cell, ResolvedRecipe
 from xmrbench.store.schema import CellRef, RecipeRef, ResultDoc
 from xmrbench.store.stamps import file_stamps
@@ -49,7 +51,47 @@ def record_training(store: ResultStore, doc: ResultDoc) -> None:
     ref = {"recipe": doc.recipe.id, "cell": doc.cell.id, "hash": doc.cell.hash,
            "dataset": doc.dataset.fingerprint,
            "files": doc.files if doc.files is not None else file_stamps(doc.config)}
-    atomic_write_text(path, json.dumps(ref) + "\n")
+    try:
+        atomic_write_text(path, json.dumps(ref) + "\n")
+    except StoreError:
+        pass  # the run itself is stored; the reference is an index the next reproduce repairs
+
+
+def _writer_gone(path: Path, older_than_s: float) -> bool:
+    """Whether the process that wrote the temporary ``.<name>.<pid>.tmp`` is gone: no such
+    process here, or the file is older than any write takes."""
+    try:
+        if time.time() - path.stat().st_mtime > older_than_s:
+            return True
+        os.kill(int(path.name.rsplit(".", 2)[-2]), 0)
+    except (ProcessLookupError, ValueError):
+        return True
+    except OSError:  # gone meanwhile, or alive under another user
+        return False
+    return False
+
+
+def repair_training_refs(store: ResultStore, recipe_id: str, *, older_than_s: float) -> int:
+    """Undo what a kill during :func:`record_training` leaves: a temporary under
+    ``_trained/`` and no reference. Removes the temporaries whose writer is gone and writes
+    the missing reference of every stored run of ``recipe_id`` that trained its model.
+    Returns how many references were written."""
+    folder = store.root / "_trained"
+    if not folder.is_dir():
+        return 0
+    for tmp in folder.glob(".*.tmp"):
+        if _writer_gone(tmp, older_than_s):
+            tmp.unlink(missing_ok=True)
+    written = 0
+    for _, doc, _problem in store.iter_results(recipe_id):
+        if doc is None or doc.trained_by is not None or doc.cell.hash is None or "model" not in doc.config:
+            continue
+        if trained_ref_path(store, training_hash(doc.config), doc.seed).exists():
+            continue
+        if store.model_path(recipe_id, doc.cell.id, doc.cell.hash, doc.seed).is_file():
+            record_training(store, doc)
+            written += 1
+    return written
 
 
 def find_training(store: ResultStore, config: dict[str, Any], seed: int,

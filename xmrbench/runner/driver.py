@@ -25,7 +25,7 @@ import torch
 
 from xmrbench.engine.train import Events, NullEvents
 from xmrbench.recipe.resolve import Cell, ResolvedRecipe
-from xmrbench.runner.adopt import adopt_run, index_trainings, twins
+from xmrbench.runner.adopt import adopt_run, index_trainings, repair_training_refs, twins
 from xmrbench.runner.kept_sims import release
 from xmrbench.runner.locks import RunLock
 from xmrbench.runner.run import DataCache
@@ -198,6 +198,7 @@ def reproduce(
     summary = Summary()
     store.clean_temporaries(resolved.id, older_than_s=STALE_TEMPORARY_S)
     index_trainings(store)  # a store from before training references (runner/adopt.py)
+    repair_training_refs(store, resolved.id, older_than_s=STALE_TEMPORARY_S)  # a run killed while writing one
     store.save_resolved(resolved.to_dict())
     root = str(store.root.absolute())
     stages: dict[int, list[RunTask]] = {}

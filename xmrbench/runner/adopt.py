@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -83,15 +84,20 @@ def repair_training_refs(store: ResultStore, recipe_id: str, *, older_than_s: fl
         if _writer_gone(tmp, older_than_s):
             tmp.unlink(missing_ok=True)
     written = 0
-    for _, doc, _problem in store.iter_results(recipe_id):
-        if doc is None or doc.trained_by is not None or doc.cell.hash is None or "model" not in doc.config:
-            continue
-        if trained_ref_path(store, training_hash(doc.config), doc.seed).exists():
-            continue
-        if store.model_path(recipe_id, doc.cell.id, doc.cell.hash, doc.seed).is_file():
+    for doc in _trained_runs(store, recipe_id):
+        if not trained_ref_path(store, training_hash(doc.config), doc.seed).exists():
             record_training(store, doc)
             written += 1
     return written
+
+
+def _trained_runs(store: ResultStore, recipe_id: str) -> Iterator[ResultDoc]:
+    """The stored runs of ``recipe_id`` that trained their model and still have it."""
+    for _, doc, _problem in store.iter_results(recipe_id):
+        if doc is None or doc.trained_by is not None or doc.cell.hash is None or "model" not in doc.config:
+            continue  # unreadable, evaluated from another run's model, or an ensemble
+        if store.model_path(recipe_id, doc.cell.id, doc.cell.hash, doc.seed).is_file():
+            yield doc
 
 
 def find_training(store: ResultStore, config: dict[str, Any], seed: int,
@@ -159,12 +165,9 @@ def index_trainings(store: ResultStore) -> int:
         return 0
     written = 0
     for recipe_id in store.recipe_ids():
-        for _, doc, _problem in store.iter_results(recipe_id):
-            if doc is None or doc.trained_by is not None or doc.cell.hash is None or "model" not in doc.config:
-                continue  # unreadable, evaluated from another run's model, or an ensemble
-            if store.model_path(recipe_id, doc.cell.id, doc.cell.hash, doc.seed).is_file():
-                record_training(store, doc)
-                written += 1
+        for doc in _trained_runs(store, recipe_id):
+            record_training(store, doc)
+            written += 1
     (store.root / "_trained").mkdir(exist_ok=True)
     return written
 

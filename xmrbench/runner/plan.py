@@ -22,10 +22,10 @@ def _kind(config: dict | None) -> tuple[str, str, str]:
     return (f"{data.get('name', '')}/{data.get('size', '')}", config["model"].get("name", "?"), method.get("name", ""))
 
 
-def _cell_kind(cell) -> tuple[str, str, str]:
-    if cell.members or cell.config is None:
-        return ("", "ensemble", "")
-    return _kind(cell.config.to_dict())
+def _pool_keys(cell_hash: str | None, config: dict | None, recipe_key: str | None) -> tuple:
+    """The key of a run in each of ``_POOLS``, in order (None: not in that pool)."""
+    dataset, model, method = _kind(config)
+    return (cell_hash, (dataset, model, method), (model, method), model, recipe_key)
 
 
 # the pools an estimate is taken from, most specific first, and how the basis names them
@@ -52,18 +52,19 @@ def estimate(resolved: ResolvedRecipe, store: ResultStore) -> tuple[list[tuple[s
             if doc is None or doc.recipe.profile != resolved.profile:
                 continue
             secs = _run_seconds(doc)
-            dataset, model, method = _kind(doc.config)
-            keys = (doc.cell.hash, (dataset, model, method), (model, method), model,
-                    resolved.id if recipe_id == resolved.id else None)
+            keys = _pool_keys(doc.cell.hash, doc.config, resolved.id if recipe_id == resolved.id else None)
             for pool, key in zip(pools, keys):
                 if key is not None:
                     pool.setdefault(key, []).append(secs)
     rows = []
     total, unknown = 0.0, False
     used: dict[str, int] = {}
+    cell_keys: dict[str, tuple] = {}
     for cell, seed, state in plan_runs(resolved, store):
-        dataset, model, method = _cell_kind(cell)
-        keys = (cell.hash or "", (dataset, model, method), (model, method), model, resolved.id)
+        if cell.id not in cell_keys:  # an ensemble carries its first member's config: pool it with ensembles
+            config = None if cell.members or cell.config is None else cell.config.to_dict()
+            cell_keys[cell.id] = _pool_keys(cell.hash, config, resolved.id)
+        keys = cell_keys[cell.id]
         est = None
         for name, pool, key in zip(_POOLS, pools, keys):
             if pool.get(key):

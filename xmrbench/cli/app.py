@@ -277,7 +277,8 @@ def plan(
         _say(f"artifact {a['key']}: {a['state']}; {a['miner']} of {a['source']}, seed {a['seed']}; "
              f"used by {', '.join(a['used_by'])}")
     total = doc["summary"]
-    eta = "unknown (no timings stored yet)" if total["estimate_s"] is None else f"~{total['estimate_s'] / 60:.1f} min"
+    eta = ("unknown (no timings stored yet)" if total["estimate_s"] is None else
+           f"~{total['estimate_s'] / 60:.1f} min of run time, one run after another (--jobs N runs N at once)")
     also = f" and {total['artifacts_todo']} artifact(s) to compute" if total["artifacts_todo"] else ""
     console.print(f"{total['todo']} of {total['runs']} runs to do{also}", highlight=False)
     console.print(f"estimated time left: {eta}\n  ({total['basis']})", highlight=False)

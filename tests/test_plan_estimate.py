@@ -44,16 +44,50 @@ def test_estimates_come_from_the_same_model_in_any_recipe(tmp_path):
     _set_times(store, first.id, {"emb": 100.0, "cca": 2.0})
 
     rows, total, basis = estimate(second, store)
-    est = {(cell, seed): e for cell, seed, _state, e in rows}
-    # no run of this recipe is stored: each row is estimated from its own model's runs
+    est = {(r.cell, r.seed): r.seconds for r in rows}
+    # no run of this recipe is stored: each row is estimated from its own model's runs,
+    # which are of another size (embed_dim 24 against the default, CCA dim 3 against 4)
     assert est[("emb-wide", 0)] == est[("emb-wide", 1)] == 100.0
     assert est[("cca-small", 0)] == est[("cca-small", 1)] == 2.0
     assert total == 204.0 and "the same model, method and dataset" in basis
+    assert not any(r.same_size for r in rows)
 
     # the same cell's other seeds come first
     assert not reproduce(second, store, device="cpu").failed
     _set_times(store, second.id, {"emb-wide": 50.0, "cca-small": 1.0})
     widened = resolve(tmp_path / "second.yaml", profile="smoke", seeds=(0, 1, 2))
     rows, total, basis = estimate(widened, store)
-    todo = {cell: e for cell, seed, state, e in rows if state != "done"}
+    todo = {r.cell: r.seconds for r in rows if r.state != "done"}
     assert todo == {"emb-wide": 50.0, "cca-small": 1.0} and total == 51.0 and "the same cell" in basis
+    assert all(r.same_size for r in rows)
+
+
+THIRD = """
+  - {id: emb-wide-again, label: embedding, set: {model.embed_dim: 24, train.lr: 0.002}}
+"""
+
+
+def test_a_run_of_the_same_size_is_preferred_to_one_of_another(tmp_path):
+    """Runs of the same model at the cell's own size come before runs of other sizes;
+    an estimate from other sizes is flagged, in the table and in ``--json``."""
+    (tmp_path / "first.yaml").write_text(tiny_recipe("tiny-first", FIRST, seeds="[0]"))
+    (tmp_path / "second.yaml").write_text(tiny_recipe("tiny-second", SECOND, seeds="[0]"))
+    (tmp_path / "third.yaml").write_text(tiny_recipe("tiny-third", THIRD, seeds="[0]"))
+    store = ResultStore(tmp_path / "s")
+    for name, seconds in (("first", {"emb": 100.0, "cca": 2.0}), ("second", {"emb-wide": 40.0, "cca-small": 1.0})):
+        resolved = resolve(tmp_path / f"{name}.yaml", profile="smoke")
+        assert not reproduce(resolved, store, device="cpu").failed
+        _set_times(store, resolved.id, seconds)
+    third = resolve(tmp_path / "third.yaml", profile="smoke")
+    rows, total, basis = estimate(third, store)
+    # the embed_dim-24 run (40 s), not the median of both sizes (70 s)
+    assert [(r.seconds, r.same_size) for r in rows] == [(40.0, True)]
+    assert total == 40.0 and "the same model and size, method and dataset" in basis
+
+    from xmrbench.cli.json_out import plan_payload
+
+    (store.recipe_dir("tiny-second") / next(p.name for p in store.recipe_dir("tiny-second").glob("emb-wide--*.json"))
+     ).unlink()
+    doc = plan_payload(third, store, tmp_path / "s")
+    assert doc["runs"][0]["estimate_s"] == 100.0 and doc["runs"][0]["estimate_same_size"] is False
+    assert doc["summary"]["estimates_other_size"] == 1

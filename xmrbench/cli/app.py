@@ -258,6 +258,8 @@ def plan(
         if i and r["stage"] != doc["runs"][i - 1]["stage"]:
             table.add_section()  # a later stage: runs that need the ones above
         est = "" if not r["todo"] else (f"{r['estimate_s']:.0f}s" if r["estimate_s"] is not None else "?")
+        if r["estimate_same_size"] is False:
+            est += "*"
         table.add_row(r["cell"], str(r["seed"]), r["state"], est,
                       "" if r["todo"] else convergence_label(r["convergence"]))
         needs = r["needs"] or {"init": None, "artifacts": []}
@@ -282,6 +284,9 @@ def plan(
     also = f" and {total['artifacts_todo']} artifact(s) to compute" if total["artifacts_todo"] else ""
     console.print(f"{total['todo']} of {total['runs']} runs to do{also}", highlight=False)
     console.print(f"estimated time left: {eta}\n  ({total['basis']})", highlight=False)
+    if total["estimates_other_size"]:
+        console.print(f"  * {total['estimates_other_size']} estimate(s) come from runs of the same model at another "
+                      "size (its width or depth): a larger model takes longer", highlight=False)
     if any(not r["todo"] for r in doc["runs"]):
         console.print("converged, with its reason: xmrbench plan RECIPE --json", highlight=False)
 

@@ -140,7 +140,8 @@ def plan_payload(resolved: Any, store: Any, results: Path) -> dict[str, Any]:
 
     rows, _, basis = estimate(resolved, store)
     runs = []
-    for cell_id, seed, state, est in rows:
+    for row in rows:
+        cell_id, seed, state, est, same_size = row.cell, row.seed, row.state, row.seconds, row.same_size
         cell = resolved.cell(cell_id)
         done = state == "done"
         trained_by = None
@@ -149,9 +150,10 @@ def plan_payload(resolved: Any, store: Any, results: Path) -> dict[str, Any]:
             if source is not None:  # evaluates a stored model: its time is the evaluation's
                 doc = source[0]
                 trained_by = f"{doc.recipe.id}/{store.run_name(doc.cell.id, doc.cell.hash, seed)}"
-                est = doc.timing.get("eval_s", 0.0)
+                est, same_size = doc.timing.get("eval_s", 0.0), True
         runs.append({"cell": cell_id, "row": cell.row.id, "stage": cell.stage, "seed": seed, "hash": cell.hash,
                      "state": state, "todo": not done, "estimate_s": None if done else est,
+                     "estimate_same_size": None if done or est is None else same_size,
                      "convergence": _convergence(store, resolved, cell, seed) if done else None,
                      "needs": _needs(cell), "trained_by": trained_by})
     todo = [r["estimate_s"] for r in runs if r["todo"]]
@@ -163,7 +165,8 @@ def plan_payload(resolved: Any, store: Any, results: Path) -> dict[str, Any]:
         "runs": runs, "artifacts": artifacts,
         "summary": {"runs": len(runs), "todo": sum(1 for r in runs if r["todo"]),
                     "artifacts_todo": sum(1 for a in artifacts if a["state"] != "done"),
-                    "estimate_s": total, "basis": basis},
+                    "estimate_s": total, "basis": basis,
+                    "estimates_other_size": sum(1 for r in runs if r["estimate_same_size"] is False)},
         "warnings": list(resolved.warnings),
     }
 

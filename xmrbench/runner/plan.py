@@ -22,27 +22,58 @@ def _kind(config: dict | None) -> tuple[str, str, str]:
     return (f"{data.get('name', '')}/{data.get('size', '')}", config["model"].get("name", "?"), method.get("name", ""))
 
 
+# the model settings that decide how much work a run does (the width and depth of its
+# encoders); two runs of one model that differ in them are of different sizes
+SIZE_KEYS = ("embed_dim", "dim", "word_dim", "num_layers", "gcn_layers", "decoder_hidden")
+
+
+def _size(config: dict | None) -> tuple:
+    """The model's size settings of a stored run's config (empty for an ensemble)."""
+    if not config or "model" not in config:
+        return ()
+    model = config["model"]
+    return tuple((k, model[k]) for k in SIZE_KEYS if k in model)
+
+
 def _pool_keys(cell_hash: str | None, config: dict | None, recipe_key: str | None) -> tuple:
     """The key of a run in each of ``_POOLS``, in order (None: not in that pool)."""
     dataset, model, method = _kind(config)
-    return (cell_hash, (dataset, model, method), (model, method), model, recipe_key)
+    return (cell_hash, (dataset, model, method, _size(config)), (dataset, model, method), (model, method), model,
+            recipe_key)
 
 
 # the pools an estimate is taken from, most specific first, and how the basis names them
-_POOLS = ("the same cell", "the same model, method and dataset", "the same model and method",
-          "the same model", "this recipe")
+_POOLS = ("the same cell", "the same model and size, method and dataset", "the same model, method and dataset",
+          "the same model and method", "the same model", "this recipe")
 
 
-def estimate(resolved: ResolvedRecipe, store: ResultStore) -> tuple[list[tuple[str, int, str, float | None]], float | None, str]:
-    """Rows (cell, seed, state, estimated seconds) and the total for the runs not done.
+@dataclass(frozen=True)
+class Estimate:
+    """One run of the plan: its ``state``, the estimated ``seconds`` (None: no stored
+    timing to go by) and whether they come from runs of the same model size (False: a
+    larger model takes longer, a smaller one less, than the estimate says)."""
+
+    cell: str
+    seed: int
+    state: str
+    seconds: float | None
+    same_size: bool
+
+
+def estimate(resolved: ResolvedRecipe, store: ResultStore) -> tuple[list[Estimate], float | None, str]:
+    """One :class:`Estimate` per run, the total for the runs not done, and its basis.
 
     Estimates are medians of stored run times of the same profile, most specific first:
     the same cell (its other seeds, in any recipe: a cell hash is its content), then runs
-    of any recipe with the same model, method and dataset, the same model and method, the
-    same model, and last every run of this recipe. A model's training time says little
-    about another's (a VSRN run costs several SCAN runs), and an ensemble only evaluates
-    its members, so the pools never mix models. Runs that evaluated a model another run
-    trained count with that run's training time, which is what a run of theirs costs.
+    of any recipe with the same model of the same size (:data:`SIZE_KEYS`), method and
+    dataset, then of any size, the same model and method, the same model, and last every
+    run of this recipe. A model's training time says little about another's (a VSRN run
+    costs several SCAN runs), and an ensemble only evaluates its members, so the pools
+    never mix models. An estimate taken from runs of other sizes says so
+    (``same_size``); it is not scaled, since how the time grows with the width differs
+    from model to model (a GRU's work grows with its square, an attention's exponentials
+    linearly). Runs that evaluated a model another run trained count with that run's
+    training time, which is what a run of theirs costs.
     """
     from xmrbench.runner.driver import plan_runs
 
@@ -55,24 +86,25 @@ def estimate(resolved: ResolvedRecipe, store: ResultStore) -> tuple[list[tuple[s
             keys = _pool_keys(doc.cell.hash, doc.config, resolved.id if recipe_id == resolved.id else None)
             for pool, key in zip(pools, keys):
                 if key is not None:
-                    pool.setdefault(key, []).append(secs)
+                    pool.setdefault(key, []).append((secs, _size(doc.config)))
     rows = []
     total, unknown = 0.0, False
     used: dict[str, int] = {}
-    cell_keys: dict[str, tuple] = {}
+    cell_keys: dict[str, tuple[tuple, tuple]] = {}
     for cell, seed, state in plan_runs(resolved, store):
         if cell.id not in cell_keys:  # an ensemble carries its first member's config: pool it with ensembles
             config = None if cell.members or cell.config is None else cell.config.to_dict()
-            cell_keys[cell.id] = _pool_keys(cell.hash, config, resolved.id)
-        keys = cell_keys[cell.id]
-        est = None
+            cell_keys[cell.id] = (_pool_keys(cell.hash, config, resolved.id), _size(config))
+        keys, size = cell_keys[cell.id]
+        est, same_size = None, True
         for name, pool, key in zip(_POOLS, pools, keys):
             if pool.get(key):
-                est = statistics.median(pool[key])
+                est = statistics.median(secs for secs, _ in pool[key])
+                same_size = any(s == size for _, s in pool[key])
                 if state != "done":
                     used[name] = used.get(name, 0) + 1
                 break
-        rows.append((cell.id, seed, state, est))
+        rows.append(Estimate(cell.id, seed, state, est, same_size))
         if state != "done":
             if est is None:
                 unknown = True

@@ -501,7 +501,11 @@ def i2t_relevance(
     ``region_norms`` broadcastable to ``(B, A, R)``. ``scores`` is consumed when ``inplace``.
     """
     logits = scaled_clipped_l2norm(scores, -1, lambda_softmax)
-    logits = logits.masked_fill_(~valid, -math.inf) if inplace else logits.masked_fill(~valid, -math.inf)
+    if inplace:  # x + 0 is x and x + -inf is -inf: the masked fill, as one broadcast add (cheaper on a CPU)
+        logits = logits.add_(torch.zeros(valid.shape, dtype=logits.dtype, device=logits.device)
+                             .masked_fill_(~valid, -math.inf))
+    else:
+        logits = logits.masked_fill(~valid, -math.inf)
     alpha = softmax_(logits, 1, inplace=inplace)
     if reassign is not None:
         alpha = reassign(alpha)

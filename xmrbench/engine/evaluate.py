@@ -86,17 +86,6 @@ def fold_similarities(
     ]
 
 
-def sliced_folds(whole: torch.Tensor, split: PreparedSplit, *, folds: int) -> list[torch.Tensor]:
-    """The ``folds`` consecutive folds' similarity matrices cut from the whole split's
-    matrix ``whole (N_img, N_txt)``: each fold's images against its own captions (copies,
-    so that a kept fold does not hold the whole matrix)."""
-    n, cpi = split.n_images, split.captions_per_image
-    if n % folds:
-        raise TrainingError(f"split {split.name!r} has {n} images, not divisible into {folds} folds")
-    size = n // folds
-    return [whole[f * size:(f + 1) * size, f * size * cpi:(f + 1) * size * cpi].clone() for f in range(folds)]
-
-
 def metrics_from_similarities(
     fold_sims: list[torch.Tensor], *, captions_per_image: int
 ) -> tuple[dict[str, float], dict[str, list[int]]]:
@@ -120,24 +109,15 @@ def evaluate_split(
     block_images: int = 1000,
     sentence: bool = False,
     on_sims: Callable[[list[torch.Tensor]], None] | None = None,
-    whole: torch.Tensor | None = None,
 ) -> tuple[dict[str, float], dict[str, list[int]]]:
     """Metrics (averaged over ``folds`` consecutive folds) and 0-based per-query ranks;
-    ``on_sims``, when given, receives the folds' similarity matrices. ``whole``, the
-    split's whole similarity matrix when it is already computed, gives the folds by
-    slicing instead of scoring them again (:func:`sliced_folds`)."""
-    enc = None
-    if whole is not None:
-        fold_sims = [whole] if folds == 1 else sliced_folds(whole, split, folds=folds)
-    else:
-        enc = encode(model, split, device=device, batch_size=batch_size)
-        fold_sims = fold_similarities(model, split, enc, folds=folds, block_images=block_images)
+    ``on_sims``, when given, receives the folds' similarity matrices."""
+    enc = encode(model, split, device=device, batch_size=batch_size)
+    fold_sims = fold_similarities(model, split, enc, folds=folds, block_images=block_images)
     if on_sims is not None:
         on_sims(fold_sims)
     metrics, ranks = metrics_from_similarities(fold_sims, captions_per_image=split.captions_per_image)
     if sentence:
-        if enc is None:
-            enc = encode(model, split, device=device, batch_size=batch_size)
         if isinstance(enc.txt_emb, Padded):
             raise TrainingError("sentence-to-sentence retrieval needs one embedding per caption")
         txt = enc.txt_emb.float().cpu()

@@ -52,12 +52,11 @@ SimsSink = Callable[[list[torch.Tensor]], None]
 
 def image_text(model: RetrievalModel, split: PreparedSplit, protocol: Protocol, *, device: torch.device,
                batch_size: int, block_images: int, sentence: bool,
-               on_sims: SimsSink | None = None, whole: torch.Tensor | None = None) -> tuple[Metrics, Ranks]:
+               on_sims: SimsSink | None = None) -> tuple[Metrics, Ranks]:
     """Image-sentence retrieval metrics (and, with ``sentence``, s2s recalls too; with the
-    protocol's ``r10_fraction``, R@10 / 100 of each direction and their mean too);
-    ``whole``: the split's whole matrix, already computed (the folds are cut from it)."""
+    protocol's ``r10_fraction``, R@10 / 100 of each direction and their mean too)."""
     metrics, ranks = evaluate_split(model, split, folds=protocol.folds, device=device, batch_size=batch_size,
-                                    block_images=block_images, sentence=sentence, on_sims=on_sims, whole=whole)
+                                    block_images=block_images, sentence=sentence, on_sims=on_sims)
     if protocol.r10_fraction:
         metrics.update(r10_fractions(metrics))
     return metrics, ranks
@@ -126,57 +125,24 @@ def evaluate_protocols(
     ``seconds``, when given, receives each protocol's wall-clock time (encoding, the
     similarity matrices and the ranking: ADAPT's Figure 3 plots it); ``on_sims``, when
     given, receives ``(protocol, matrices)`` from each task that scores images against
-    captions.
-
-    A split that an image-text protocol scores whole and another in folds (MS-COCO's 5K
-    and 1K test protocols) is scored once: the folds are cut from the whole matrix, which
-    saves the folds' own scoring (a fifth of the whole's for five folds). Each pair's
-    score is then computed beside other captions than the fold's own, so it may differ
-    from the fold's own scoring in the last bit (float sums in other blocks). The whole
-    matrix's time counts for the protocol that scores the split whole."""
-    shared = _whole_and_folded(protocols)
-    wholes: dict[str, torch.Tensor] = {}
-    whole_s: dict[str, float] = {}
+    captions."""
     metrics, ranks = {}, {}
     for name in protocols:
         proto = PROTOCOLS[name]
         t0 = time.perf_counter()
-        split = prepared.split(proto.split)
-        extra = {}
-        if proto.split in shared:
-            if proto.split not in wholes:
-                enc = encode(model, split, device=device, batch_size=batch_size)
-                wholes[proto.split] = similarity_matrix(model, enc, block_images=block_images)
-                whole_s[proto.split] = time.perf_counter() - t0
-                if proto.folds != 1:  # its time goes to the protocol that scores the split whole
-                    t0 += whole_s[proto.split]
-            elif proto.folds == 1:
-                t0 -= whole_s[proto.split]
-            extra["whole"] = wholes[proto.split]
         metrics[name], ranks[name] = TASKS[proto.task](
             model,
-            split,
+            prepared.split(proto.split),
             proto,
             device=device,
             batch_size=batch_size,
             block_images=block_images,
             sentence=sentence,
             on_sims=None if on_sims is None else functools.partial(on_sims, name),
-            **extra,
         )
         if seconds is not None:
             seconds[name] = time.perf_counter() - t0
     return metrics, ranks
-
-
-def _whole_and_folded(protocols: tuple[str, ...]) -> set[str]:
-    """Splits that an image-text protocol of ``protocols`` scores whole and another in folds."""
-    folds: dict[str, set[int]] = {}
-    for name in protocols:
-        proto = PROTOCOLS[name]
-        if proto.task == "image_text":
-            folds.setdefault(proto.split, set()).add(proto.folds)
-    return {split for split, ks in folds.items() if 1 in ks and len(ks) > 1}
 
 
 def phrase(model: RetrievalModel, split: PreparedSplit, protocol: Protocol, *, device: torch.device,

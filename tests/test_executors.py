@@ -179,9 +179,11 @@ def test_retries_are_bounded_and_the_error_is_reported_per_run(recipe, tmp_path)
     failure = summary.failed[0]
     assert not failure.user_error and failure.attempts == 1 and "died (exit code -9)" in failure.message
     assert rec.failed[0] == (*first, failure.message)
-    # keep_going: the other member still ran; the ensemble needs the dead one and fails with one line
+    # keep_going: the other member still ran; the ensemble needs the dead one: not started, one line
     assert ("b" if first[0] == "a" else "a", 0) in summary.ran
-    assert any(f.cell_id == "ab" and f.user_error and "no stored model" in f.message for f in summary.failed)
+    (ens,) = [f for f in summary.failed if f.cell_id == "ab"]
+    assert ens.user_error and ens.message == f"tiny-exec/ab/seed0: not run: it needs {first[0]} (seed 0), which has no result"
+    assert ("ab", 0) not in rec.started
 
 
 def test_a_run_that_fails_on_its_input_is_not_retried(recipe, tmp_path):

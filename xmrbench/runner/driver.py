@@ -8,15 +8,21 @@ checkpoint, then stops; a second one stops at once (the last epoch checkpoint
 is still there). Either way a re-run resumes where it stopped.
 
 Where the runs are computed is the executor's business (``runner/executors.py``:
-in this process, a process pool, a Ray cluster). Every run is computed under its
-lock in the store, so two ``reproduce`` processes on one recipe share the work: a
-run that another live process holds is reported, and waited for at the end (then
-taken over if that process stopped without finishing it).
+in this process, a process pool, a Ray cluster). The driver hands it every run at
+once, in stage order, each with the runs it needs (``RunTask.after``: an ensemble's
+members, a later stage's sources, of the same seed); a run starts as soon as those
+are stored, so one seed's second round does not wait for another seed's first. An
+ensemble is placed right after the last of its members, so that it averages their
+kept matrices (``runner/kept_sims.py``) and frees them as soon as it can. Every run is
+computed under its lock in the store, so two ``reproduce`` processes on one recipe
+share the work: a run that another live process holds is reported, and waited for once
+nothing else can start (then taken over if that process stopped without finishing it).
 """
 
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -186,9 +192,11 @@ def reproduce(
     ``executor`` decides where runs are computed (default: in this process, one
     after another). A failed run stops the others at their next epoch end unless
     ``keep_going``; either way the failures are in ``Summary.failed``. Runs held by
-    another live process are waited for at the end, then taken over if that
-    process stopped without finishing them. Cells run stage by stage: ensembles after
-    their members, a later training stage after the runs it needs (``Cell.stage``).
+    another live process are waited for once nothing else can start, then taken over
+    if that process stopped without finishing them. A run starts once the runs it needs
+    (same seed) are stored: an ensemble after its members, a later training stage after
+    its sources (``Cell.dependencies``); a twin cell is copied as soon as its source's
+    run is stored.
     """
     from xmrbench.runner.executors import LocalExecutor
 
@@ -211,7 +219,8 @@ def reproduce(
     twin_of = {cid: src for cid, src in twins(resolved).items()
                if all((src.id, s) in scheduled or store.status(resolved.id, src.id, src.hash, s).state == "done"  # type: ignore[arg-type]
                       for s in resolved.seeds)}
-    adopt_after: dict[int, list[tuple[Cell, int]]] = {}
+    adopt_when: dict[tuple[str, int], list[Cell]] = {}  # a source run -> the twins to copy once it is stored
+    adopt_now: list[tuple[Cell, int]] = []  # twins whose source is stored already
     for cell, seed, state in planned:
         if state == "done" and not force:
             summary.skipped.append((cell.id, seed))
@@ -221,7 +230,11 @@ def reproduce(
                 release(store, resolved, cell.members, seed)  # left by an ensemble run that was killed
             continue
         if cell.id in twin_of:
-            adopt_after.setdefault(cell.stage, []).append((cell, seed))
+            source_key = (twin_of[cell.id].id, seed)
+            if source_key in scheduled:
+                adopt_when.setdefault(source_key, []).append(cell)
+            else:
+                adopt_now.append((cell, seed))
             continue
         path = store.result_path(resolved.id, cell.id, cell.hash, seed)  # type: ignore[arg-type]
         if state in ("corrupt", "stale"):
@@ -232,35 +245,60 @@ def reproduce(
         if state == "weightless":
             reporter.warn(f"{path}: its model is not in the store and a later run needs it; training it again")
             summary.retrained_weightless.append(path)
+        # the runs of this batch it needs: a twin's run is its source's (copied when that is stored)
+        after = tuple(dict.fromkeys(key for dep in cell.dependencies
+                                    if (key := (twin_of.get(dep.id, dep).id, seed)) in scheduled))
         task = RunTask(resolved, cell.id, seed, root, force=again, expect=store.identity(path) if again else None,
-                       keep_sims=(cell.id, seed) in keep and not cell.members)
+                       keep_sims=(cell.id, seed) in keep and not cell.members, after=after)
         stages.setdefault(cell.stage, []).append(task)
-    tasks = [t for stage in sorted(stages) for t in stages[stage]]
+    tasks = _ensembles_after_members([t for stage in sorted(stages) for t in stages[stage]])
+
+    def adopt(cell: Cell, seed: int) -> None:
+        source = twin_of[cell.id]
+        status = store.status(resolved.id, source.id, source.hash, seed)  # type: ignore[arg-type]
+        if status.doc is not None:
+            adopt_run(store, resolved, cell, seed, status.doc,
+                      store.model_path(resolved.id, source.id, source.hash, seed))  # type: ignore[arg-type]
+            summary.adopted.append((cell.id, seed))
+
+    def stored(key: tuple[str, int]) -> None:
+        for twin in adopt_when.get(key, []):
+            adopt(twin, key[1])
+
     with _StopFlag() as stop:
-        hooks = _Hooks(resolved, reporter, summary, stop, total=len(tasks), keep_going=keep_going)
+        hooks = _Hooks(resolved, reporter, summary, stop, total=len(tasks), keep_going=keep_going, on_stored=stored)
         try:
-            for stage in sorted({*stages, *adopt_after}):  # a stage starts once every run it needs is stored
-                phase = stages.get(stage, [])
-                if stop.requested:
-                    continue
-                if phase:
-                    executor.run(phase, device=device_name, hooks=hooks, stop=stop)
-                    waiting = hooks.take_busy()
-                    if waiting and not stop.requested:  # held elsewhere: wait for them, take over what is left
-                        executor.run([t.again(wait=True) for t in waiting], device=device_name, hooks=hooks, stop=stop)
-                for cell, seed in adopt_after.get(stage, []):
-                    source = twin_of[cell.id]
-                    status = store.status(resolved.id, source.id, source.hash, seed)  # type: ignore[arg-type]
-                    if status.doc is not None:
-                        adopt_run(store, resolved, cell, seed, status.doc,
-                                  store.model_path(resolved.id, source.id, source.hash, seed))  # type: ignore[arg-type]
-                        summary.adopted.append((cell.id, seed))
+            for cell, seed in adopt_now:
+                adopt(cell, seed)
+            if tasks:
+                executor.run(tasks, device=device_name, hooks=hooks, stop=stop)
         except KeyboardInterrupt:
             stop.request("interrupt")
         summary.interrupted = stop.requested and stop.reason == "interrupt"
     settled = {*summary.ran, *summary.finished_elsewhere, *((f.cell_id, f.seed) for f in summary.failed)}
     summary.not_run = [t.key for t in tasks if t.key not in settled]
     return summary
+
+
+def _ensembles_after_members(tasks: list[RunTask]) -> list[RunTask]:
+    """``tasks`` (in stage order) with each ensemble moved to just after the last of its
+    members in the list, so that it is handed out as soon as they are stored, before the
+    runs queued behind them, and frees their kept matrices. An ensemble none of whose
+    members is in the list keeps its place."""
+    ensembles = [t for t in tasks if t.resolved.cell(t.cell_id).members and t.after]
+    position = {t.key: i for i, t in enumerate(tasks)}
+    after_member: dict[tuple[str, int], list[RunTask]] = {}  # a member's key -> the ensembles placed after it
+    for ens in ensembles:
+        last = max(ens.after, key=lambda k: position[k])
+        after_member.setdefault(last, []).append(ens)
+    moved = {ens.key for ens in ensembles}
+    out: list[RunTask] = []
+    for task in tasks:
+        if task.key in moved:
+            continue
+        out.append(task)
+        out += after_member.get(task.key, [])
+    return out
 
 
 def _tidy_finished_run(store: ResultStore, recipe_id: str, cell_id: str, cell_hash: str, seed: int) -> None:
@@ -283,19 +321,15 @@ class _Hooks:
     """Turns executor events into reporter calls and the summary."""
 
     def __init__(self, resolved: ResolvedRecipe, reporter: Reporter, summary: Summary, stop: _StopFlag, *,
-                 total: int, keep_going: bool):
+                 total: int, keep_going: bool, on_stored: Callable[[tuple[str, int]], None]):
         self.resolved = resolved
         self.reporter = reporter
         self.summary = summary
         self.stop = stop
         self.total = total
         self.keep_going = keep_going
+        self.on_stored = on_stored  # called with a run's key once its result is in the store
         self.started_count = 0
-        self.busy: list[RunTask] = []
-
-    def take_busy(self) -> list[RunTask]:
-        out, self.busy = self.busy, []
-        return out
 
     def started(self, task: RunTask) -> Events:
         index = self.started_count
@@ -313,14 +347,16 @@ class _Hooks:
             if outcome.doc is not None and outcome.doc.trained_by is not None:
                 self.summary.reused_training.append(key)
             self.reporter.run_end(cell, task.seed, outcome.doc, Path(outcome.path))  # type: ignore[arg-type]
+            self.on_stored(key)
         elif outcome.state == "done_elsewhere":
             self.summary.finished_elsewhere.append(key)
             self.reporter.run_skip(cell, task.seed, "finished by another process")
-        elif outcome.state == "busy":
+            self.on_stored(key)
+        elif outcome.state == "busy":  # the executor's queue waits for it once nothing else can start
             self.summary.waited_for.append(key)
-            self.busy.append(task)
             self.reporter.warn(
-                f"{task.label}: being computed by another process ({outcome.message}); waiting for it at the end"
+                f"{task.label}: being computed by another process ({outcome.message}); "
+                "waiting for it once nothing else can start"
             )
         elif outcome.state == "interrupted":
             pass  # its last epoch checkpoint is kept; listed in Summary.not_run

@@ -16,6 +16,11 @@ memory, a lost node) or crashes is retried up to ``retries`` times; a run that f
 because of its input (an ``XmrbenchError``: a NaN loss, bad data, a full disk) is not
 retried, since it would fail again. On a stop request (Ctrl-C) nothing new starts
 and running runs stop at their next epoch end, after its checkpoint.
+
+Every executor hands out runs through a :class:`TaskQueue`: in the driver's order,
+each as soon as the runs it needs (``RunTask.after``) are stored, so a free worker
+takes a later stage's run of one seed while an earlier stage's run of another seed
+is still training, instead of idling until the whole stage is done.
 """
 
 from __future__ import annotations
@@ -23,7 +28,6 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import wait as wait_for
@@ -65,6 +69,77 @@ class Executor(Protocol):
         ...
 
 
+class TaskQueue:
+    """The runs an executor still has to hand out, in the driver's order.
+
+    :meth:`pop_ready` gives the first run whose needs (``RunTask.after``) are all
+    stored; a need outside this batch (stored before it started) counts as stored.
+    :meth:`settle` takes each attempt's outcome:
+
+    - a crash (not the input's fault) within ``retries``: the run goes back to the front;
+    - ``busy`` (another live process holds the run): reported, then queued at the back
+      as a run that waits for that process and takes over if it stops without a
+      result. The runs that need it wait too; every other run goes first;
+    - anything else is final. A run whose need ended without a stored result (failed,
+      interrupted, or itself not run) is then settled as failed, with one line naming
+      the need, and so, in turn, are the runs that need it.
+    """
+
+    def __init__(self, tasks: list[RunTask], *, retries: int, stop: StopState):
+        self._pending: list[RunTask] = list(tasks)
+        self._open = {t.key for t in tasks}  # in this batch, not settled yet
+        self._unstored: set[tuple[str, int]] = set()  # settled without a stored result
+        self.retries = retries
+        self.stop = stop
+
+    def __bool__(self) -> bool:
+        return bool(self._pending)
+
+    def clear(self) -> None:
+        self._pending.clear()
+
+    def pop_ready(self, hooks: Hooks) -> RunTask | None:
+        """The first run that can start now, or None while every pending one waits for a running one."""
+        self._settle_unreachable(hooks)
+        for i, task in enumerate(self._pending):
+            if not any(key in self._open for key in task.after):
+                return self._pending.pop(i)
+        return None
+
+    def push_front(self, task: RunTask) -> None:
+        self._pending.insert(0, task)
+
+    def settle(self, task: RunTask, outcome: RunOutcome, hooks: Hooks) -> None:
+        if outcome.state == "failed" and not outcome.user_error and task.attempt <= self.retries \
+                and not self.stop.requested:
+            hooks.retrying(task, outcome)
+            self.push_front(task.again(attempt=task.attempt + 1))
+            return
+        hooks.finished(task, outcome)
+        if outcome.state == "busy" and not task.wait and not self.stop.requested:
+            self._pending.append(task.again(wait=True))
+            return
+        self._open.discard(task.key)
+        if outcome.state not in ("ran", "done_elsewhere"):
+            self._unstored.add(task.key)
+
+    def _settle_unreachable(self, hooks: Hooks) -> None:
+        changed = True
+        while changed:
+            changed = False
+            for task in list(self._pending):
+                need = next((key for key in task.after if key in self._unstored), None)
+                if need is None:
+                    continue
+                self._pending.remove(task)
+                hooks.finished(task, RunOutcome(
+                    "failed", task.cell_id, task.seed, user_error=True, attempts=0,
+                    message=f"{task.label}: not run: it needs {need[0]} (seed {need[1]}), which has no result"))
+                self._open.discard(task.key)
+                self._unstored.add(task.key)
+                changed = True
+
+
 # ---------------------------------------------------------------------------------
 
 
@@ -82,14 +157,16 @@ class LocalExecutor:
 
     def run(self, tasks: list[RunTask], *, device: str, hooks: Hooks, stop: StopState) -> None:
         dev = torch.device(device)
-        for task in tasks:
-            if stop.requested:
+        queue = TaskQueue(tasks, retries=0, stop=stop)
+        while queue and not stop.requested:
+            task = queue.pop_ready(hooks)
+            if task is None:  # cannot happen one run at a time: a run's needs come before it
                 return
             outcome = attempt_run(
                 task, cache=self.cache, device=dev, start=lambda t=task: hooks.started(t),
                 stop_requested=lambda: stop.requested, capture_crashes=False,
             )
-            hooks.finished(task, outcome)
+            queue.settle(task, outcome, hooks)
 
     def close(self) -> None:
         pass
@@ -157,35 +234,39 @@ class ProcessExecutor:
             self._stop_event = self._ctx.Event()
         stop_event = self._stop_event
         stop_event.clear()
-        pending: deque[RunTask] = deque(tasks)
+        queue = TaskQueue(tasks, retries=self.retries, stop=stop)
         workers = self._workers
         workers[:] = [w for w in workers if w.process.is_alive()]
         while len(workers) < min(self.jobs, len(tasks)):
             workers.append(self._spawn(stop_event, device))
         try:
-            while pending or any(w.task is not None for w in workers):
+            while queue or any(w.task is not None for w in workers):
                 if stop.requested:
                     stop_event.set()
-                    pending.clear()
+                    queue.clear()
                 for w in workers:
-                    if w.task is None and pending:
-                        w.task = pending.popleft()
-                        w.events = None
+                    if w.task is None and queue:
+                        task = queue.pop_ready(hooks)
+                        if task is None:  # every pending run waits for a running one
+                            break
+                        w.task, w.events = task, None
                         try:
                             w.conn.send(w.task)
                         except (BrokenPipeError, OSError):
                             pass  # the death is noticed below
                 busy = [w for w in workers if w.task is not None]
                 if not busy:
+                    if queue:  # nothing runs, so nothing pending can start (not reached: a run's needs precede it)
+                        return
                     continue
                 ready = set(wait_for([w.conn for w in busy] + [w.process.sentinel for w in busy], timeout=0.5))
                 for i, w in enumerate(workers):
                     if w.task is None:
                         continue
                     if w.conn in ready:
-                        self._drain(w, hooks, pending, stop)
+                        self._drain(w, hooks, queue)
                     if w.task is not None and (w.process.sentinel in ready or not w.process.is_alive()):
-                        self._drain(w, hooks, pending, stop)
+                        self._drain(w, hooks, queue)
                         if w.task is not None:  # died without an outcome
                             w.process.join(5)
                             code = w.process.exitcode
@@ -193,8 +274,8 @@ class ProcessExecutor:
                                 "failed", w.task.cell_id, w.task.seed, attempts=w.task.attempt,
                                 message=f"{w.task.label}: worker process {w.process.pid} died (exit code {code})",
                             )
-                            self._settle(w.task, outcome, hooks, pending, stop)
-                            w.task = None
+                            task, w.task = w.task, None
+                            queue.settle(task, outcome, hooks)
                         w.conn.close()
                         workers[i] = self._spawn(stop_event, device)
         except BaseException:  # a second Ctrl-C (stop now: the last epoch checkpoints stay), or a bug here
@@ -208,7 +289,7 @@ class ProcessExecutor:
         workers, self._workers = self._workers, []
         self._shutdown(workers)
 
-    def _drain(self, w: _Worker, hooks: Hooks, pending: deque[RunTask], stop: StopState) -> None:
+    def _drain(self, w: _Worker, hooks: Hooks, queue: TaskQueue) -> None:
         """Handle every message the worker has sent so far."""
         while w.task is not None:
             try:
@@ -229,14 +310,7 @@ class ProcessExecutor:
                 w.events.warn(*payload)
             elif kind == "outcome":
                 task, w.task = w.task, None
-                self._settle(task, payload, hooks, pending, stop)
-
-    def _settle(self, task: RunTask, outcome: RunOutcome, hooks: Hooks, pending: deque[RunTask], stop: StopState) -> None:
-        if outcome.state == "failed" and not outcome.user_error and task.attempt <= self.retries and not stop.requested:
-            hooks.retrying(task, outcome)
-            pending.appendleft(task.again(attempt=task.attempt + 1))
-            return
-        hooks.finished(task, outcome)
+                queue.settle(task, payload, hooks)
 
     @staticmethod
     def _shutdown(workers: list[_Worker]) -> None:
@@ -332,20 +406,24 @@ class RayExecutor:
             slots = min(slots, self.jobs)
         if slots < 1:
             raise UsageError(f"--executor ray: the cluster has no room for one run ({resources})")
-        pending: deque[RunTask] = deque(tasks)
+        queue = TaskQueue(tasks, retries=self.retries, stop=stop)
         inflight: dict[Any, RunTask] = {}
         stop_sent = False
         try:
-            while pending or inflight:
+            while queue or inflight:
                 if stop.requested:
-                    pending.clear()
+                    queue.clear()
                     if not stop_sent:
                         ray.get(box.set.remote())
                         stop_sent = True
-                while pending and len(inflight) < slots:
-                    task = pending.popleft()
+                while queue and len(inflight) < slots:
+                    task = queue.pop_ready(hooks)
+                    if task is None:  # every pending run waits for a running one
+                        break
                     inflight[remote.remote(task, box, device, self.cpus_per_run)] = task
                 if not inflight:
+                    if queue:  # nothing runs, so nothing pending can start (not reached: a run's needs precede it)
+                        return
                     continue
                 done, _ = ray.wait(list(inflight), num_returns=1, timeout=0.5)
                 for ref in done:
@@ -356,12 +434,7 @@ class RayExecutor:
                         outcome = RunOutcome("failed", task.cell_id, task.seed, attempts=task.attempt,
                                              message=f"{task.label}: Ray worker failed ({exc.__class__.__name__})",
                                              detail=str(exc))
-                    if outcome.state == "failed" and not outcome.user_error and task.attempt <= self.retries \
-                            and not stop.requested:
-                        hooks.retrying(task, outcome)
-                        pending.appendleft(task.again(attempt=task.attempt + 1))
-                        continue
-                    hooks.finished(task, outcome)
+                    queue.settle(task, outcome, hooks)
         except KeyboardInterrupt:  # a second Ctrl-C: cancel what runs (last epoch checkpoints stay)
             for ref in inflight:
                 ray.cancel(ref, force=True)

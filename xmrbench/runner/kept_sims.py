@@ -14,9 +14,10 @@ shape ``(folds, images, captions)``, float32, and ``kept.json``). The ensemble r
 averages those instead of scoring the member again, and the folder is removed once
 every ensemble that lists the member has its result for that seed.
 
-Keeping is bounded: all members' matrices wait until the ensembles' stage, so a recipe
-with many members (AOQ Table 1 has 48 member runs, 600 MB each at the 5K size) would
-otherwise fill a disk. A matrix is kept only while the recipe's kept and pending
+Keeping is bounded. The driver queues each ensemble right after its last member, so
+an ensemble usually frees its members' matrices as soon as they are both stored; but a
+worker may still pick up other members first, and a recipe with many members (AOQ
+Table 1 has 48 member runs, 600 MB each at the 5K size) could otherwise fill a disk. A matrix is kept only while the recipe's kept and pending
 matrices stay within :data:`KEEP_BUDGET_BYTES` and the disk keeps :data:`MIN_FREE_BYTES`
 free; beyond that the ensemble scores the member again, as it always did.
 

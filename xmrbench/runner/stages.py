@@ -2,9 +2,9 @@
 
 A row may declare ``needs`` (``recipe/schema.py``): start from another row's
 selected model (``init``), and read artifacts a miner derives from another row's
-model (``artifacts``). The driver runs cells stage by stage (a cell's stage is one
-more than its deepest dependency's), so that by the time a run starts, the runs it
-needs are stored. This module fetches what they produced:
+model (``artifacts``). The driver starts a run only once the runs it needs (same
+seed) are stored (``RunTask.after``; a cell's stage, one more than its deepest
+dependency's, orders the queue). This module fetches what they produced:
 
 - ``initial_weights``: the selected weights of the ``init`` cell's run of the same seed;
 - ``artifact``: the artifact of the same seed, read from the store if present, else

@@ -45,6 +45,8 @@ class RunTask:
     that another forced process rewrote meanwhile. ``wait`` waits for a run that
     another process holds instead of reporting it busy. ``keep_sims`` keeps the run's
     final similarity matrices for an ensemble scheduled after it (``runner/kept_sims.py``).
+    ``after``: the keys of the runs of the same batch that must be stored before this
+    one starts (its ensemble members, the source of its initial weights or artifacts).
     """
 
     resolved: ResolvedRecipe
@@ -56,6 +58,7 @@ class RunTask:
     wait: bool = False
     attempt: int = 1
     keep_sims: bool = False
+    after: tuple[tuple[str, int], ...] = ()
 
     @property
     def key(self) -> tuple[str, int]:

@@ -91,3 +91,46 @@ def test_a_run_of_the_same_size_is_preferred_to_one_of_another(tmp_path):
     doc = plan_payload(third, store, tmp_path / "s")
     assert doc["runs"][0]["estimate_s"] == 100.0 and doc["runs"][0]["estimate_same_size"] is False
     assert doc["summary"]["estimates_other_size"] == 1
+
+
+def test_the_wall_time_follows_the_queue_not_the_stages():
+    """Three first rounds of 10 s and their second rounds of 5 s on two workers: 25 s when
+    a second round starts once its own first round is stored (30 s stage by stage)."""
+    from xmrbench.runner.plan import wall_seconds
+
+    seconds, after = [10.0, 10.0, 10.0, 5.0, 5.0, 5.0], [[], [], [], [0], [1], [2]]
+    assert wall_seconds(seconds, after, 2) == 25.0
+    assert wall_seconds(seconds, after, 1) == sum(seconds)  # one worker: one run after another
+    assert wall_seconds(seconds, after, 6) == 15.0  # the longest chain
+    with pytest.raises(ValueError):
+        wall_seconds(seconds, after, 0)
+
+
+STAGED = """
+  - {id: a, label: A}
+  - {id: b, label: B, set: {model.linear: true}}
+  - {id: ab, label: A+B, ensemble: [a, b]}
+"""
+
+
+def test_plan_states_the_wall_time_for_its_jobs(tmp_path, capsys):
+    from support import cli
+
+    path = tmp_path / "staged.yaml"
+    path.write_text(tiny_recipe("tiny-staged", STAGED, seeds="[0, 1]"))
+    store = ResultStore(tmp_path / "s")
+    resolved = resolve(path, profile="smoke", seeds=[0])
+    assert not reproduce(resolved, store, device="cpu").failed
+    _set_times(store, resolved.id, {"a": 30.0, "b": 60.0, "ab": 6.0})
+    code, out, err = cli(["plan", str(path), "--profile", "smoke", "--results", str(store.root), "--jobs", "2",
+                          "--json"], capsys)
+    assert code == 0, err
+    summary = json.loads(out)["summary"]
+    # seed 1 is left: a (30 s) and b (60 s) at once, then their ensemble (6 s)
+    assert summary["estimate_s"] == 96.0 and summary["wall"] == {"jobs": 2, "estimate_s": 66.0}
+    code, out, err = cli(["plan", str(path), "--profile", "smoke", "--results", str(store.root), "--jobs", "2"],
+                         capsys)
+    assert code == 0 and "~1.6 min of run time, one run after another; ~1.1 min with --jobs 2" in " ".join(out.split()), out
+    code, out, err = cli(["plan", str(path), "--profile", "smoke", "--results", str(store.root), "--jobs", "0"],
+                         capsys)
+    assert code == 2 and "--jobs 0" in err and len(err.strip().splitlines()) == 1

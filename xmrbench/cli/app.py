@@ -237,14 +237,20 @@ def plan(
     rows: RowsOpt = None,
     data_root: DataRootOpt = None,
     results: ResultsOpt = Path("results"),
+    jobs: Annotated[int | None, typer.Option(
+        "--jobs", help="Estimate the wall time with this many runs at once, as reproduce --jobs N "
+                       "(default: this machine's CPU count).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """What reproduce would run: the runs, which are done, and an estimate of the time left."""
     from xmrbench.cli.json_out import convergence_label, emit, plan_payload
+    from xmrbench.runner.threads import available_cpus
     from xmrbench.store.store import ResultStore
 
+    if jobs is not None and jobs < 1:
+        raise UsageError(f"--jobs {jobs}: expected a positive number of runs at once")
     resolved = _resolve(recipe, profile, seeds, sets, data_root, rows)
-    doc = plan_payload(resolved, ResultStore(results), results)
+    doc = plan_payload(resolved, ResultStore(results), results, jobs=jobs or available_cpus())
     if as_json:
         emit("plan", doc)
         return
@@ -279,8 +285,11 @@ def plan(
         _say(f"artifact {a['key']}: {a['state']}; {a['miner']} of {a['source']}, seed {a['seed']}; "
              f"used by {', '.join(a['used_by'])}")
     total = doc["summary"]
+    wall = total["wall"]
     eta = ("unknown (no timings stored yet)" if total["estimate_s"] is None else
-           f"~{total['estimate_s'] / 60:.1f} min of run time, one run after another (--jobs N runs N at once)")
+           f"~{total['estimate_s'] / 60:.1f} min of run time, one run after another; "
+           f"~{wall['estimate_s'] / 60:.1f} min with --jobs {wall['jobs']} (each run starts once the runs it "
+           "needs are stored)")
     also = f" and {total['artifacts_todo']} artifact(s) to compute" if total["artifacts_todo"] else ""
     console.print(f"{total['todo']} of {total['runs']} runs to do{also}", highlight=False)
     console.print(f"estimated time left: {eta}\n  ({total['basis']})", highlight=False)

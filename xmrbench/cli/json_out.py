@@ -131,11 +131,13 @@ def _needs(cell: Any) -> dict[str, Any] | None:
             "artifacts": [{"name": a.name, "miner": a.miner, "source": a.source.id} for a in cell.needs.artifacts]}
 
 
-def plan_payload(resolved: Any, store: Any, results: Path) -> dict[str, Any]:
+def plan_payload(resolved: Any, store: Any, results: Path, jobs: int = 1) -> dict[str, Any]:
     """Every run ``reproduce`` would consider: its row, seed, cell hash, store state, time
-    estimate and (done) convergence; the artifacts it needs; the totals."""
+    estimate and (done) convergence; the artifacts it needs; the totals, with the wall
+    time on ``jobs`` workers."""
     from xmrbench.runner.adopt import find_training
-    from xmrbench.runner.plan import artifact_plan, estimate
+    from xmrbench.runner.driver import queue_order
+    from xmrbench.runner.plan import artifact_plan, estimate, wall_seconds
     from xmrbench.runner.stored import run_config
 
     rows, _, basis = estimate(resolved, store)
@@ -158,6 +160,17 @@ def plan_payload(resolved: Any, store: Any, results: Path) -> dict[str, Any]:
                      "needs": _needs(cell), "trained_by": trained_by})
     todo = [r["estimate_s"] for r in runs if r["todo"]]
     total = None if any(e is None for e in todo) else float(sum(todo))
+    wall = None
+    if total is not None:  # the runs to do, queued as reproduce queues them (runner/driver.py)
+        batch = [r for r in runs if r["todo"]]
+        keys = [(r["cell"], r["seed"]) for r in batch]
+        inside = set(keys)
+        after = [tuple(k for dep in resolved.cell(r["cell"]).dependencies if (k := (dep.id, r["seed"])) in inside)
+                 for r in batch]
+        order = queue_order(keys, after, [bool(resolved.cell(r["cell"]).members) for r in batch])
+        at = {keys[i]: n for n, i in enumerate(order)}
+        wall = wall_seconds([batch[i]["estimate_s"] for i in order],
+                            [[at[k] for k in after[i]] for i in order], jobs)
     artifacts = [{"key": a.key, "miner": a.miner, "source": a.source, "seed": a.seed, "state": a.state,
                   "used_by": list(a.used_by)} for a in artifact_plan(resolved, store)]
     return {
@@ -165,7 +178,7 @@ def plan_payload(resolved: Any, store: Any, results: Path) -> dict[str, Any]:
         "runs": runs, "artifacts": artifacts,
         "summary": {"runs": len(runs), "todo": sum(1 for r in runs if r["todo"]),
                     "artifacts_todo": sum(1 for a in artifacts if a["state"] != "done"),
-                    "estimate_s": total, "basis": basis,
+                    "estimate_s": total, "wall": {"jobs": jobs, "estimate_s": wall}, "basis": basis,
                     "estimates_other_size": sum(1 for r in runs if r["estimate_same_size"] is False)},
         "warnings": list(resolved.warnings),
     }

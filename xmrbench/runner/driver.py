@@ -22,7 +22,7 @@ nothing else can start (then taken over if that process stopped without finishin
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -41,6 +41,9 @@ from xmrbench.store.store import ResultStore
 
 if TYPE_CHECKING:
     from xmrbench.runner.executors import Executor
+
+
+Key = tuple[str, int]  # (cell id, seed): one run
 
 
 class Reporter(Protocol):
@@ -251,7 +254,9 @@ def reproduce(
         task = RunTask(resolved, cell.id, seed, root, force=again, expect=store.identity(path) if again else None,
                        keep_sims=(cell.id, seed) in keep and not cell.members, after=after)
         stages.setdefault(cell.stage, []).append(task)
-    tasks = _ensembles_after_members([t for stage in sorted(stages) for t in stages[stage]])
+    batch = [t for stage in sorted(stages) for t in stages[stage]]
+    tasks = [batch[i] for i in queue_order([t.key for t in batch], [t.after for t in batch],
+                                           [bool(resolved.cell(t.cell_id).members) for t in batch])]
 
     def adopt(cell: Cell, seed: int) -> None:
         source = twin_of[cell.id]
@@ -280,24 +285,23 @@ def reproduce(
     return summary
 
 
-def _ensembles_after_members(tasks: list[RunTask]) -> list[RunTask]:
-    """``tasks`` (in stage order) with each ensemble moved to just after the last of its
-    members in the list, so that it is handed out as soon as they are stored, before the
-    runs queued behind them, and frees their kept matrices. An ensemble none of whose
-    members is in the list keeps its place."""
-    ensembles = [t for t in tasks if t.resolved.cell(t.cell_id).members and t.after]
-    position = {t.key: i for i, t in enumerate(tasks)}
-    after_member: dict[tuple[str, int], list[RunTask]] = {}  # a member's key -> the ensembles placed after it
-    for ens in ensembles:
-        last = max(ens.after, key=lambda k: position[k])
-        after_member.setdefault(last, []).append(ens)
-    moved = {ens.key for ens in ensembles}
-    out: list[RunTask] = []
-    for task in tasks:
-        if task.key in moved:
-            continue
-        out.append(task)
-        out += after_member.get(task.key, [])
+def queue_order(keys: Sequence[Key], after: Sequence[tuple[Key, ...]], ensemble: Sequence[bool]) -> list[int]:
+    """The order in which the executors' queue holds a batch given in stage order: the
+    same, with each ensemble moved to just after the last of its members, so that it is
+    handed out as soon as they are stored, before the runs queued behind them, and frees
+    their kept matrices. An ensemble none of whose members is in the batch keeps its
+    place. Returns the indexes of ``keys`` in the new order."""
+    position = {k: i for i, k in enumerate(keys)}
+    moved: dict[int, list[int]] = {}  # a member's index -> the ensembles placed after it
+    for i, (needs, is_ensemble) in enumerate(zip(after, ensemble, strict=True)):
+        inside = [position[k] for k in needs if k in position]
+        if is_ensemble and inside:
+            moved.setdefault(max(inside), []).append(i)
+    placed = {i for ens in moved.values() for i in ens}
+    out: list[int] = []
+    for i in range(len(keys)):
+        if i not in placed:
+            out += [i, *moved.get(i, [])]
     return out
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import heapq
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from xmrbench.recipe.resolve import ResolvedRecipe
@@ -142,3 +144,29 @@ def artifact_plan(resolved: ResolvedRecipe, store: ResultStore) -> list[PlannedA
                     out[key] = PlannedArtifact(key, ref.miner, ref.source.id, seed, artifact_state(store, ref, seed))
                 out[key].used_by.append(cell.id)
     return list(out.values())
+
+
+def wall_seconds(seconds: Sequence[float], after: Sequence[Sequence[int]], jobs: int) -> float:
+    """The wall time of a batch of runs on ``jobs`` workers, handed out as the executors'
+    queue does (``runner/executors.TaskQueue``): whenever a worker is free it takes the
+    first run, in the batch's order, whose needs (``after``: indexes of earlier runs of
+    the batch) have finished. ``seconds`` are the runs' own times; starting workers and
+    loading data are not counted."""
+    if jobs < 1:
+        raise ValueError(f"jobs must be positive, not {jobs}")
+    pending = list(range(len(seconds)))
+    finished: set[int] = set()
+    running: list[tuple[float, int]] = []  # (finish time, run), a heap
+    now = 0.0
+    while pending or running:
+        while len(running) < jobs:
+            ready = next((i for i in pending if all(j in finished for j in after[i])), None)
+            if ready is None:
+                break
+            pending.remove(ready)
+            heapq.heappush(running, (now + seconds[ready], ready))
+        if not running:  # nothing can start: a need outside the batch that never finishes
+            break
+        now, done = heapq.heappop(running)
+        finished.add(done)
+    return now

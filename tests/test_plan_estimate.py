@@ -134,3 +134,26 @@ def test_plan_states_the_wall_time_for_its_jobs(tmp_path, capsys):
     code, out, err = cli(["plan", str(path), "--profile", "smoke", "--results", str(store.root), "--jobs", "0"],
                          capsys)
     assert code == 2 and "--jobs 0" in err and len(err.strip().splitlines()) == 1
+
+
+def test_an_estimate_from_other_models_is_flagged_as_such(tmp_path):
+    """A model with no stored run of its own borrows the recipe's other models' times, and
+    the plan says so (``~``, ``estimate_other_model``) rather than calling it the same
+    model at another size."""
+    from xmrbench.cli.json_out import plan_payload
+
+    (tmp_path / "first.yaml").write_text(tiny_recipe("tiny-first", FIRST, seeds="[0]"))
+    first = resolve(tmp_path / "first.yaml", profile="smoke").restricted_to_rows(["emb"])
+    store = ResultStore(tmp_path / "s")
+    assert not reproduce(first, store, device="cpu").failed
+    _set_times(store, first.id, {"emb": 100.0})
+
+    both = resolve(tmp_path / "first.yaml", profile="smoke")
+    rows, total, basis = estimate(both, store)
+    cca = next(r for r in rows if r.cell == "cca")
+    assert (cca.seconds, cca.other_model, cca.same_size) == (100.0, True, True)
+    assert "1 run(s) from this recipe" in basis
+    doc = plan_payload(both, store, tmp_path / "s")
+    run = next(r for r in doc["runs"] if r["cell"] == "cca")
+    assert run["estimate_other_model"] is True and run["estimate_same_size"] is True
+    assert doc["summary"]["estimates_other_model"] == 1 and doc["summary"]["estimates_other_size"] == 0

@@ -266,6 +266,8 @@ def plan(
         est = "" if not r["todo"] else (f"{r['estimate_s']:.0f}s" if r["estimate_s"] is not None else "?")
         if r["estimate_same_size"] is False:
             est += "*"
+        if r["estimate_other_model"]:
+            est += "~"
         table.add_row(r["cell"], str(r["seed"]), r["state"], est,
                       "" if r["todo"] else convergence_label(r["convergence"]))
         needs = r["needs"] or {"init": None, "artifacts": []}
@@ -296,6 +298,9 @@ def plan(
     if total["estimates_other_size"]:
         console.print(f"  * {total['estimates_other_size']} estimate(s) come from runs of the same model at another "
                       "size (its width or depth): a larger model takes longer", highlight=False)
+    if total["estimates_other_model"]:
+        console.print(f"  ~ {total['estimates_other_model']} estimate(s) come from other models' runs of this recipe "
+                      "(no run of their own model is stored): a rough guess", highlight=False)
     if any(not r["todo"] for r in doc["runs"]):
         console.print("converged, with its reason: xmrbench plan RECIPE --json", highlight=False)
 

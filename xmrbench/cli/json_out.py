@@ -144,6 +144,7 @@ def plan_payload(resolved: Any, store: Any, results: Path, jobs: int = 1) -> dic
     runs = []
     for row in rows:
         cell_id, seed, state, est, same_size = row.cell, row.seed, row.state, row.seconds, row.same_size
+        other_model = row.other_model
         cell = resolved.cell(cell_id)
         done = state == "done"
         trained_by = None
@@ -152,10 +153,11 @@ def plan_payload(resolved: Any, store: Any, results: Path, jobs: int = 1) -> dic
             if source is not None:  # evaluates a stored model: its time is the evaluation's
                 doc = source[0]
                 trained_by = f"{doc.recipe.id}/{store.run_name(doc.cell.id, doc.cell.hash, seed)}"
-                est, same_size = doc.timing.get("eval_s", 0.0), True
+                est, same_size, other_model = doc.timing.get("eval_s", 0.0), True, False
         runs.append({"cell": cell_id, "row": cell.row.id, "stage": cell.stage, "seed": seed, "hash": cell.hash,
                      "state": state, "todo": not done, "estimate_s": None if done else est,
                      "estimate_same_size": None if done or est is None else same_size,
+                     "estimate_other_model": None if done or est is None else other_model,
                      "convergence": _convergence(store, resolved, cell, seed) if done else None,
                      "needs": _needs(cell), "trained_by": trained_by})
     todo = [r["estimate_s"] for r in runs if r["todo"]]
@@ -179,7 +181,8 @@ def plan_payload(resolved: Any, store: Any, results: Path, jobs: int = 1) -> dic
         "summary": {"runs": len(runs), "todo": sum(1 for r in runs if r["todo"]),
                     "artifacts_todo": sum(1 for a in artifacts if a["state"] != "done"),
                     "estimate_s": total, "wall": {"jobs": jobs, "estimate_s": wall}, "basis": basis,
-                    "estimates_other_size": sum(1 for r in runs if r["estimate_same_size"] is False)},
+                    "estimates_other_size": sum(1 for r in runs if r["estimate_same_size"] is False),
+                    "estimates_other_model": sum(1 for r in runs if r["estimate_other_model"])},
         "warnings": list(resolved.warnings),
     }
 

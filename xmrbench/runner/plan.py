@@ -52,14 +52,17 @@ _POOLS = ("the same cell", "the same model and size, method and dataset", "the s
 @dataclass(frozen=True)
 class Estimate:
     """One run of the plan: its ``state``, the estimated ``seconds`` (None: no stored
-    timing to go by) and whether they come from runs of the same model size (False: a
-    larger model takes longer, a smaller one less, than the estimate says)."""
+    timing to go by), whether they come from runs of the same model size (False: a
+    larger model takes longer, a smaller one less, than the estimate says) and whether
+    they come from other models' runs of the recipe (no run of this model is stored: a
+    rough guess)."""
 
     cell: str
     seed: int
     state: str
     seconds: float | None
     same_size: bool
+    other_model: bool = False
 
 
 def estimate(resolved: ResolvedRecipe, store: ResultStore) -> tuple[list[Estimate], float | None, str]:
@@ -70,8 +73,9 @@ def estimate(resolved: ResolvedRecipe, store: ResultStore) -> tuple[list[Estimat
     of any recipe with the same model of the same size (:data:`SIZE_KEYS`), method and
     dataset, then of any size, the same model and method, the same model, and last every
     run of this recipe. A model's training time says little about another's (a VSRN run
-    costs several SCAN runs), and an ensemble only evaluates its members, so the pools
-    never mix models. An estimate taken from runs of other sizes says so
+    costs several SCAN runs), and an ensemble only evaluates its members, so every pool
+    but the last keeps to one model; an estimate from the last, other models' runs of the
+    recipe, says so (``other_model``), and one taken from runs of other sizes says so too
     (``same_size``); it is not scaled, since how the time grows with the width differs
     from model to model (a GRU's work grows with its square, an attention's exponentials
     linearly). Runs that evaluated a model another run trained count with that run's
@@ -98,15 +102,17 @@ def estimate(resolved: ResolvedRecipe, store: ResultStore) -> tuple[list[Estimat
             config = None if cell.members or cell.config is None else cell.config.to_dict()
             cell_keys[cell.id] = (_pool_keys(cell.hash, config, resolved.id), _size(config))
         keys, size = cell_keys[cell.id]
-        est, same_size = None, True
+        est, same_size, other_model = None, True, False
         for name, pool, key in zip(_POOLS, pools, keys):
             if pool.get(key):
                 est = statistics.median(secs for secs, _ in pool[key])
-                same_size = any(s == size for _, s in pool[key])
+                other_model = name == _POOLS[-1]  # no run of this model stored
+                # sizes compare only within one model
+                same_size = other_model or any(s == size for _, s in pool[key])
                 if state != "done":
                     used[name] = used.get(name, 0) + 1
                 break
-        rows.append(Estimate(cell.id, seed, state, est, same_size))
+        rows.append(Estimate(cell.id, seed, state, est, same_size, other_model))
         if state != "done":
             if est is None:
                 unknown = True

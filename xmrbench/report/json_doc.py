@@ -161,6 +161,9 @@ def _pair(pv: PairVerdict) -> dict[str, Any]:
         "seed_test": _test(pv.seed_test),
         "query_test": _test(pv.query_test, two_sided=True),
         "tost": _tost(pv.tost),
+        "diff_sd": pv.diff_sd,
+        "seeds_for_power": pv.seeds_for_power,
+        "plan_level": pv.plan_level,
         "evidence": pv.evidence,
     }
 

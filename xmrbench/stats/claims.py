@@ -18,6 +18,14 @@ one metric and protocol. Each pair is judged over seeds (paired by seed, see
   p below alpha, *contradicted* when it is behind with corrected p below alpha,
   else *not significant*.
 
+A tested directional pair that is *not significant* also gets a seed plan
+(``seeds_for_power``): how many seeds its seed test would need to decide, with
+80% power, for the direction it points to, were the observed mean difference and
+spread the true ones, at the Bonferroni level alpha / m of its table's family of m
+tested pairs. Below that level a pair holds under Holm whatever the other pairs
+do, so the plan does not depend on them. It is an estimate for planning, as loose as
+the few seeds' estimate of the spread it rests on.
+
 An *equivalence* claim ("A matches B within a margin m", in the metric's units)
 judges each pair [a, b] on d_s = a_s - b_s over the seeds both sides have, by two
 one-sided paired t-tests (TOST, ``paired.seed_tost``): H0a mean(d) <= -m and H0b
@@ -47,7 +55,18 @@ from typing import Any
 import numpy as np
 
 from xmrbench.core.metrics import keys as K
-from xmrbench.stats.paired import SIGNTEST, TestResult, TostResult, holm, seed_test, seed_tost, signflip_test
+from xmrbench.stats.paired import (
+    PLAN_MAX_SEEDS,
+    PLAN_POWER,
+    SIGNTEST,
+    TestResult,
+    TostResult,
+    holm,
+    seed_test,
+    seed_tost,
+    seeds_for_power,
+    signflip_test,
+)
 
 ALPHA = 0.05
 #: Verdicts from strongest to weakest; a claim takes the first one any of its pairs has.
@@ -82,6 +101,9 @@ class PairVerdict:
     kind: str = BETTER  # EQUIVALENT: ``better`` and ``worse`` are the pair's cells a and b, unordered
     margin: float | None = None  # equivalence pairs: the margin
     tost: TostResult | None = None  # equivalence pairs: the tests over seeds (None: untested)
+    diff_sd: float | None = None  # tested directional pairs: sample sd of the per-seed differences
+    seeds_for_power: int | None = None  # not significant pairs: the seed plan (None: none, or beyond the cap)
+    plan_level: float | None = None  # the significance level the plan is for: alpha / (tested pairs)
 
     @property
     def deterministic(self) -> bool:
@@ -104,6 +126,10 @@ class PairVerdict:
         else:
             kind = "sign test" if st.test == SIGNTEST else "t-test"
             text += f"{kind}, p_holm={self.p_adjusted:.3g}"
+            if self.plan_level is not None:
+                n = self.seeds_for_power
+                plan = f"{n} seeds" if n is not None else f"more than {PLAN_MAX_SEEDS} seeds"
+                text += f", {PLAN_POWER:.0%} power at α={self.plan_level:.2g} needs {plan}"
         if self.query_test is not None:
             qt = self.query_test
             text += f", query p={min(1.0, 2 * min(qt.p_greater, qt.p_less)):.3g}"  # type: ignore[type-var]
@@ -287,6 +313,8 @@ def judge(
                 va = [sign * a.values[s] for s in seeds]
                 vb = [sign * b.values[s] for s in seeds]
                 pv.seed_test = seed_test(va, vb)
+                if len(seeds) >= 2:
+                    pv.diff_sd = float(np.std(np.subtract(va, vb), ddof=1))
                 pv.query_test = _query_test(metric, a, b, seeds) if seeds else None
                 if pv.seed_test is None:
                     pv.reason = f"{len(seeds)} common seed(s); at least 2 are needed"
@@ -311,6 +339,10 @@ def judge(
                 pv.verdict = "contradicted"
             else:
                 pv.verdict = "not significant"
+                if pv.diff_sd is not None and diff != 0.0:
+                    pv.plan_level = alpha / len(tested)
+                    sd = 0.0 if pv.seed_test.test == SIGNTEST else pv.diff_sd  # type: ignore[union-attr]
+                    pv.seeds_for_power = seeds_for_power(diff, sd, level=pv.plan_level)
     out = []
     for ci, spec in enumerate(claims):
         cid, text, metric, protocol = spec[:4]

@@ -234,3 +234,43 @@ def holm(pvalues: Sequence[float]) -> list[float]:
         running = max(running, min(1.0, (m - rank) * p[idx]))
         adjusted[idx] = running
     return adjusted.tolist()
+
+
+#: The power a seed plan aims at (``seeds_for_power``): the usual planning convention.
+PLAN_POWER = 0.8
+#: The most seeds a plan states; more reads as "beyond" (an effect too small to chase).
+PLAN_MAX_SEEDS = 1000
+
+
+def seeds_for_power(
+    effect: float, sd: float, *, level: float, power: float = PLAN_POWER, max_seeds: int = PLAN_MAX_SEEDS
+) -> int | None:
+    """The fewest paired seeds ``n >= 2`` at which the seed test would decide for the
+    direction of ``effect`` at significance ``level`` with probability ``power``.
+
+    A planning estimate: it takes the per-seed differences to be normal with mean
+    ``effect`` and standard deviation ``sd`` (in practice the observed ones, which a
+    few seeds estimate loosely). The two-sided paired t-test at ``level`` rejects in the
+    effect's direction when ``t > t(1 - level/2, n - 1)``, and ``t`` follows a
+    noncentral t distribution with ``n - 1`` degrees of freedom and noncentrality
+    ``|effect| / sd * sqrt(n)``. With ``sd == 0`` the difference is the same at every
+    seed and the exact sign-flip test decides (``seed_signtest``): its two-sided p is
+    ``2^(1 - n)``, below ``level`` from ``n > 1 + log2(1 / level)`` on, with certainty.
+    None: no effect (``effect == 0``) or more than ``max_seeds`` seeds.
+    """
+    if not (0.0 < level < 1.0 and 0.0 < power < 1.0):
+        raise ValueError(f"level and power must lie in (0, 1); got {level}, {power}")
+    if sd < 0 or not np.isfinite(effect) or not np.isfinite(sd):
+        raise ValueError(f"need a finite effect and sd >= 0; got {effect}, {sd}")
+    if effect == 0.0:
+        return None
+    if sd == 0.0:
+        n = 2
+        while 2.0 ** (1 - n) >= level:
+            n += 1
+        return n if n <= max_seeds else None
+    n = np.arange(2, max_seeds + 1)
+    df = n - 1
+    critical = _st.t.ppf(1.0 - level / 2.0, df)
+    reached = _st.nct.sf(critical, df, abs(effect) / sd * np.sqrt(n)) >= power
+    return int(n[np.argmax(reached)]) if reached.any() else None

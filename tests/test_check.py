@@ -188,6 +188,41 @@ def test_the_ci_set_keeps_the_corners_of_a_grid(tmp_path):
     assert "a@lr=0.001" not in [c.id for c in gate_cells(resolved, all_cells=True)]
 
 
+def test_a_protocol_declared_not_gated_is_neither_recorded_nor_judged(tmp_path):
+    from xmrbench.gate.check import CellRuns, compare, reference_doc
+
+    two = GRID.replace("  test: {dataset: synthetic, images: 100}\n",
+                       "  test: {dataset: synthetic, images: 100}\n  testall: {dataset: synthetic, images: 500}\n")
+    path = tmp_path / "two.yaml"
+
+    def runs_of(resolved):
+        # test (100 images, bar 63.2) learns tightly; testall (500 images, bar 12.8) spreads
+        # so widely that its band reaches below the bar
+        wide = [33.8, 33.1, 33.4, 38.0, 28.0, 35.9, 25.7, 33.2]
+        out = []
+        for cell in resolved.runnable_cells():
+            cr = CellRuns(cell, splits={"test": {"images": 100, "captions_per_image": 5, "folds": 1},
+                                        "testall": {"images": 500, "captions_per_image": 5, "folds": 1}})
+            for s, w in zip(range(8), wide):
+                cr.metrics[s] = {"test": {"rsum": 200.0 + s}, "testall": {"rsum": w}}
+            out.append(cr)
+        return out
+
+    path.write_text(two)
+    resolved = resolve(path, profile="smoke", seeds=list(range(8)))
+    _doc, refused = reference_doc(resolved, runs_of(resolved))
+    assert len(refused) == 6 and all("testall rsum" in line for line in refused)
+
+    path.write_text(two + 'not_gated: {a: {testall: "spreads"}, b: {testall: "spreads"}}\n')
+    resolved = resolve(path, profile="smoke", seeds=list(range(8)))
+    doc, refused = reference_doc(resolved, runs_of(resolved))
+    assert refused == [] and all(set(c["checks"]) == {"test"} for c in doc["cells"])
+    gate = resolve(path, profile="smoke", seeds=[0, 1, 2])
+    result = compare(gate, doc, [cr for cr in runs_of(gate)], layers=["learning"])
+    assert result.problems == [] and {lc.protocol for lc in result.learning} == {"test"}
+    assert len(result.learning) == 6 and all(lc.passed for lc in result.learning)
+
+
 # ---------------------------------------------------------------------------------
 # end to end on a tiny recipe
 

@@ -317,6 +317,9 @@ def test_a_grid_point_can_have_its_own_budget(tmp_path):
     ('near_chance: {a: "  "}\n', "near_chance.a: give the paper's reason"),
     ('not_gated: {b: ""}\n', "not_gated.b: give the measured reason"),
     ('near_chance: {a: "fails"}\nnot_gated: {"a@margin=0.2": "spread"}\n', "declared both near_chance and not_gated"),
+    ('not_gated: {b: {testal: "spread"}}\n', "not_gated.b: unknown protocol 'testal'"),
+    ('not_gated: {b: {test: " "}}\n', "not_gated.b.test: give the measured reason"),
+    ('not_gated: {b: {}}\n', "not_gated.b: name the protocols and give the measured reason for each"),
 ])
 def test_gate_declarations_are_validated(tmp_path, extra, fragment):
     with pytest.raises(RecipeError) as info:
@@ -329,3 +332,13 @@ def test_gate_declarations_apply_to_a_row_or_one_cell(tmp_path):
                        profile="smoke")
     assert [resolved.near_chance(c) for c in resolved.runnable_cells()] == [None, None, "fails", "fails"]
     assert [resolved.not_gated(c) for c in resolved.runnable_cells()] == ["spreads", None, None, None]
+
+
+def test_a_gate_declaration_can_name_protocols_only(tmp_path):
+    resolved = resolve(_grid(tmp_path, 'near_chance: {b: "fails"}\nnot_gated: {a: {test: "spreads there"}, b: {test: "x"}}\n'),
+                       profile="smoke")
+    cells = resolved.runnable_cells()
+    assert [resolved.not_gated(c) for c in cells] == [None] * 4  # the cells stay gated
+    assert [resolved.not_gated_protocols(c) for c in cells] == [{"test": "spreads there"}] * 2 + [{"test": "x"}] * 2
+    whole = resolve(_grid(tmp_path, 'not_gated: {a: "spreads"}\n'), profile="smoke")
+    assert [whole.not_gated_protocols(c) for c in whole.runnable_cells()] == [{}] * 4

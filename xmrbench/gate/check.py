@@ -186,7 +186,10 @@ def reference_doc(resolved: ResolvedRecipe, runs: Sequence[CellRuns]) -> tuple[d
         env = env or replay_env(cr.env)
         expect, why = _expect(resolved, cell)
         checks = {}
+        left_out = resolved.not_gated_protocols(cell)
         for proto, split in sorted(cr.splits.items()):
+            if proto in left_out:  # declared: its spread allows no band above the bar
+                continue
             first = cr.metrics[resolved.seeds[0]][proto]
             metric = C.headline_metric(first)
             values = [float(cr.metrics[s][proto][metric]) for s in resolved.seeds]
@@ -282,7 +285,8 @@ def compare(resolved: ResolvedRecipe, reference: dict[str, Any], runs: Sequence[
                                    f"re-record with xmrbench check --update {rid}")
             continue
         if "learning" in layers:
-            for proto in sorted(set(cr.splits) | set(ref["checks"])):
+            left_out = resolved.not_gated_protocols(cell)
+            for proto in sorted((set(cr.splits) | set(ref["checks"])) - set(left_out)):
                 check = ref["checks"].get(proto)
                 if check is None or proto not in cr.splits:
                     side = "the reference" if check is None else "this run"
@@ -480,6 +484,8 @@ def run_check(
         judged = gate_cells(resolved, all_cells=all_cells or update or bool(rows))
         not_gated = [f"{resolved.id}: {c.id}: {resolved.not_gated(c)}" for c in resolved.runnable_cells()
                      if resolved.not_gated(c)]
+        not_gated += [f"{resolved.id}: {c.id} ({proto}): {why}" for c in judged
+                      for proto, why in resolved.not_gated_protocols(c).items()]
         cells = cells_to_run(resolved, judged)
         resolved = replace(resolved, only=frozenset(c.id for c in cells))
         pool.adopt(resolved, cells, store)

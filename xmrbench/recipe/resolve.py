@@ -29,6 +29,7 @@ import yaml
 from pydantic import ValidationError
 
 from xmrbench.config import CellConfig, content_hash, deep_merge, expand_dotted, flatten, training_hash
+from xmrbench.core.metrics.protocols import PROTOCOLS
 from xmrbench.errors import ConfigError, RecipeError, UsageError, XmrbenchError
 from xmrbench.recipe.config import validate_cell_config
 from xmrbench.recipe.lint import lint_recipe_full, normalized_values
@@ -142,7 +143,7 @@ class Cell:
         return self.config is not None
 
 
-def _declared(declarations: Mapping[str, str], cell: Cell) -> str | None:
+def _declared(declarations: Mapping[str, Any], cell: Cell) -> Any:
     """A declaration of ``cell`` by its own id or its row's id, or None."""
     return declarations.get(cell.id) or declarations.get(cell.row.id)
 
@@ -203,8 +204,16 @@ class ResolvedRecipe:
         return _declared(self.recipe.near_chance, cell)
 
     def not_gated(self, cell: Cell) -> str | None:
-        """Why the regression gate does not judge ``cell``, or None."""
-        return _declared(self.recipe.not_gated, cell)
+        """Why the regression gate does not judge ``cell`` at all, or None (a declaration
+        of some of its protocols only: :meth:`not_gated_protocols`)."""
+        why = _declared(self.recipe.not_gated, cell)
+        return why if isinstance(why, str) else None
+
+    def not_gated_protocols(self, cell: Cell) -> dict[str, str]:
+        """The evaluation protocols of ``cell`` whose learning checks the gate leaves out,
+        with the measured reason of each (empty when the whole cell, or nothing, is declared)."""
+        why = _declared(self.recipe.not_gated, cell)
+        return dict(why) if isinstance(why, dict) else {}
 
     def cell(self, cell_id: str) -> Cell:
         for cell in self.cells:
@@ -386,14 +395,22 @@ def resolve(
         for cid, why in declared.items():
             if cid not in known_cells and cid not in known_rows:
                 raise RecipeError(f"{section}: no row or cell {cid!r}", where=where)
-            if not why.strip():
-                raise RecipeError(f"{section}.{cid}: give {what}", where=where)
+            reasons = why if isinstance(why, dict) else {None: why}
+            if not reasons:
+                raise RecipeError(f"{section}.{cid}: name the protocols and give {what} for each", where=where)
+            for proto, reason in reasons.items():
+                if proto is not None and proto not in PROTOCOLS:
+                    raise RecipeError(f"{section}.{cid}: unknown protocol {proto!r}; known: {', '.join(sorted(PROTOCOLS))}",
+                                      where=where)
+                if not reason.strip():
+                    name = cid if proto is None else f"{cid}.{proto}"
+                    raise RecipeError(f"{section}.{name}: give {what}", where=where)
     runnable_rows = {c.row.id for c in cells if c.runnable}
     for rid in recipe.ci_rows:
         if rid not in runnable_rows:
             raise RecipeError(f"ci_rows: {rid!r} is not a runnable row", where=where)
     for cell in cells:
-        if _declared(recipe.near_chance, cell) and _declared(recipe.not_gated, cell):
+        if _declared(recipe.near_chance, cell) and isinstance(_declared(recipe.not_gated, cell), str):
             raise RecipeError(f"{cell.id}: declared both near_chance and not_gated; the gate checks one or the other",
                               where=where)
     by_id = {c.id: c for c in cells}

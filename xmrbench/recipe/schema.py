@@ -335,8 +335,10 @@ class Recipe(Strict):
     near_chance: dict[str, str] = {}
     # row or cell id -> why the regression gate cannot judge it (measured: its smoke runs
     # learn, but spread too widely for a tolerance band above the learning bar). Listed by
-    # every gate run; the row's other cells stay gated (docs/gate.md).
-    not_gated: dict[str, str] = {}
+    # every gate run; the row's other cells stay gated (docs/gate.md). The value may
+    # instead map evaluation protocols to their reasons: only those protocols' learning
+    # checks are left out, the cell's other protocols stay gated.
+    not_gated: dict[str, str | dict[str, str]] = {}
     # the rows the regression gate's CI set judges (default: every runnable row); a table of
     # many expensive rows names a representative few, and ``xmrbench check --all`` judges all
     ci_rows: tuple[str, ...] = ()

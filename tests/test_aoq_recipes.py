@@ -194,14 +194,22 @@ def test_exported_lists_read_back_train_the_same_model(tmp_path, capsys):
 
 
 def test_the_gate_runs_the_first_round_its_judged_cells_read():
-    """aoq-table1's round-one VSRN is not gated itself, but every judged second round reads
-    its lists: the CI set runs it."""
+    """aoq-table1's round-one VSRN is judged on its five folds only (its 500-image testall
+    split is declared); were it not gated at all, every judged second round still reads its
+    lists, so the CI set would still run it."""
+    from dataclasses import replace
+
     from xmrbench.gate.check import cells_to_run, gate_cells
 
     resolved = resolve("aoq-table1", profile="smoke")
-    judged = gate_cells(resolved, all_cells=False)
-    assert "vsrn" not in {c.id for c in judged} and "vsrn-adapoffquin" in {c.id for c in judged}
-    run = {c.id for c in cells_to_run(resolved, judged)}
+    judged = {c.id: c for c in gate_cells(resolved, all_cells=False)}
+    assert "vsrn" in judged and "vsrn-adapoffquin" in judged
+    assert set(resolved.not_gated_protocols(judged["vsrn"])) == {"testall"}
+    assert set(resolved.not_gated_protocols(judged["vsrn-adapoffquin"])) == {"testall"}
+    whole = replace(resolved, recipe=resolved.recipe.model_copy(update={"not_gated": {"vsrn": "declared"}}))
+    judged_cells = gate_cells(whole, all_cells=False)
+    assert "vsrn" not in {c.id for c in judged_cells} and "vsrn-adapoffquin" in {c.id for c in judged_cells}
+    run = {c.id for c in cells_to_run(whole, judged_cells)}
     assert "vsrn" in run
     assert "bfan-prob-offtri" not in run and "scan-adapoffquin" not in run  # rows outside the CI set stay out
     # an ensemble in the CI set brings its members (aoq-table2's BFAN)

@@ -236,7 +236,7 @@ def test_the_schema_page_names_every_field():
              "id", "source", "runnable", "pending", "config_differs", "unconverged", "ours", "delta", "mean",
              "std", "n", "text", "metric", "protocol", "margin", "verdict", "pairs", "better", "worse",
              "deterministic", "p_holm", "min_effect", "reason", "seed_test", "query_test", "tost", "evidence",
-             "test", "mean_diff", "p_greater", "p_less", "p_two_sided", "exact", "p_lower", "p_upper", "p_above",
+             "test", "mean_diff", "p_greater", "p_less", "p_two_sided", "diff_sd", "seeds_for_power", "plan_level", "exact", "p_lower", "p_upper", "p_above",
              "p_below", "p_tost", "p_outside", "rows", "note", "short", "authors", "venue", "year"}
     missing = sorted(k for k in keys if f"`{k}`" not in page)
     assert not missing, missing

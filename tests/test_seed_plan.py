@@ -77,3 +77,19 @@ def test_judge_plans_the_not_significant_pairs_only() -> None:
     assert open_.plan_level == pytest.approx(0.05 / 2)  # two tested pairs in the family
     assert open_.seeds_for_power == seeds_for_power(diffs.mean(), diffs.std(ddof=1), level=0.025)
     assert f"needs {open_.seeds_for_power} seeds" in open_.evidence
+
+
+def test_the_console_shows_the_largest_plan_of_a_claim_left_not_significant() -> None:
+    from xmrbench.report.console import _claim_plan
+
+    def pair(verdict: str, plan: int | None, level: float | None = 0.01) -> claims.PairVerdict:
+        return claims.PairVerdict("a", "b", verdict, [0, 1, 2], seeds_for_power=plan, plan_level=level)
+
+    def claim(verdict: str, *pairs: claims.PairVerdict) -> claims.ClaimVerdict:
+        return claims.ClaimVerdict("c", "a beats b", "rsum", "test", verdict, list(pairs))
+
+    assert _claim_plan(claim("not significant", pair("not significant", 6), pair("not significant", 29),
+                             pair("holds", None, None))) == "29"
+    assert _claim_plan(claim("not significant", pair("not significant", 6), pair("not significant", None))) == ">1000"
+    assert _claim_plan(claim("holds", pair("holds", None, None))) == "-"
+    assert _claim_plan(claim("untested", pair("not significant", 6), pair("untested", None, None))) == "-"

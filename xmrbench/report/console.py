@@ -19,6 +19,7 @@ from xmrbench.core.metrics.protocols import PROTOCOLS
 from xmrbench.report.collect import CellReport, TableReport
 from xmrbench.report.render import COLUMN_NAMES, UNCONVERGED_INCLUDED, fmt_delta, fmt_value
 from xmrbench.stats.claims import EQUIVALENT, ClaimVerdict, PairVerdict
+from xmrbench.stats.paired import PLAN_MAX_SEEDS
 
 GAP = 2  # spaces between two columns
 MIN_WIDTH = 40  # narrower terminals get this width (lines may then run past the edge)
@@ -356,6 +357,19 @@ def _pair_count(cv: ClaimVerdict) -> str:
     return str(len(cv.pairs)) if judged == len(cv.pairs) else f"{judged}/{len(cv.pairs)}"
 
 
+def _claim_plan(cv: ClaimVerdict) -> str:
+    """The seed plan of a claim left not significant: the most seeds any of its not
+    significant pairs needs (the claim holds only when every pair does); '-' otherwise."""
+    if cv.verdict != "not significant":
+        return "-"
+    planned = [pv for pv in cv.pairs if pv.verdict == "not significant" and pv.plan_level is not None]
+    if not planned:
+        return "-"
+    if any(pv.seeds_for_power is None for pv in planned):
+        return f">{PLAN_MAX_SEEDS}"
+    return str(max(pv.seeds_for_power for pv in planned))  # type: ignore[type-var]
+
+
 def _claims(rep: TableReport, width: int) -> list[str]:
     several = len(rep.recipe.protocols) > 1
     rows = []
@@ -368,10 +382,10 @@ def _claims(rep: TableReport, width: int) -> list[str]:
             metric += f" within ±{cv.margin:g}"
         digits = (3 if K.METRICS[cv.metric].scale == "fraction" else 1) + 1 if cv.metric in K.METRICS else 3
         rows.append([cv.id, cv.label, "-" if effect is None else f"{effect:+.{digits}f}",
-                     "-" if p is None else f"{p:.3g}", _pair_count(cv), metric])
-    header = ["claim", "verdict", "Δ", "p", "pairs", "metric"]
-    right = {2, 3, 4}
-    for ncols in (6, 5):
+                     "-" if p is None else f"{p:.3g}", _pair_count(cv), _claim_plan(cv), metric])
+    header = ["claim", "verdict", "Δ", "p", "pairs", "seeds", "metric"]
+    right = {2, 3, 4, 5}
+    for ncols in (7, 6, 5):
         table = [header[:ncols]] + [r[:ncols] for r in rows]
         widths = [max(len(r[j]) for r in table) for j in range(ncols)]
         if sum(widths) + GAP * (ncols - 1) <= width:
@@ -383,11 +397,14 @@ def _claims(rep: TableReport, width: int) -> list[str]:
     else:
         out = []
         for r in rows:
-            text = f"{r[0]}: {r[1]}; Δ {r[2]}; p {r[3]}; {r[4]} pair(s); {r[5]}"
+            plan = "" if r[5] == "-" else f"; {r[5]} seeds for 80% power"
+            text = f"{r[0]}: {r[1]}; Δ {r[2]}; p {r[3]}; {r[4]} pair(s){plan}; {r[6]}"
             out += [("" if i == 0 else "    ") + line for i, line in enumerate(_wrap(text, width - 4))]
     note = ("Δ, p: the mean difference over seeds and the Holm-corrected p of the pair that decides each "
             "verdict (of the claim's pairs with its verdict, the one with the largest p; '-': none, e.g. a pair "
-            "equal across seeds). Every pair's evidence: --markdown or --json.")
+            "equal across seeds). seeds: for a claim left not significant, the seeds its pairs would need to "
+            "decide with 80% power, were the measured differences and spreads the true ones (the seed plan, "
+            "README). Every pair's evidence: --markdown or --json.")
     if any("/" in r[4] for r in rows):
         note += (" pairs j/n: only j of the claim's n pairs could be judged (the others have no results yet "
                  "or have not converged); the claim stays untested until every pair is judged.")

@@ -830,13 +830,12 @@ def _stats_goldens(out: _Entries) -> None:
     out.add("stats/judge/effect", effects, SMOOTH, "judge: per pair [n, mean_diff] of the seed and the query test")
     out.add("stats/judge/p", p_values, SMOOTH,
             "judge: per pair the Holm-adjusted p and [p_greater, p_less] of the seed and the query test (-1: none)")
-    if hasattr(paired, "seeds_for_power"):
-        plans = [paired.seeds_for_power(e, sd, level=lv) for e, sd, lv in
-                 ((0.5, 1.0, 0.05), (20.6, 6.3, 0.05 / 16), (-3.0, 7.0, 0.01), (2.0, 0.0, 0.05 / 16), (1e-3, 1.0, 0.05))]
-        plans += [pair.seeds_for_power for verdict in verdicts for pair in verdict.pairs if pair.plan_level is not None]
-        out.add("stats/seeds_for_power", [-1.0 if n is None else float(n) for n in plans], EXACT,
-                "seed plans: five direct cases (textbook, a 16-pair family, a stricter level, zero spread, beyond "
-                "the cap), then judge's not-significant pairs (-1: none)")
+    plans = [paired.seeds_for_power(e, sd, level=lv) for e, sd, lv in
+             ((0.5, 1.0, 0.05), (20.6, 6.3, 0.05 / 16), (-3.0, 7.0, 0.01), (2.0, 0.0, 0.05 / 16), (1e-3, 1.0, 0.05))]
+    plans += [pair.seeds_for_power for verdict in verdicts for pair in verdict.pairs if pair.plan_level is not None]
+    out.add("stats/seeds_for_power", [-1.0 if n is None else float(n) for n in plans], EXACT,
+            "seed plans: five direct cases (textbook, a 16-pair family, a stricter level, zero spread, beyond "
+            "the cap), then judge's not-significant pairs (-1: none)")
 
 
 # ---------------------------------------------------------------------------------

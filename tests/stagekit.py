@@ -49,6 +49,8 @@ def weights_sum(model: torch.nn.Module) -> float:
 
 
 class AlternatingMethod(TrainingMethod):
+    reads_epoch_budget = True  # its coefficient follows Progress.fraction
+
     class Params(MethodParams):
         k: int = Field(3, ge=1)  # embedding steps per discriminator step
         disc_lr: float = Field(0.01, gt=0)

@@ -178,6 +178,7 @@ class A3VSEMethod(GradientMethod):
 
     Params = A3VSEParams
     models = ("a3vse",)
+    reads_epoch_budget = True  # a coefficient ramped over the run's fraction p
     uses_loss = False  # the objective is Eq. 9, set by the method's own Params
     params: A3VSEParams
 

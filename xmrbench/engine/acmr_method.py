@@ -138,6 +138,7 @@ class ACMRMethod(TrainingMethod):
 
     Params = ACMRParams
     models = ("acmr",)
+    reads_epoch_budget = True  # a coefficient ramped over the run's fraction p
     uses_loss = False  # the objective is Eq. 8-10, set by the method's own Params
     batch_extras = ("labels",)
     params: ACMRParams

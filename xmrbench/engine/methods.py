@@ -37,8 +37,10 @@ The contract itself (:class:`TrainingMethod`, :class:`Stream`, :class:`StepConte
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+from xmrbench.core.models.registry import MODELS
 from xmrbench.engine.a3vse_method import A3VSEMethod
 from xmrbench.engine.acmr_method import ACMRMethod
 from xmrbench.engine.adapt_method import ADAPTMethod
@@ -73,6 +75,7 @@ __all__ = [
     "TrainingMethod",
     "build_optimizer",
     "build_scheduler",
+    "method_of",
 ]
 
 #: Name of the method a model trains with when its cell names none.
@@ -102,3 +105,13 @@ METHODS: Registry[type[TrainingMethod]] = Registry(
         "phrase_cca": PhraseCCAMethod,
     },
 )
+
+
+def method_of(config: Mapping[str, Any]) -> type[TrainingMethod] | None:
+    """The training method a stored run config trains with (its ``method.name``, else its
+    model's default); None for a config without a known model (an ensemble's)."""
+    named = (config.get("method") or {}).get("name")
+    if named is not None:
+        return METHODS.get(str(named))
+    model = MODELS.get(str((config.get("model") or {}).get("name")))
+    return None if model is None else METHODS[DEFAULT_METHOD[model.closed_form]]

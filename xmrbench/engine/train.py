@@ -448,6 +448,7 @@ def train_and_evaluate(
                 raise StoreError(f"checkpoint names this run but does not fit it ({exc.__class__.__name__}); "
                                  "delete it to start the run over", where=str(ckpt_path)) from None
 
+    budget = cfg.train.epochs if method.reads_epoch_budget else None  # None: reading it fails (Progress)
     for epoch in range(start_epoch, cfg.train.epochs):
         if cfg.train.early_stop and has_plateaued(curves["dev_score"], cfg.train.plateau_window, cfg.train.plateau_gain):
             break  # resumed after the epoch that reached the plateau
@@ -469,7 +470,7 @@ def train_and_evaluate(
                 make_batch(train, caption_index, caption_image, device, extras)
             for name, stream in zip(stream_names, streams):
                 batch.streams[name] = stream.batch(b)
-            ctx = StepContext(Progress(epoch, cfg.train.epochs, b, len(batches)), device, label, artifacts or {}, train)
+            ctx = StepContext(Progress(epoch, budget, b, len(batches)), device, label, artifacts or {}, train)
             value = method.step(ctx, batch)
             total += value
             events.batch_end(b, value)

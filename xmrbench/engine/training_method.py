@@ -27,10 +27,17 @@ from xmrbench.params import Params
 
 @dataclass(frozen=True)
 class Progress:
-    """Where training stands when a step starts (everything 0-based)."""
+    """Where training stands when a step starts (everything 0-based).
+
+    ``n_epochs`` is the run's epoch budget (``train.epochs``), or None for a method that
+    declares it never reads it (``TrainingMethod.reads_epoch_budget``): reading
+    ``total_steps`` or ``fraction`` then fails, so an undeclared dependence on the budget
+    cannot slip through. A run of such a method that stopped early at its plateau is
+    the run any larger budget would give (``runner/adopt.py``).
+    """
 
     epoch: int
-    n_epochs: int
+    n_epochs: int | None
     batch: int  # index of the batch within its epoch
     steps_per_epoch: int
 
@@ -41,6 +48,9 @@ class Progress:
 
     @property
     def total_steps(self) -> int:
+        if self.n_epochs is None:
+            raise TrainingError("the training method reads the epoch budget (Progress.total_steps or fraction) "
+                                "but does not declare reads_epoch_budget = True")
         return self.n_epochs * self.steps_per_epoch
 
     @property
@@ -127,6 +137,9 @@ class TrainingMethod:
     #: False: the method's own Params define its whole objective, and its cells set
     #: ``loss: null`` (the engine then hands it ``loss=None``)
     uses_loss: ClassVar[bool] = True
+    #: True: a step reads the epoch budget (``Progress.fraction``: a coefficient ramped over
+    #: the whole run), so runs with other ``train.epochs`` differ from their first epoch on
+    reads_epoch_budget: ClassVar[bool] = False
 
     def __init__(self, params: MethodParams, *, model: RetrievalModel, loss: nn.Module | None, train: TrainConfig):
         self.params = params

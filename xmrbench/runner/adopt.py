@@ -13,6 +13,16 @@ under ``<results>/_trained/``, keyed by training hash and seed; a run of another
 with that training hash and seed evaluates the stored model on its own protocols
 instead of training again (``run_one``), and its result names the source
 (``trained_by``).
+
+A run that stopped early at its plateau, after ``e`` epochs, is also the run of any
+larger epoch budget: the loop stops at the same epoch with the same weights, unless
+something reads the budget itself. So a run whose config differs from a stored one only
+in ``train.epochs`` evaluates that stored model too, when early stopping is on, the
+method does not read the budget (``TrainingMethod.reads_epoch_budget``; ``Progress``
+fails a method that reads it undeclared), and the stored run stopped before the new
+budget. Such runs leave a second reference, ``_trained/open-<hash>--seed<k>.ref``, keyed
+by the training hash without ``train.epochs`` (:func:`open_budget_hash`). Raising a
+budget then trains only the runs the old budget cut short.
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from xmrbench.config import REPORTING_KEYS, training_hash
+from xmrbench.engine.methods import method_of
 from xmrbench.errors import StoreError
 from xmrbench.recipe.resolve import Cell, ResolvedRecipe
 from xmrbench.store.schema import CellRef, RecipeRef, ResultDoc
@@ -41,21 +52,54 @@ def trained_ref_path(store: ResultStore, train_hash: str, seed: int) -> Path:
     return store.root / "_trained" / f"{safe_name(train_hash)}--seed{seed}.ref"
 
 
+def open_budget_hash(config: dict[str, Any]) -> str | None:
+    """The training hash of ``config`` without ``train.epochs``, when a run that stops early
+    gives the same model under any larger budget: early stopping on and a gradient method
+    that does not read the budget. None otherwise (and for ensembles)."""
+    method = method_of(config)
+    train = config.get("train") or {}
+    if method is None or not method.gradient_based or method.reads_epoch_budget or not train.get("early_stop"):
+        return None
+    return "open-" + training_hash({**config, "train": {k: v for k, v in train.items() if k != "epochs"}})
+
+
+def open_ref_path(store: ResultStore, config: dict[str, Any], seed: int) -> Path | None:
+    """Where the reference to a run of ``config``'s open budget hash lives (None: no such hash)."""
+    key = open_budget_hash(config)
+    return None if key is None else trained_ref_path(store, key, seed)
+
+
+def _stopped_early(doc: ResultDoc) -> int | None:
+    """The epochs ``doc``'s run trained when it stopped early at its plateau, else None."""
+    record = doc.convergence_record()
+    return record.epochs if record is not None and record.stopped_early else None
+
+
+def _refs_of(store: ResultStore, doc: ResultDoc) -> list[Path]:
+    """The references ``doc``'s run (one that trained its model) leaves."""
+    refs = [trained_ref_path(store, training_hash(doc.config), doc.seed)]
+    open_ref = open_ref_path(store, doc.config, doc.seed)
+    if open_ref is not None and _stopped_early(doc) is not None:
+        refs.append(open_ref)
+    return refs
+
+
 def record_training(store: ResultStore, doc: ResultDoc) -> None:
-    """Leave a reference to ``doc``'s run (a run that trained its model) for cells with
-    its training hash, with its dataset's fingerprint and the stamps of the files its
-    config names; the first usable run of a training hash and seed keeps the reference."""
-    path = trained_ref_path(store, training_hash(doc.config), doc.seed)
-    if path.exists() and find_training(store, doc.config, doc.seed) is not None:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Leave the references to ``doc``'s run (a run that trained its model) for cells with
+    its training hash (and, when it stopped early, its open budget hash), with its
+    dataset's fingerprint and the stamps of the files its config names; the first usable
+    run of a hash and seed keeps the reference."""
     ref = {"recipe": doc.recipe.id, "cell": doc.cell.id, "hash": doc.cell.hash,
            "dataset": doc.dataset.fingerprint,
            "files": doc.files if doc.files is not None else file_stamps(doc.config)}
-    try:
-        atomic_write_text(path, json.dumps(ref) + "\n")
-    except StoreError:
-        pass  # the run itself is stored; the reference is an index the next reproduce repairs
+    for path in _refs_of(store, doc):
+        if path.exists() and _lookup(store, path, doc.config, doc.seed, None) is not None:
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            atomic_write_text(path, json.dumps(ref) + "\n")
+        except StoreError:
+            pass  # the run itself is stored; the reference is an index the next reproduce repairs
 
 
 def _writer_gone(path: Path, older_than_s: float) -> bool:
@@ -85,7 +129,7 @@ def repair_training_refs(store: ResultStore, recipe_id: str, *, older_than_s: fl
             tmp.unlink(missing_ok=True)
     written = 0
     for doc in _trained_runs(store, recipe_id):
-        if not trained_ref_path(store, training_hash(doc.config), doc.seed).exists():
+        if not all(path.exists() for path in _refs_of(store, doc)):
             record_training(store, doc)
             written += 1
     return written
@@ -103,12 +147,22 @@ def _trained_runs(store: ResultStore, recipe_id: str) -> Iterator[ResultDoc]:
 def find_training(store: ResultStore, config: dict[str, Any], seed: int,
                   dataset: str | None = None) -> tuple[ResultDoc, Path] | None:
     """A stored run, of any recipe in the store, that trained ``config``'s model with
-    ``seed``: its result document and model file. None if there is none, or if the
-    reference is stale: the result or model gone or recomputed under another config, a
-    file the config names changed since, or (when ``dataset`` is given) the data's
-    fingerprint differs."""
-    want = training_hash(config)
-    path = trained_ref_path(store, want, seed)
+    ``seed``: its result document and model file. That is a run with ``config``'s training
+    hash, else one with its open budget hash that stopped early before ``config``'s
+    ``train.epochs``. None if there is none, or if the reference is stale: the result or
+    model gone or recomputed under another config, a file the config names changed
+    since, or (when ``dataset`` is given) the data's fingerprint differs."""
+    found = _lookup(store, trained_ref_path(store, training_hash(config), seed), config, seed, dataset)
+    open_ref = open_ref_path(store, config, seed)
+    if found is None and open_ref is not None:
+        found = _lookup(store, open_ref, config, seed, dataset)
+    return found
+
+
+def _lookup(store: ResultStore, path: Path, config: dict[str, Any], seed: int,
+            dataset: str | None) -> tuple[ResultDoc, Path] | None:
+    """The run the reference at ``path`` names, if it trained ``config``'s model (see
+    :func:`find_training`)."""
     try:
         ref = json.loads(path.read_text(encoding="utf-8"))
         recipe, cell, chash = str(ref["recipe"]), str(ref["cell"]), str(ref["hash"])
@@ -120,9 +174,14 @@ def find_training(store: ResultStore, config: dict[str, Any], seed: int,
     model = store.model_path(recipe, cell, chash, seed)
     if status.state != "done" or status.doc is None or not model.is_file() or status.doc.trained_by is not None:
         return None
-    if training_hash(status.doc.config) != want:
-        return None
-    return status.doc, model
+    doc = status.doc
+    if training_hash(doc.config) == training_hash(config):
+        return doc, model
+    stopped = _stopped_early(doc)
+    if open_budget_hash(config) is not None and open_budget_hash(doc.config) == open_budget_hash(config) \
+            and stopped is not None and stopped < config["train"]["epochs"]:
+        return doc, model
+    return None
 
 
 def adopt_run(store: ResultStore, resolved: ResolvedRecipe, cell: Cell, seed: int, doc: ResultDoc,

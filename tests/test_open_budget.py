@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from xmrbench.cli.json_out import plan_payload
 from xmrbench.engine.methods import METHODS
 from xmrbench.engine.training_method import Progress
 from xmrbench.errors import TrainingError
@@ -45,6 +46,9 @@ def test_a_larger_budget_evaluates_the_run_that_stopped_early(tmp_path):
         record = store.status(small.id, "a", one.hash, seed).doc.convergence
         assert record["stopped_early"] and record["epochs"] == 2
         assert open_ref_path(store, one.config.to_dict(), seed).is_file()
+    planned = plan_payload(large, store, store.root)["runs"]
+    assert [(r["trained_by"], r["trained_by_epochs"]) for r in planned] == [
+        (f"{small.id}/{store.run_name('a', one.hash, r['seed'])}", 2) for r in planned]
     summary = reproduce(large, store, device="cpu")
     assert sorted(summary.reused_training) == sorted(summary.ran) == [("a", 0), ("a", 1)]
 

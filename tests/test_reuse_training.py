@@ -46,6 +46,7 @@ def test_the_second_table_evaluates_the_first_tables_models(tmp_path):
     assert [r["trained_by"] for r in planned] == [
         f"{first.id}/{store.run_name(r['cell'], first.cell(r['cell']).hash, r['seed'])}" for r in planned]
     assert all(r["estimate_s"] is not None for r in planned)  # the source's evaluation time
+    assert all(r["trained_by_epochs"] is None for r in planned)  # the same budget
     summary = reproduce(second, store, device="cpu")
     assert not summary.failed
     assert sorted(summary.reused_training) == sorted(summary.ran) == [("a", 0), ("a", 1), ("b", 0), ("b", 1)]

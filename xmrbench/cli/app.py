@@ -276,8 +276,9 @@ def plan(
         if parts:
             needs_lines[r["cell"]] = f"{r['cell']} (stage {r['stage']}) needs: {'; '.join(parts)}"
         if r["trained_by"]:
-            reuse_lines.append(f"{r['cell']} seed {r['seed']}: evaluates the stored model of {r['trained_by']} "
-                               "(same training config)")
+            why = "same training config" if r["trained_by_epochs"] is None else \
+                f"stopped at its plateau after {r['trained_by_epochs']} epochs, below this cell's budget"
+            reuse_lines.append(f"{r['cell']} seed {r['seed']}: evaluates the stored model of {r['trained_by']} ({why})")
     console.print(table)
     for line in reuse_lines:
         _say(line)

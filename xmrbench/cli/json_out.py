@@ -147,19 +147,22 @@ def plan_payload(resolved: Any, store: Any, results: Path, jobs: int = 1) -> dic
         other_model = row.other_model
         cell = resolved.cell(cell_id)
         done = state == "done"
-        trained_by = None
+        trained_by = trained_epochs = None
         if not done and cell.config is not None and not cell.members:
-            source = find_training(store, run_config(cell), seed)
+            config = run_config(cell)
+            source = find_training(store, config, seed)
             if source is not None:  # evaluates a stored model: its time is the evaluation's
                 doc = source[0]
                 trained_by = f"{doc.recipe.id}/{store.run_name(doc.cell.id, doc.cell.hash, seed)}"
+                if doc.config["train"].get("epochs") != config["train"].get("epochs"):  # stopped early, below the cap
+                    trained_epochs = len(doc.curves.get("dev_score", []))
                 est, same_size, other_model = doc.timing.get("eval_s", 0.0), True, False
         runs.append({"cell": cell_id, "row": cell.row.id, "stage": cell.stage, "seed": seed, "hash": cell.hash,
                      "state": state, "todo": not done, "estimate_s": None if done else est,
                      "estimate_same_size": None if done or est is None else same_size,
                      "estimate_other_model": None if done or est is None else other_model,
                      "convergence": _convergence(store, resolved, cell, seed) if done else None,
-                     "needs": _needs(cell), "trained_by": trained_by})
+                     "needs": _needs(cell), "trained_by": trained_by, "trained_by_epochs": trained_epochs})
     todo = [r["estimate_s"] for r in runs if r["todo"]]
     total = None if any(e is None for e in todo) else float(sum(todo))
     wall = None

@@ -121,3 +121,47 @@ def test_an_undeclared_read_of_the_budget_fails():
     with pytest.raises(TrainingError, match="reads_epoch_budget"):
         _ = progress.fraction
     assert Progress(epoch=1, n_epochs=3, batch=2, steps_per_epoch=5).fraction == 7 / 15
+
+
+NEVER_STOPS = ", early_stop: true, plateau_window: 50"  # no plateau within these budgets
+
+
+def test_a_larger_budget_resumes_a_run_that_ended_at_its_cap(tmp_path):
+    """A run that ended at its budget keeps its last checkpoint; a run with a larger
+    budget starts from it, and ends where training from epoch 1 would."""
+    from xmrbench.runner.adopt import _kept_checkpoints
+
+    two, four = _recipe(tmp_path, "cap-two", 2, NEVER_STOPS), _recipe(tmp_path, "cap-four", 4, NEVER_STOPS)
+    key = open_budget_hash(two.cell("a").config.to_dict())
+    store = ResultStore(tmp_path / "s")
+    reproduce(two, store, device="cpu")
+    assert [n for n, _ in _kept_checkpoints(store, key, 0)] == [2]
+    summary = reproduce(four, store, device="cpu")
+    assert sorted(summary.ran) == [("a", 0), ("a", 1)] and not summary.reused_training
+    assert [n for n, _ in _kept_checkpoints(store, key, 0)] == [4]  # the longer run's, the shorter one dropped
+
+    own = ResultStore(tmp_path / "own")
+    reproduce(four, own, device="cpu")
+    cell = four.cell("a")
+    for seed in (0, 1):
+        doc, ref = (s.status(four.id, "a", cell.hash, seed).doc for s in (store, own))
+        assert doc.resumed_from_epoch == 2 and ref.resumed_from_epoch is None
+        assert doc.metrics == ref.metrics and doc.ranks == ref.ranks and doc.best_epoch == ref.best_epoch
+        assert _untimed(doc.curves) == _untimed(ref.curves) and doc.convergence == ref.convergence
+
+    reproduce(_recipe(tmp_path, "cap-three", 3, NEVER_STOPS), store, device="cpu")  # below 4: from epoch 1
+    assert [n for n, _ in _kept_checkpoints(store, key, 0)] == [4]
+
+
+def test_a_run_that_stops_early_drops_the_kept_checkpoints(tmp_path):
+    from xmrbench.runner.adopt import _kept_checkpoints
+
+    store = ResultStore(tmp_path / "s")
+    one, six = _recipe(tmp_path, "cap-one", 1), _recipe(tmp_path, "cap-six", 6)
+    reproduce(one, store, device="cpu")  # one epoch: no plateau window yet, it ends at its cap
+    key = open_budget_hash(one.cell("a").config.to_dict())
+    assert [n for n, _ in _kept_checkpoints(store, key, 0)] == [1]
+    reproduce(six, store, device="cpu")  # resumes after epoch 1 and stops at its plateau after 2
+    doc = store.status(six.id, "a", six.cell("a").hash, 0).doc
+    assert doc.resumed_from_epoch == 1 and doc.convergence["stopped_early"] and doc.convergence["epochs"] == 2
+    assert _kept_checkpoints(store, key, 0) == []

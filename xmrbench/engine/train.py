@@ -386,8 +386,13 @@ def train_and_evaluate(
     init_state: dict[str, torch.Tensor] | None = None,
     artifacts: dict[str, dict[str, Any]] | None = None,
     on_sims: Callable[[str, list[torch.Tensor]], None] | None = None,
+    resume_key: str | None = None,
 ) -> RunOutput:
     """Train ``cfg`` with ``seed`` (resuming from ``work_dir`` if it holds a checkpoint) and evaluate.
+
+    ``resume_key``: the run's open budget hash (``runner/adopt.py``), written into its
+    checkpoints; a checkpoint with this key and an epoch inside ``train.epochs`` fits the
+    run as well as its own (one left by a smaller budget that ended at its cap).
 
     ``init_state``: model weights to start from (an earlier stage's selected model)
     instead of the initialisation; ``artifacts``: what earlier stages derived (mined
@@ -434,7 +439,9 @@ def train_and_evaluate(
         except StoreError as exc:  # refused, torn or foreign: start over rather than fail
             events.warn(f"{exc.one_line()}; starting {label} over from epoch 1")
             ckpt = None
-        if ckpt and ckpt.get("version") == CHECKPOINT_VERSION and ckpt.get("cell_hash") == cfg.hash() and ckpt.get("seed") == seed:
+        fits = ckpt is not None and (ckpt.get("cell_hash") == cfg.hash() or (
+            resume_key is not None and ckpt.get("resume_key") == resume_key and ckpt.get("epoch", 1 << 30) < cfg.train.epochs))
+        if fits and ckpt.get("version") == CHECKPOINT_VERSION and ckpt.get("seed") == seed:
             try:
                 model.load_state_dict(ckpt["model"])
                 if loss_fn is not None:
@@ -502,6 +509,7 @@ def train_and_evaluate(
                 {
                     "version": CHECKPOINT_VERSION,
                     "cell_hash": cfg.hash(),
+                    "resume_key": resume_key,
                     "seed": seed,
                     "epoch": epoch,
                     "model": model.state_dict(),

@@ -22,7 +22,10 @@ method does not read the budget (``TrainingMethod.reads_epoch_budget``; ``Progre
 fails a method that reads it undeclared), and the stored run stopped before the new
 budget. Such runs leave a second reference, ``_trained/open-<hash>--seed<k>.ref``, keyed
 by the training hash without ``train.epochs`` (:func:`open_budget_hash`). Raising a
-budget then trains only the runs the old budget cut short.
+budget then trains only the runs the old budget cut short, and those resume: such a run
+keeps its last checkpoint as ``_trained/open-<hash>--seed<k>--epoch<n>.ckpt``
+(:func:`keep_checkpoint`), and a run of the same open hash with a budget above ``n``
+starts from it (:func:`restore_checkpoint`), as an interrupted run resumes.
 """
 
 from __future__ import annotations
@@ -67,6 +70,59 @@ def open_ref_path(store: ResultStore, config: dict[str, Any], seed: int) -> Path
     """Where the reference to a run of ``config``'s open budget hash lives (None: no such hash)."""
     key = open_budget_hash(config)
     return None if key is None else trained_ref_path(store, key, seed)
+
+
+def _kept_checkpoints(store: ResultStore, key: str, seed: int) -> list[tuple[int, Path]]:
+    """The kept last checkpoints of runs of open hash ``key`` and ``seed``: (epochs, path), fewest first."""
+    stem = trained_ref_path(store, key, seed).name.removesuffix(".ref")
+    found = []
+    for path in (store.root / "_trained").glob(f"{stem}--epoch*.ckpt"):
+        epochs = path.name.removeprefix(f"{stem}--epoch").removesuffix(".ckpt")
+        if epochs.isdigit():
+            found.append((int(epochs), path))
+    return sorted(found)
+
+
+def restore_checkpoint(store: ResultStore, config: dict[str, Any], seed: int, work: Path) -> int | None:
+    """Start a run of ``config`` that has no checkpoint of its own from the kept last
+    checkpoint of a run with its open budget hash and fewer epochs than its budget (the
+    most such epochs): copied into ``work``. Returns those epochs, or None."""
+    key = open_budget_hash(config)
+    own = work / "checkpoint.pt"
+    if key is None or own.exists():
+        return None
+    fitting = [(n, path) for n, path in _kept_checkpoints(store, key, seed) if n < config["train"]["epochs"]]
+    if not fitting:
+        return None
+    epochs, path = fitting[-1]
+    work.mkdir(parents=True, exist_ok=True)
+    tmp = own.with_name(f".{own.name}.{os.getpid()}.tmp")
+    shutil.copyfile(path, tmp)
+    tmp.replace(own)
+    return epochs
+
+
+def keep_checkpoint(store: ResultStore, config: dict[str, Any], seed: int, work: Path,
+                    stopped_early: bool, epochs: int) -> None:
+    """After a run of ``config`` that trained ``epochs`` epochs: keep its last checkpoint
+    (in ``work``) when it ended at its budget, for a larger budget to resume, and drop the
+    kept checkpoints it outgrew; a run that stopped early outgrew them all (its model is
+    the larger budgets' run). Call it before the run's work dir is removed."""
+    key = open_budget_hash(config)
+    if key is None:
+        return
+    kept = _kept_checkpoints(store, key, seed)
+    last = work / "checkpoint.pt"
+    if not stopped_early and last.is_file() and not any(n >= epochs for n, _ in kept):
+        target = trained_ref_path(store, key, seed).with_name(
+            f"{trained_ref_path(store, key, seed).name.removesuffix('.ref')}--epoch{epochs}.ckpt")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        shutil.copyfile(last, tmp)
+        tmp.replace(target)
+    for n, path in kept:
+        if stopped_early or n < epochs:
+            path.unlink(missing_ok=True)
 
 
 def _stopped_early(doc: ResultDoc) -> int | None:

@@ -34,7 +34,7 @@ from xmrbench.errors import ConfigError, StoreError
 from xmrbench.provenance.env import environment
 from xmrbench.provenance.fingerprint import run_fingerprint
 from xmrbench.recipe.resolve import Cell, ResolvedRecipe
-from xmrbench.runner.adopt import find_training, record_training
+from xmrbench.runner.adopt import find_training, keep_checkpoint, open_budget_hash, record_training, restore_checkpoint
 from xmrbench.runner.kept_sims import SimsKeeper, kept_dir, load_kept, release
 from xmrbench.runner.stages import artifact, initial_weights
 from xmrbench.runner.stored import inputs_of, load_member, load_state, run_config, write_plain
@@ -116,6 +116,7 @@ def run_one(
                                                   warn=events.warn if events is not None else None,
                                                   stop_requested=stop_requested)
     work.mkdir(parents=True, exist_ok=True)
+    restore_checkpoint(store, config, seed, work)  # a smaller budget's last epochs, when that run ended at its cap
     keeper = SimsKeeper(work, kept_dir(store, resolved.id, cell, seed)) if keep_sims else None
     out = train_and_evaluate(
         cfg,
@@ -129,9 +130,12 @@ def run_one(
         init_state=init_state,
         artifacts=artifacts,
         on_sims=keeper,
+        resume_key=open_budget_hash(config),
     )
     doc = _result_doc(resolved, cell, seed, out, config, cache.data(cfg.data), prepared, device)
     doc = doc.model_copy(update={"files": files})
+    if out.convergence is not None and out.convergence.epochs is not None:
+        keep_checkpoint(store, config, seed, work, out.convergence.stopped_early, out.convergence.epochs)
     return _store_run(store, resolved, cell, seed, doc, out, keeper, trained=True)
 
 

@@ -165,3 +165,11 @@ def test_a_run_that_stops_early_drops_the_kept_checkpoints(tmp_path):
     doc = store.status(six.id, "a", six.cell("a").hash, 0).doc
     assert doc.resumed_from_epoch == 1 and doc.convergence["stopped_early"] and doc.convergence["epochs"] == 2
     assert _kept_checkpoints(store, key, 0) == []
+
+
+def test_force_trains_from_epoch_one(tmp_path):
+    store = ResultStore(tmp_path / "s")
+    reproduce(_recipe(tmp_path, "cap-two", 2, NEVER_STOPS), store, device="cpu")
+    four = _recipe(tmp_path, "cap-four", 4, NEVER_STOPS)
+    reproduce(four, store, device="cpu", force=True)
+    assert store.status(four.id, "a", four.cell("a").hash, 0).doc.resumed_from_epoch is None

@@ -81,7 +81,8 @@ def run_one(
     ``keep_sims``: keep the final image-text similarity matrices for an ensemble of this
     cell that runs next (``xmrbench/runner/kept_sims.py``). ``reuse_training``: when the
     store holds a run of another cell that trained this cell's model (the same training
-    hash and seed, ``runner/adopt.py``), evaluate that model instead of training again.
+    hash and seed, ``runner/adopt.py``), evaluate that model instead of training again,
+    and start from the kept last checkpoint of a smaller budget's run that ended at its cap.
     """
     if cell.members:
         return _run_ensemble(resolved, cell, seed, store=store, cache=cache, device=device)
@@ -116,7 +117,8 @@ def run_one(
                                                   warn=events.warn if events is not None else None,
                                                   stop_requested=stop_requested)
     work.mkdir(parents=True, exist_ok=True)
-    restore_checkpoint(store, config, seed, work)  # a smaller budget's last epochs, when that run ended at its cap
+    if reuse_training:  # a smaller budget's last epochs, when that run ended at its cap
+        restore_checkpoint(store, config, seed, work)
     keeper = SimsKeeper(work, kept_dir(store, resolved.id, cell, seed)) if keep_sims else None
     out = train_and_evaluate(
         cfg,

@@ -72,15 +72,31 @@ def open_ref_path(store: ResultStore, config: dict[str, Any], seed: int) -> Path
     return None if key is None else trained_ref_path(store, key, seed)
 
 
+def _kept_path(store: ResultStore, key: str, seed: int, epochs: int | str) -> Path:
+    """Where the kept last checkpoint of a run of open hash ``key`` and ``seed`` that
+    trained ``epochs`` epochs lives (``"*"``: the glob of them all)."""
+    ref = trained_ref_path(store, key, seed)
+    return ref.with_name(f"{ref.name.removesuffix('.ref')}--epoch{epochs}.ckpt")
+
+
 def _kept_checkpoints(store: ResultStore, key: str, seed: int) -> list[tuple[int, Path]]:
     """The kept last checkpoints of runs of open hash ``key`` and ``seed``: (epochs, path), fewest first."""
-    stem = trained_ref_path(store, key, seed).name.removesuffix(".ref")
+    pattern = _kept_path(store, key, seed, "*")
+    head, tail = pattern.name.split("*")
     found = []
-    for path in (store.root / "_trained").glob(f"{stem}--epoch*.ckpt"):
-        epochs = path.name.removeprefix(f"{stem}--epoch").removesuffix(".ckpt")
+    for path in pattern.parent.glob(pattern.name):
+        epochs = path.name.removeprefix(head).removesuffix(tail)
         if epochs.isdigit():
             found.append((int(epochs), path))
     return sorted(found)
+
+
+def _copy_atomic(source: Path, target: Path) -> None:
+    """Copy ``source`` to ``target`` through a temporary (a dead copier's is cleaned as any temporary)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    shutil.copyfile(source, tmp)
+    tmp.replace(target)
 
 
 def restore_checkpoint(store: ResultStore, config: dict[str, Any], seed: int, work: Path) -> int | None:
@@ -95,10 +111,7 @@ def restore_checkpoint(store: ResultStore, config: dict[str, Any], seed: int, wo
     if not fitting:
         return None
     epochs, path = fitting[-1]
-    work.mkdir(parents=True, exist_ok=True)
-    tmp = own.with_name(f".{own.name}.{os.getpid()}.tmp")
-    shutil.copyfile(path, tmp)
-    tmp.replace(own)
+    _copy_atomic(path, own)
     return epochs
 
 
@@ -114,12 +127,7 @@ def keep_checkpoint(store: ResultStore, config: dict[str, Any], seed: int, work:
     kept = _kept_checkpoints(store, key, seed)
     last = work / "checkpoint.pt"
     if not stopped_early and last.is_file() and not any(n >= epochs for n, _ in kept):
-        target = trained_ref_path(store, key, seed).with_name(
-            f"{trained_ref_path(store, key, seed).name.removesuffix('.ref')}--epoch{epochs}.ckpt")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        shutil.copyfile(last, tmp)
-        tmp.replace(target)
+        _copy_atomic(last, _kept_path(store, key, seed, epochs))
     for n, path in kept:
         if stopped_early or n < epochs:
             path.unlink(missing_ok=True)
@@ -252,9 +260,7 @@ def adopt_run(store: ResultStore, resolved: ResolvedRecipe, cell: Cell, seed: in
     target = store.model_path(resolved.id, cell.id, cell.hash, seed)  # type: ignore[arg-type]
     target.parent.mkdir(parents=True, exist_ok=True)
     if model.is_file() and model != target:
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")  # a dead copier's is cleaned as any temporary
-        shutil.copyfile(model, tmp)
-        tmp.replace(target)
+        _copy_atomic(model, target)
     return store.write(moved)
 
 

@@ -241,9 +241,9 @@ def _lookup(store: ResultStore, path: Path, config: dict[str, Any], seed: int,
     doc = status.doc
     if training_hash(doc.config) == training_hash(config):
         return doc, model
-    stopped = _stopped_early(doc)
-    if open_budget_hash(config) is not None and open_budget_hash(doc.config) == open_budget_hash(config) \
-            and stopped is not None and stopped < config["train"]["epochs"]:
+    stopped, key = _stopped_early(doc), open_budget_hash(config)
+    if key is not None and open_budget_hash(doc.config) == key and stopped is not None \
+            and stopped < config["train"]["epochs"]:
         return doc, model
     return None
 

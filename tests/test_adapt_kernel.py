@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from xmrbench.bench import adapt as bench_adapt
-from xmrbench.bench.harness import measure
+from xmrbench.bench.harness import Ceilings, measure
 from xmrbench.bench.registry import BENCHMARKS
 from xmrbench.core.sim.adapt_fovea import (
     fovea_mask,
@@ -324,16 +324,20 @@ def test_the_adapt_benchmark_runs_at_a_toy_size(monkeypatch):
     def in_process(n_img, n_txt, dim, budget_bytes, device, repeats):
         return bench_adapt.run_probe(n_img, n_txt, dim, budget_bytes, device, repeats)
 
-    def small_exp_ceiling(device, *, quick):
-        x = torch.randn(1 << 16)
-        return measure("exp", lambda: torch.exp(x), repeats=2, work=float(x.numel()), unit="exp")
-
+    x = torch.randn(1 << 16)
+    exp = measure("exp", lambda: torch.exp(x), repeats=2, work=float(x.numel()), unit="exp")
+    ceilings = Ceilings(flop=1e9, exp=exp.rate, byte=1e9)
     monkeypatch.setattr(bench_adapt, "_child", in_process)
-    monkeypatch.setattr(bench_adapt, "exp_ceiling", small_exp_ceiling)
     assert BENCHMARKS["adapt"] is bench_adapt.adapt
-    res = bench_adapt.adapt(torch.device("cpu"), quick=True)
+    res = bench_adapt.adapt(torch.device("cpu"), quick=True, ceilings=ceilings)
     assert res.name == "adapt" and "4 images" in res.description
-    assert [t.unit for t in res.timings] == ["pair", "exp", "exp", "exp"]
+    assert [t.unit for t in res.timings] == ["pair", "exp", "exp"]
+    assert [k.kernel for k in res.kernels] == ["adapt-t2i", "adapt-i2t"]
+    for k in res.kernels:  # the floor is the stated work at the exp rate handed in
+        assert k.floor_seconds == pytest.approx(k.work / exp.rate) and k.ratio_to_floor == k.seconds / k.floor_seconds
+        assert k.peak_extra_bytes >= 0 and set(k.to_dict()) >= {"kernel", "size", "seconds", "floor_seconds",
+                                                              "ratio_to_floor", "peer_seconds", "speedup_vs_peer",
+                                                              "peak_extra_bytes"}
     assert all(t.seconds > 0 for t in res.timings)
     for case in ("ADAPT-T2I", "ADAPT-I2T"):
         assert res.ratios[f"{case}: time / exp floor"] > 0

@@ -258,20 +258,38 @@ def test_check_kernels_json_and_console():
 # bench, env, data check
 
 
-def test_bench_json(monkeypatch):
+def test_bench_json_stores_the_run_and_report_renders_it(monkeypatch, tmp_path):
     import xmrbench.bench.registry as R
-    from xmrbench.bench.harness import BenchResult, Timing
+    from xmrbench.bench.harness import BenchResult, Ceilings, KernelRecord, Timing
 
-    fake = BenchResult("ranking", "ranks", [Timing("ranks", 0.5, 3, work=10.0, unit="pair")], {"speed-up": 2.0}, ["n"])
-    monkeypatch.setattr(R, "run_benchmarks", lambda names, dev, quick: [fake])
-    code, out, _ = xmr("bench", "ranking", "--device", "cpu", "--json")
+    fake = BenchResult("eval", "ranks", [Timing("ranks", 0.5, 3, work=10.0, unit="pair")], {"speed-up": 2.0}, ["n"])
+    fake.kernels.append(KernelRecord("eval", "10x50, d=4", 0.5, 2e9, "flop", 0.25, "the GEMM", 10.0, "a loop",
+                                     targets={"ratio_to_floor": 1.3, "speedup_vs_peer": 10.0}))
+    ceilings = Ceilings(flop=8e9, exp=1e9, byte=1e10)
+    monkeypatch.setattr(R, "run_benchmarks", lambda names, dev, quick: R.BenchRun(ceilings, [fake]))
+    monkeypatch.chdir(tmp_path)
+    store = tmp_path / "store"
+    code, out, _ = xmr("bench", "eval", "--device", "cpu", "--json", "--results", "store")
     doc = doc_of("bench", out)
-    assert code == 0 and doc["env"]["device"] == "cpu"
+    assert code == 0 and doc["env"]["device"] == "cpu" and doc["sizes"] == "quick"
+    assert doc["ceilings"] == {"gemm_flop_per_s": 8e9, "exp_per_s": 1e9, "copy_byte_per_s": 1e10}
     (res,) = doc["results"]
-    assert res["name"] == "ranking" and res["timings"][0]["rate"] == 20.0 and res["ratios"] == {"speed-up": 2.0}
-    code, out, _ = xmr("bench", "ranking", "--device", "cpu")
-    assert code == 0 and "speed-up: 2" in out
+    assert res["name"] == "eval" and res["timings"][0]["rate"] == 20.0 and res["ratios"] == {"speed-up": 2.0}
+    (kernel,) = doc["kernels"]
+    assert kernel["ratio_to_floor"] == 2.0 and kernel["speedup_vs_peer"] == 20.0 and kernel["peak_extra_bytes"] is None
+    assert kernel["targets_met"] == {"ratio_to_floor": False, "speedup_vs_peer": True}
+    (stored,) = (store / "_bench").glob("bench-*.json")
+    assert json.loads(stored.read_text()) == doc  # the store keeps exactly what --json prints
+    code, out, _ = xmr("bench", "eval", "--device", "cpu", "--results", "store")
+    assert code == 0 and "speed-up: 2" in out and "2.00" in out and "judged at --full" in out
     assert_narrow(out)
+    code, out, _ = xmr("report", "--bench", "--results", "store")
+    assert code == 0 and "eval" in out and "GEMM 8e+09 FLOP/s" in out and out.count("10x50, d=4") == 1
+    assert_narrow(out)
+    code, out, _ = xmr("report", "--bench", "--results", "store", "--markdown")
+    assert code == 0 and "| eval " in out and "≤1.3× floor; ≥10× peer (judged at --full sizes)" in out
+    code, out, err = xmr("report", "--bench", "--results", str(tmp_path / "none"))
+    assert code == 2 and out == "" and "no bench runs" in err
 
 
 def test_env_json_wraps_the_plain_object():

@@ -36,8 +36,7 @@ from typing import Any
 import torch
 
 from xmrbench.bench.attention import _reset_peak_rss, _status_bytes
-from xmrbench.bench.harness import BenchResult, Timing, sync
-from xmrbench.bench.kernels import machine
+from xmrbench.bench.harness import BenchResult, Ceilings, KernelRecord, Timing, sync
 from xmrbench.bench.mining import _trim_heap
 from xmrbench.core.sim.adapt_fovea import DEFAULT_BUDGET, fovea_sims, fovea_sims_reference, fovea_work
 from xmrbench.core.sim.cross_attention import CPU_BLOCK_BYTES, scan_sims
@@ -158,24 +157,18 @@ def _child(n_img: int, n_txt: int, dim: int, budget_bytes: int, device: str, rep
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def exp_ceiling(device: torch.device, *, quick: bool) -> Timing:
-    """This machine's exp throughput: the ``machine`` benchmark's ``exp`` timing."""
-    return next(t for t in machine(device, quick=quick).timings if t.unit == "exp")
-
-
 def memory_bound_bytes(n_values: int, n_queries: int, *, block_bytes: int, elem_bytes: int = 4) -> int:
     """The stated bound on memory beyond the inputs: the block budget and the output."""
     return block_bytes + elem_bytes * n_values * n_queries
 
 
-def adapt(device: torch.device, *, quick: bool) -> BenchResult:
+def adapt(device: torch.device, *, quick: bool, ceilings: Ceilings) -> BenchResult:
     """ADAPT's fovea kernel, both uses: time against the exp floor and SCAN t-i, peak memory against its bound."""
     n_img, n_txt, dim = QUICK if quick else FULL
     dev = "cuda" if getattr(device, "type", str(device)) == "cuda" else "cpu"
     res = BenchResult("adapt", f"ADAPT fovea similarity (lambda = {LAM:g}): {n_img:,} images (36 regions) x "
                                f"{n_txt:,} captions ({MIN_WORDS}-{MAX_WORDS} words), d = {dim}")
     st = _child(n_img, n_txt, dim, DEFAULT_BUDGET, dev, 3 if quick else 1)
-    ceiling = exp_ceiling(torch.device(dev), quick=quick)
     block_bytes = min(DEFAULT_BUDGET, CPU_BLOCK_BYTES) if dev == "cpu" else DEFAULT_BUDGET
     work = {
         "ADAPT-T2I": fovea_work(n_img, n_txt, REGIONS, dim),
@@ -191,7 +184,7 @@ def adapt(device: torch.device, *, quick: bool) -> BenchResult:
         n_v, n_q = shapes[case]
         res.timings.append(Timing(f"{case}, fovea_sims ({n_v} values x {n_q} queries, d={dim})", got["seconds"],
                                   got["repeats"], float(work[case]), "exp"))
-        floor = work[case] / (ceiling.rate or 1.0)
+        floor = ceilings.floor(float(work[case]), "exp")
         bound = memory_bound_bytes(n_v, n_q, block_bytes=block_bytes)
         res.ratios[f"{case}: exp floor (s)"] = floor
         res.ratios[f"{case}: time / exp floor"] = got["seconds"] / floor
@@ -202,16 +195,20 @@ def adapt(device: torch.device, *, quick: bool) -> BenchResult:
         res.ratios[f"{case}: peak memory beyond the inputs (MiB)"] = got["extra_bytes"] / 2**20
         res.ratios[f"{case}: peak memory / stated bound"] = got["extra_bytes"] / bound
         peaks.append(got["extra_bytes"])
+        res.kernels.append(KernelRecord(
+            case.lower(), f"{n_img}x{n_txt}, R={REGIONS}, d={dim}", got["seconds"], float(work[case]), "exp", floor,
+            "the fovea_work exponentials at the exp rate", peak_extra_bytes=got["extra_bytes"],
+            targets={"ratio_to_floor": 1.5},
+        ))
         res.notes.append(f"{case}: max abs difference to the reference on {CHECK_VALUES} x {CHECK_QUERIES} pairs "
                          f"{got['max_abs_diff_to_reference']:.1e}; all scores finite: {got['finite']}")
-    res.timings.append(ceiling)
     res.peak_rss_mb = max(peaks) / 2**20
     res.notes.append(
         "memory bound beyond the inputs: block budget + 4 N_v N_q bytes; one block holds at most "
         "4 (k b_v b_q n_b D + 2 b_v b_q D + 5 b_v b_q + b_v (2 n_b D + n_b + 2 D + 3) + b_q (D + 1)) bytes (k = 1), "
         f"blocks of {block_bytes / 2**20:.0f} MiB on this device"
     )
-    res.notes.append(f"{st['threads']} torch threads on {dev}; exp floor at {ceiling.rate or 0:.3g} exp/s "
+    res.notes.append(f"{st['threads']} torch threads on {dev}; exp floor at {ceilings.exp:.3g} exp/s "
                      f"(the machine benchmark's exp timing); memory measured as "
                      f"{'peak allocated' if dev == 'cuda' else 'peak resident set'} in a child process")
     return res

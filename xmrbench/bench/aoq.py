@@ -60,7 +60,7 @@ def _lists(train, width_t: int, width_i: int) -> dict[str, torch.Tensor]:
     return {"i2t": torch.from_numpy(i2t), "t2i": torch.from_numpy(t2i.astype(np.int32))}
 
 
-def aoq_losses(device: torch.device, *, quick: bool) -> BenchResult:
+def aoq_losses(device: torch.device, *, quick: bool, ceilings: object = None) -> BenchResult:
     """Seconds per training batch of VSRN (batches of 128) under AOQ's four losses."""
     from xmrbench.engine.methods import Progress, StepContext
     from xmrbench.engine.train import make_batch

@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from xmrbench.bench.harness import BenchResult, Timing, measure, sync
+from xmrbench.bench.harness import BenchResult, Ceilings, KernelRecord, Timing, measure, sync
 from xmrbench.core.sim.cross_attention import (
     CPU_BLOCK_BYTES,
     row_cosine,
@@ -34,13 +34,14 @@ DEFAULT_BUDGET = 512 * 2**20
 TARGET_BYTES = 2 * 2**30
 
 
-def _inputs(n_img: int, n_txt: int, dim: int, *, device: torch.device | str, seed: int = 0):
-    """Unit-norm regions ``(n_img, 36, dim)`` and words ``(n_txt, 32, dim)``; caption
-    lengths 6..32 (start and end tokens included), as in Flickr30K."""
+def _inputs(n_img: int, n_txt: int, dim: int, *, device: torch.device | str, seed: int = 0,
+            words: tuple[int, int] = (6, 32)):
+    """Unit-norm regions ``(n_img, 36, dim)`` and words ``(n_txt, words[1], dim)``; caption
+    lengths ``words[0]..words[1]`` (start and end tokens included; 6..32 as in Flickr30K)."""
     gen = torch.Generator().manual_seed(seed)
     img = torch.nn.functional.normalize(torch.randn(n_img, REGIONS, dim, generator=gen), dim=-1)
-    lengths = torch.randint(6, 33, (n_txt,), generator=gen)
-    words = torch.nn.functional.normalize(torch.randn(n_txt, 32, dim, generator=gen), dim=-1)
+    lengths = torch.randint(words[0], words[1] + 1, (n_txt,), generator=gen)
+    words = torch.nn.functional.normalize(torch.randn(n_txt, words[1], dim, generator=gen), dim=-1)
     return img.to(device), words.to(device), lengths
 
 
@@ -68,26 +69,44 @@ def _scaled(name: str, fn, n_pairs_done: int, n_pairs_all: int) -> Timing:
     return Timing(f"{name} (timed on {n_pairs_done} pairs, scaled)", seconds, 1, float(n_pairs_all), "pair")
 
 
-def _speed(res: BenchResult, device: torch.device, *, quick: bool) -> None:
-    n_img, n_txt, dim = (40, 200, 256) if quick else (200, 1000, 1024)
-    img, words, lengths = _inputs(n_img, n_txt, dim, device=device)
+#: speed sizes (images, captions, d): the issue's 1K x 5K at d = 1024 with ``--full``
+SPEED_QUICK, SPEED_FULL = (40, 200, 256), (1000, 5000, 1024)
+#: caption lengths of the speed inputs, start and end tokens included (about 12 words)
+SPEED_WORDS = (6, 18)
+
+
+def gemm_floor_flops(n_img: int, lengths: torch.Tensor, dim: int, n_regions: int = REGIONS) -> float:
+    """The region-word scores every cross-attention kernel must form: ``2 N_img R d sum(L_t)`` FLOPs."""
+    return 2.0 * n_img * n_regions * dim * float(lengths.sum())
+
+
+def _cases():
+    return [
+        ("scan-t2i", "SCAN t-i LSE", lambda a, b, n: scan_sims(a, b, n), lambda a, b, n: scan_sims_reference(a, b, n),
+         peer_style_scan_t2i, "SCAN's per-caption loop (attended vectors formed)"),
+        ("scan-i2t", "SCAN i-t AVG",
+         lambda a, b, n: scan_sims(a, b, n, direction="i2t", pooling="avg", lambda_softmax=4.0),
+         lambda a, b, n: scan_sims_reference(a, b, n, direction="i2t", pooling="avg", lambda_softmax=4.0),
+         None, "the per-pair reference"),
+        ("bfan", "BFAN prob", lambda a, b, n: bfan_sims(a, b, n, focal="prob"),
+         lambda a, b, n: bfan_sims_reference(a, b, n, focal="prob"), None, "the per-pair reference"),
+    ]
+
+
+def _speed(res: BenchResult, device: torch.device, *, quick: bool, ceilings: Ceilings) -> None:
+    n_img, n_txt, dim = SPEED_QUICK if quick else SPEED_FULL
+    img, words, lengths = _inputs(n_img, n_txt, dim, device=device, words=SPEED_WORDS)
     pairs = n_img * n_txt
+    flops = gemm_floor_flops(n_img, lengths, dim)
     sub_img, sub_txt = (4, 10) if quick else (6, 20)
+    targets = {"scan-t2i": {"ratio_to_floor": 1.4, "speedup_vs_peer": 10.0},
+               "scan-i2t": {"ratio_to_floor": 1.4}, "bfan": {"ratio_to_floor": 1.6}}
     with torch.no_grad():
-        cases = [
-            ("SCAN t-i LSE", lambda a, b, n: scan_sims(a, b, n), lambda a, b, n: scan_sims_reference(a, b, n)),
-            (
-                "SCAN i-t AVG",
-                lambda a, b, n: scan_sims(a, b, n, direction="i2t", pooling="avg", lambda_softmax=4.0),
-                lambda a, b, n: scan_sims_reference(a, b, n, direction="i2t", pooling="avg", lambda_softmax=4.0),
-            ),
-            ("BFAN prob", lambda a, b, n: bfan_sims(a, b, n, focal="prob"), lambda a, b, n: bfan_sims_reference(a, b, n, focal="prob")),
-        ]
-        for label, fast_fn, ref_fn in cases:
+        for kernel, label, fast_fn, ref_fn, peer_fn, peer_name in _cases():
             fast = measure(
                 f"{label}, blocked ({n_img} x {n_txt}, d={dim})",
                 lambda f=fast_fn: (f(img, words, lengths), sync(device)),
-                repeats=3 if quick else 1, warmup=1 if quick else 0, work=float(pairs), unit="pair",
+                repeats=3 if quick else 1, warmup=1 if quick else 0, work=flops, unit="flop",
             )
             ref = _scaled(
                 f"{label}, per-pair reference",
@@ -95,16 +114,20 @@ def _speed(res: BenchResult, device: torch.device, *, quick: bool) -> None:
                 sub_img * sub_txt, pairs,
             )
             res.timings += [fast, ref]
-            res.ratios[f"{label}: blocked kernel speed-up over the per-pair reference"] = ref.seconds / fast.seconds
-            if label == "SCAN t-i LSE":
-                sub = 50 if quick else 100
+            peer = ref
+            if peer_fn is not None:
+                sub = 50 if quick else 20
                 peer = _scaled(
-                    "SCAN t-i LSE, peer-style per-caption loop",
-                    lambda sub=sub: (peer_style_scan_t2i(img, words[:sub], lengths[:sub]), sync(device)),
+                    f"{label}, peer-style per-caption loop",
+                    lambda p=peer_fn, sub=sub: (p(img, words[:sub], lengths[:sub]), sync(device)),
                     n_img * sub, pairs,
                 )
                 res.timings.append(peer)
-                res.ratios["SCAN t-i LSE: blocked kernel speed-up over the peer-style per-caption loop"] = peer.seconds / fast.seconds
+            res.kernels.append(KernelRecord(
+                kernel, f"{n_img}x{n_txt}, R={REGIONS}, d={dim}", fast.seconds, flops, "flop",
+                ceilings.floor(flops, "flop"), "the region-word score GEMM, 2 N_img R d sum(L) FLOPs", peer.seconds,
+                peer_name, targets=targets[kernel],
+            ))
         check = scan_sims(img[:sub_img], words[:sub_txt], lengths[:sub_txt])
         agree = (check - scan_sims_reference(img[:sub_img], words[:sub_txt], lengths[:sub_txt])).abs().max()
         peer_agree = (check - peer_style_scan_t2i(img[:sub_img], words[:sub_txt], lengths[:sub_txt])).abs().max()
@@ -182,6 +205,9 @@ def _memory(res: BenchResult, device: torch.device, *, quick: bool) -> None:
         Timing(f"SCAN t-i LSE, blocked, {n_img} x {n_txt}, d={dim} (fresh process)", out["seconds"], 1, float(n_img * n_txt), "pair")
     )
     res.peak_rss_mb = out["extra_bytes"] / 2**20
+    for record in res.kernels:
+        if record.kernel == "scan-t2i" and record.size.startswith(f"{n_img}x{n_txt},"):
+            record.peak_extra_bytes = out["extra_bytes"]
     res.ratios[f"SCAN {n_img} x {n_txt}: measured extra memory / stated bound"] = out["extra_bytes"] / bound
     res.ratios[f"SCAN {n_img} x {n_txt}: measured extra memory / 2 GB"] = out["extra_bytes"] / TARGET_BYTES
     res.notes.append(
@@ -197,10 +223,11 @@ def _memory(res: BenchResult, device: torch.device, *, quick: bool) -> None:
     )
 
 
-def attention(device: torch.device, *, quick: bool) -> BenchResult:
-    """SCAN/BFAN cross-attention kernels: blocked vs per-pair reference vs peer-style loop, and peak memory."""
+def attention(device: torch.device, *, quick: bool, ceilings: Ceilings) -> BenchResult:
+    """SCAN/BFAN cross-attention kernels: blocked vs the GEMM floor, the per-pair reference
+    and a peer-style loop, and peak memory."""
     res = BenchResult("attention", "cross-attention similarity kernels (SCAN, BFAN)")
-    _speed(res, device, quick=quick)
+    _speed(res, device, quick=quick, ceilings=ceilings)
     _memory(res, device, quick=quick)
     return res
 

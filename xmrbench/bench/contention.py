@@ -86,7 +86,8 @@ def _run_child(env_over: dict[str, str], threads: int | None, epochs: int, repea
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def contention(device: Any, *, quick: bool, repeats: int | None = None, epochs: int | None = None) -> BenchResult:
+def contention(device: Any, *, quick: bool, ceilings: Any = None, repeats: int | None = None,
+               epochs: int | None = None) -> BenchResult:
     """Slowdown of training beside one busy process, per thread policy (``beside / alone``).
 
     ``repeats``: trainings per configuration (their median is reported), ``epochs`` per

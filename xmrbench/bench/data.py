@@ -143,7 +143,7 @@ def _child(root: Path, n_batches: int, batch: int) -> dict[str, float]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def data(device: Any, *, quick: bool) -> Any:
+def data(device: Any, *, quick: bool, ceilings: Any = None) -> Any:
     """Loader throughput (images/s of random batches) and peak RSS: HDF5 vs memory-mapped .npy.
 
     Returns a :class:`~xmrbench.bench.harness.BenchResult`. (This module imports no torch at

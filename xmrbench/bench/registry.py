@@ -1,8 +1,13 @@
-"""Benchmark registry: name -> function ``(device, *, quick) -> BenchResult``."""
+"""Benchmark registry: name -> function ``(device, *, quick, ceilings) -> BenchResult``.
+
+:func:`run_benchmarks` measures the machine's ceilings first, once, and hands them to
+every benchmark, so that each kernel's floor comes from the same run as its time.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -11,8 +16,8 @@ from xmrbench.bench.aoq import aoq_losses
 from xmrbench.bench.attention import attention
 from xmrbench.bench.contention import contention
 from xmrbench.bench.data import data
-from xmrbench.bench.harness import BenchResult
-from xmrbench.bench.kernels import machine, ranking, similarity
+from xmrbench.bench.harness import BenchResult, Ceilings
+from xmrbench.bench.kernels import evaluation, machine, similarity, simnet
 from xmrbench.bench.mining import mining
 from xmrbench.registry import Registry
 
@@ -21,17 +26,32 @@ BENCHMARKS: Registry[Callable[..., BenchResult]] = Registry(
     {
         "machine": machine,
         "similarity": similarity,
-        "ranking": ranking,
+        "eval": evaluation,
+        "simnet": simnet,
         "attention": attention,
-        "data": data,
-        "contention": contention,
+        "adapt": adapt,
         "mining": mining,
         "aoq-losses": aoq_losses,
-        "adapt": adapt,
+        "data": data,
+        "contention": contention,
     },
 )
 
 
-def run_benchmarks(names: list[str] | None, device: torch.device, *, quick: bool) -> list[BenchResult]:
+@dataclass
+class BenchRun:
+    """One ``xmrbench bench`` run: the ceilings it measured and every benchmark's result."""
+
+    ceilings: Ceilings
+    results: list[BenchResult]
+
+
+def run_benchmarks(names: list[str] | None, device: torch.device, *, quick: bool) -> BenchRun:
     selected = names or BENCHMARKS.names()
-    return [BENCHMARKS[name](device, quick=quick) for name in selected]
+    for name in selected:
+        BENCHMARKS[name]  # an unknown name fails before anything is timed
+    limits = machine(device, quick=quick)
+    ceilings = Ceilings.from_timings(limits.timings)
+    results = [limits if name == "machine" else BENCHMARKS[name](device, quick=quick, ceilings=ceilings)
+               for name in selected]
+    return BenchRun(ceilings, results)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -510,6 +510,8 @@ def report(
                                               "figures, notes) to this file instead.")] = None,
     results: ResultsOpt = Path("results"),
     allow_unconverged: AllowUnconvergedOpt = False,
+    bench_runs: Annotated[bool, typer.Option("--bench", help="The stored `xmrbench bench` runs instead (the latest "
+                                             "per device and size): each kernel against its floor and its peer.")] = False,
 ) -> None:
     """Paper | ours (mean ± std over seeds) | Δ for every cell, and a verdict per claim."""
     from xmrbench.recipe.load import recipe_index
@@ -520,6 +522,9 @@ def report(
     if sum([markdown, latex, as_csv, as_json]) > 1:
         raise UsageError("choose one of --markdown, --latex, --csv, --json")
     fmt = "markdown" if markdown else "latex" if latex else "csv" if as_csv else "json" if as_json else "rich"
+    if bench_runs:
+        _report_bench(ResultStore(results), recipes, fmt=fmt, out=out, html=html)
+        return
     if fmt == "rich" and out is not None:
         fmt = "markdown"
     if not recipes:
@@ -635,23 +640,35 @@ def calibrate(
 
 @app.command()
 def bench(
-    names: Annotated[list[str] | None, typer.Argument(help="Benchmarks to run (default: all): machine, similarity, ranking, ...")] = None,
+    names: Annotated[list[str] | None, typer.Argument(help="Benchmarks to run (default: all): machine, similarity, "
+                                                       "eval, simnet, attention, adapt, mining, aoq-losses, data, "
+                                                       "contention.")] = None,
     quick: Annotated[bool, typer.Option("--quick/--full", help="Small sizes (seconds) or full sizes (COCO 5K).")] = True,
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
+    results: ResultsOpt = Path("results"),
+    store: Annotated[bool, typer.Option("--store/--no-store", help="Keep the run in the results store "
+                                        "(RESULTS/_bench/; `xmrbench report --bench` renders it).")] = True,
 ) -> None:
-    """Time the similarity and ranking kernels against references and this machine's limits."""
+    """Time every kernel against its floor (this machine's ceilings, measured in the same run) and a peer's way."""
+    from datetime import UTC, datetime
+
     from xmrbench.bench.registry import run_benchmarks
-    from xmrbench.cli.json_out import bench_payload, emit
+    from xmrbench.cli.json_out import bench_payload, emit, envelope, plain
     from xmrbench.engine.train import resolve_device
     from xmrbench.provenance.env import environment
+    from xmrbench.report.bench import kernel_table
+    from xmrbench.store.store import ResultStore
 
     dev = resolve_device(device)
-    results = run_benchmarks(names, dev, quick=quick)
+    run = run_benchmarks(names, dev, quick=quick)
+    created = datetime.now(UTC).isoformat(timespec="seconds")
+    payload = bench_payload(environment(dev), run, quick=quick, created=created)
+    path = ResultStore(results).write_bench(plain(envelope("bench", payload))) if store else None
     if as_json:
-        emit("bench", bench_payload(environment(dev), results))
+        emit("bench", payload)
         return
-    for res in results:
+    for res in run.results:
         _say(f"{res.name}: {res.description}")
         table = _table(_column("timing"), _no_wrap("median s", justify="right"), _no_wrap("rate", justify="right"))
         for t in res.timings:
@@ -663,6 +680,28 @@ def bench(
         for note in res.notes:
             _say(note, first="  ", indent="    ")
         console.print()
+    if payload["kernels"]:
+        _say("kernels against their floors (docs/bench.md):")
+        console.print(kernel_table(payload["kernels"], fmt="text", judged=not quick), highlight=False)
+    if path is not None:
+        _say(f"stored as {path.name} in {results}/_bench/; xmrbench report --bench --results {results}")
+
+
+def _report_bench(store: Any, recipes: list[str] | None, *, fmt: str, out: Path | None, html: Path | None) -> None:
+    from xmrbench.report.bench import render_bench
+    from xmrbench.store.store import atomic_write_text
+
+    if recipes or html is not None or fmt == "latex":
+        raise UsageError("--bench renders the stored bench runs: give no recipes, and one of --markdown, --csv, --json")
+    docs = store.bench_docs()
+    if not docs:
+        raise UsageError(f"no bench runs in {store.bench_dir()}/ yet; run `xmrbench bench` first")
+    text = render_bench(docs, fmt="text" if fmt == "rich" and out is None else "markdown" if fmt == "rich" else fmt)
+    if out is not None:
+        atomic_write_text(out, text)
+        console.print(f"wrote {out}")
+    else:
+        print(text)
 
 
 @app.command()

@@ -261,9 +261,13 @@ def check_payload(gate: Any, *, layers: list[str], update: bool) -> dict[str, An
 # bench, env, data check
 
 
-def bench_payload(env: Mapping[str, Any], results: list[Any]) -> dict[str, Any]:
-    """The environment and every benchmark's timings, ratios and notes."""
-    return {"env": dict(env), "results": [r.to_dict() for r in results]}
+def bench_payload(env: Mapping[str, Any], run: Any, *, quick: bool, created: str) -> dict[str, Any]:
+    """When and where, the measured ceilings, one record per kernel, and every benchmark's
+    timings, ratios and notes (what ``bench --json`` prints and the store keeps)."""
+    return {"created": created, "sizes": "quick" if quick else "full", "env": dict(env),
+            "ceilings": run.ceilings.to_dict(),
+            "kernels": [k.to_dict() for r in run.results for k in r.kernels],
+            "results": [r.to_dict() for r in run.results]}
 
 
 def env_payload(env: Mapping[str, Any]) -> dict[str, Any]:

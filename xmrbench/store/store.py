@@ -162,7 +162,34 @@ class ResultStore:
     def recipe_ids(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and any(p.glob("*.json")))
+        return sorted(p.name for p in self.root.iterdir()
+                      if p.is_dir() and not p.name.startswith(("_", ".")) and any(p.glob("*.json")))
+
+    # -- benchmarks -------------------------------------------------------
+    def bench_dir(self) -> Path:
+        """``xmrbench bench`` runs, one JSON document each (the document ``--json`` prints)."""
+        return self.root / "_bench"
+
+    def write_bench(self, doc: dict[str, Any]) -> Path:
+        """Store one bench document as ``_bench/bench-<created>--<host>.json``; returns its path."""
+        stamp = re.sub(r"[^0-9T]", "", str(doc["created"]))[:15]
+        host = safe_name(str(doc.get("env", {}).get("hostname") or doc.get("env", {}).get("cpu") or "machine"))[:40]
+        path = self.bench_dir() / f"bench-{stamp}--{host}.json"
+        atomic_write_text(path, json.dumps(doc, indent=1, allow_nan=False) + "\n")
+        return path
+
+    def bench_docs(self) -> list[tuple[Path, dict[str, Any]]]:
+        """Every stored bench document, oldest first; a file that does not parse is a one-line error."""
+        out = []
+        for path in sorted(self.bench_dir().glob("bench-*.json")):
+            try:
+                doc = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise StoreError(f"not a readable bench document ({exc})", where=str(path)) from None
+            if not isinstance(doc, dict) or not isinstance(doc.get("kernels"), list):
+                raise StoreError("not a bench document (no 'kernels' list)", where=str(path))
+            out.append((path, doc))
+        return sorted(out, key=lambda item: str(item[1].get("created", "")))
 
     # -- writing ----------------------------------------------------------
     def write(self, doc: ResultDoc) -> Path:

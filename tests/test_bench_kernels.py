@@ -1,0 +1,151 @@
+"""The bench harness (ceilings, floors, kernel records), the peer loops it times against,
+and pytest-benchmark cases of each kernel at small sizes.
+
+The pytest-benchmark cases only time (``pytest --benchmark-enable tests/test_bench_kernels.py``
+to see the numbers); in the normal suite each runs once as a test of the call. Nothing
+here asserts a time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from xmrbench.bench import kernels as K
+from xmrbench.bench.harness import Ceilings, KernelRecord, Timing
+from xmrbench.bench.registry import BENCHMARKS, run_benchmarks
+from xmrbench.core.metrics.retrieval import i2t_ranks, t2i_ranks
+from xmrbench.errors import RegistryError
+
+CPU = torch.device("cpu")
+
+
+def test_floor_is_work_over_the_matching_ceiling():
+    c = Ceilings(flop=2e9, exp=5e8, byte=1e10)
+    assert c.floor(4e9, "flop") == 2.0 and c.floor(1e9, "exp") == 2.0 and c.floor(1e10, "byte") == 1.0
+    with pytest.raises(ValueError, match="pair"):
+        c.floor(1.0, "pair")
+    timings = [Timing("gemm", 2.0, 1, 8e9, "flop"), Timing("copy", 1.0, 1, 3e9, "byte"), Timing("exp", 0.5, 1, 1e8, "exp")]
+    assert Ceilings.from_timings(timings) == Ceilings(flop=4e9, exp=2e8, byte=3e9)
+
+
+def test_kernel_record_ratios_and_targets():
+    k = KernelRecord("eval", "s", 3.0, floor_seconds=2.0, peer_seconds=60.0,
+                     targets={"ratio_to_floor": 1.3, "speedup_vs_peer": 10.0})
+    assert k.ratio_to_floor == 1.5 and k.speedup_vs_peer == 20.0
+    assert k.verdicts() == {"ratio_to_floor": False, "speedup_vs_peer": True}
+    bare = KernelRecord("x", "s", 1.0)
+    assert bare.ratio_to_floor is None and bare.speedup_vs_peer is None and bare.verdicts() == {}
+    assert bare.to_dict()["targets_met"] == {}
+
+
+def _random_embeddings(n_img: int, dim: int = 16, cpi: int = 5, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    img = torch.nn.functional.normalize(torch.randn(n_img, dim, generator=gen), dim=1)
+    txt = torch.nn.functional.normalize(torch.randn(n_img * cpi, dim, generator=gen), dim=1)
+    return img, txt
+
+
+def test_the_peer_loops_give_our_ranks_where_scores_have_no_ties():
+    img, txt = _random_embeddings(30)
+    sims = img @ txt.T
+    img_np, txt_np = img.numpy().astype(np.float64), txt.numpy().astype(np.float64)
+    assert np.array_equal(K.peer_i2t_ranks(img_np, txt_np, range(30)), i2t_ranks(sims.double()).numpy())
+    assert np.array_equal(K.peer_t2i_ranks(img_np, txt_np, range(30)), t2i_ranks(sims.double()).numpy())
+    # by hand: image 1's best caption (0.9) is beaten by image 0's second caption (0.95)
+    i = np.array([[1.0, 0.0], [0.0, 1.0]])
+    t = np.array([[-1.0, 0.0], [0.3, 0.95], [0.9, 0.1], [0.8, 0.2], [0.5, 0.7], [0.1, 0.9]])
+    assert K.peer_i2t_ranks(i, t, range(2), cpi=3).tolist() == [0, 1]
+    assert K.peer_t2i_ranks(i, t, range(2), cpi=3).tolist() == [1, 1, 0, 1, 0, 0]
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    monkeypatch.setattr(K, "_sizes", lambda quick: (40, 200, 32))
+    return Ceilings(flop=1e10, exp=1e9, byte=1e10)
+
+
+@pytest.mark.parametrize("name", ["similarity", "eval", "simnet"])
+def test_each_embedding_kernel_gives_one_record_with_floor_and_peer(tiny, name):
+    res = BENCHMARKS[name](CPU, quick=True, ceilings=tiny)
+    (k,) = res.kernels
+    assert k.kernel == name and k.seconds > 0 and k.peer_seconds > 0
+    assert k.floor_seconds == pytest.approx(k.work / 1e10)  # the stated work at the GEMM rate handed in
+    if name == "eval":
+        assert any("equal the VSE++ loop's" in n and n.endswith("True") for n in res.notes)
+
+
+def test_run_benchmarks_measures_the_ceilings_once_and_refuses_unknown_names(monkeypatch):
+    calls = []
+    real = K.machine
+
+    def counted(device, *, quick, ceilings=None):
+        calls.append(1)
+        return real(device, quick=quick)
+
+    monkeypatch.setattr("xmrbench.bench.registry.machine", counted)
+    with pytest.raises(RegistryError, match="unknown benchmark 'nope'"):
+        run_benchmarks(["machine", "nope"], CPU, quick=True)
+    assert calls == []  # refused before anything was timed
+    run = run_benchmarks(["machine"], CPU, quick=True)
+    assert len(calls) == 1 and run.results[0].name == "machine" and run.ceilings.flop > 0
+
+
+# ---------------------------------------------------------------------------------
+# pytest-benchmark cases at small sizes (disabled timing in the normal suite)
+
+
+def test_bench_similarity_small(benchmark):
+    img, txt = _random_embeddings(200, 256)
+    benchmark(lambda: img @ txt.T)
+
+
+def test_bench_evaluation_small(benchmark):
+    from xmrbench.core.metrics.retrieval import retrieval_metrics
+
+    img, txt = _random_embeddings(200, 256)
+    out = benchmark(lambda: retrieval_metrics(img @ txt.T))
+    assert set(out) >= {"rsum", "i2t_r1", "t2i_r1"}
+
+
+def test_bench_scan_and_bfan_small(benchmark):
+    from xmrbench.bench.attention import _inputs
+    from xmrbench.core.sim.cross_attention import scan_sims
+    from xmrbench.core.sim.focal_attention import bfan_sims
+
+    img, words, lengths = _inputs(8, 40, 32, device=CPU, words=(6, 18))
+    with torch.no_grad():
+        out = benchmark(lambda: (scan_sims(img, words, lengths), bfan_sims(img, words, lengths, focal="prob")))
+    assert out[0].shape == out[1].shape == (8, 40)
+
+
+def test_bench_adapt_small(benchmark):
+    from xmrbench.bench.adapt import adapt_inputs, bench_calls
+
+    calls = bench_calls(adapt_inputs(6, 30, 32, device=CPU), budget_bytes=1 << 22)
+    with torch.no_grad():
+        benchmark(lambda: (calls["ADAPT-T2I"](), calls["ADAPT-I2T"]()))
+
+
+def test_bench_simnet_small(benchmark):
+    from xmrbench.core.models.base import InputDims
+    from xmrbench.core.models.two_branch import TwoBranchSimilarity
+
+    net = TwoBranchSimilarity(TwoBranchSimilarity.Params(hidden_dim=16, embed_dim=64, fc_dims=(32, 16)),
+                              InputDims(image_dim=8, vocab_size=4, text_dim=8)).eval()
+    a, b = torch.randn(20, 64), torch.randn(100, 64)
+    with torch.no_grad():
+        out = benchmark(lambda: net.similarity(a, b))
+    assert out.shape == (20, 100)
+
+
+def test_bench_mining_small(benchmark):
+    from xmrbench.core.mining import mine_candidates
+
+    img, txt = _random_embeddings(60, 32)
+    caption_image = torch.arange(300) // 5
+    i2t, t2i = benchmark(lambda: mine_candidates(lambda rows: img[rows] @ txt.T, n_images=60,
+                                                 caption_image=caption_image, k_texts=20, k_images=8,
+                                                 block_images=16))
+    assert tuple(i2t.shape) == (60, 20) and tuple(t2i.shape) == (300, 8)

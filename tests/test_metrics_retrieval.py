@@ -262,6 +262,14 @@ def test_non_finite_scores_raise(bad):
         fold_metrics(sims, n_folds=2)
 
 
+def test_finite_scores_whose_sum_overflows_are_accepted_and_ranked_as_scaled():
+    # the quick finiteness test sums the scores; an overflowing sum falls back to the exact test
+    sims = random_sims(4, 5, seed=1).float()
+    huge = (sims.double() * 3e38 / float(sims.abs().max())).float()
+    assert not torch.isfinite(huge.sum()) and bool(torch.isfinite(huge).all())
+    assert torch.equal(i2t_ranks(huge), i2t_ranks(sims)) and torch.equal(t2i_ranks(huge), t2i_ranks(sims))
+
+
 def test_non_finite_found_in_a_later_block():
     sims = random_sims(9, 2, seed=0)
     sims[8, 17] = float("nan")

@@ -60,6 +60,23 @@ def test_the_peer_loops_give_our_ranks_where_scores_have_no_ties():
     assert K.peer_t2i_ranks(i, t, range(2), cpi=3).tolist() == [1, 1, 0, 1, 0, 0]
 
 
+def test_the_per_caption_peer_loops_equal_the_per_pair_references():
+    from functools import partial
+
+    from xmrbench.bench.attention import _inputs, peer_style_loop, peer_style_scan_t2i
+    from xmrbench.core.sim.cross_attention import scan_pair_reference, scan_sims_reference
+    from xmrbench.core.sim.focal_attention import bfan_pair_reference, bfan_sims_reference
+
+    img, words, lengths = _inputs(5, 7, 16, device=CPU, words=(2, 9))
+    i2t = partial(scan_pair_reference, direction="i2t", pooling="avg", lambda_softmax=4.0, lambda_lse=6.0)
+    want = scan_sims_reference(img, words, lengths, direction="i2t", pooling="avg", lambda_softmax=4.0)
+    assert torch.allclose(peer_style_loop(i2t, img, words, lengths), want, atol=1e-6)
+    bfan = partial(bfan_pair_reference, focal="prob", lambda_softmax=20.0)
+    assert torch.allclose(peer_style_loop(bfan, img, words, lengths),
+                          bfan_sims_reference(img, words, lengths, focal="prob"), atol=1e-6)
+    assert torch.allclose(peer_style_scan_t2i(img, words, lengths), scan_sims_reference(img, words, lengths), atol=1e-6)
+
+
 @pytest.fixture
 def tiny(monkeypatch):
     monkeypatch.setattr(K, "_sizes", lambda quick: (40, 200, 32))

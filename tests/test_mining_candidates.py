@@ -311,6 +311,22 @@ def test_more_columns_than_needed_and_unsigned_indices_are_accepted(tmp_path):
 # ---------------------------------------------------------------------------------
 
 
+def test_faiss_exact_search_gives_the_miners_lists():
+    pytest.importorskip("faiss")
+    gen = torch.Generator().manual_seed(3)
+    img = torch.nn.functional.normalize(torch.randn(40, 24, generator=gen), dim=1)
+    txt = torch.nn.functional.normalize(torch.randn(200, 24, generator=gen), dim=1)
+    caption_image = torch.arange(200) // 5
+    i2t, t2i = mine_candidates(lambda rows: img[rows] @ txt.T, n_images=40, caption_image=caption_image,
+                               k_texts=15, k_images=6, block_images=16)
+    f_i2t, f_t2i = bench_mining.faiss_lists(img.numpy(), txt.numpy(), caption_image.numpy(), 15, 6)
+    # random scores have no ties; faiss's own dot products may order two near-equal scores
+    # differently, so compare the lists as sets and most of the order
+    assert all(set(a) == set(b) for a, b in zip(i2t.tolist(), f_i2t.tolist()))
+    assert all(set(a) == set(b) for a, b in zip(t2i.tolist(), f_t2i.tolist()))
+    assert (i2t.numpy() == f_i2t).mean() > 0.95 and (t2i.numpy() == f_t2i).mean() > 0.95
+
+
 def test_the_mining_benchmark_runs_at_a_toy_size(monkeypatch):
     for name, value in (("QUICK_CAPTIONS", 300), ("QUICK_IMAGES", 60), ("DIM", 16), ("K_TEXTS", 20),
                         ("K_IMAGES", 10)):
@@ -318,7 +334,15 @@ def test_the_mining_benchmark_runs_at_a_toy_size(monkeypatch):
     assert BENCHMARKS["mining"] is bench_mining.mining
     res = bench_mining.mining(torch.device("cpu"), quick=True)
     assert res.name == "mining" and "60 images x 300 captions" in res.description
-    assert [t.unit for t in res.timings] == ["flop", "flop"] and all(t.rate and t.rate > 0 for t in res.timings)
+    assert [t.unit for t in res.timings[:2]] == ["flop", "flop"] and all(t.rate and t.rate > 0 for t in res.timings[:2])
+    (kernel,) = res.kernels
+    assert kernel.kernel == "mining" and kernel.ratio_to_floor > 0 and kernel.peak_extra_bytes >= 0
+    try:
+        import faiss  # noqa: F401  (the optional peer)
+    except ImportError:
+        assert kernel.peer_seconds is None and any("faiss-cpu is not installed" in n for n in res.notes)
+    else:
+        assert kernel.peer_seconds > 0 and "faiss" in kernel.peer
     assert set(res.ratios) == {
         "GEMM floor of the whole matrix (s)",
         "mining time / GEMM floor",

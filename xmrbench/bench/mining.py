@@ -128,9 +128,56 @@ def run_mining(n_captions: int, n_images: int, dim: int, k_texts: int, k_images:
             "memory": "GPU allocated" if cuda else "RSS"}
 
 
-def _child(n_captions: int, n_images: int, dim: int, k_texts: int, k_images: int, device: str) -> dict[str, Any]:
-    code = ("import json, sys; from xmrbench.bench.mining import run_mining; "
-            "a = sys.argv[1:]; print(json.dumps(run_mining(*map(int, a[:5]), device=a[5])))")
+def faiss_lists(img: Any, txt: Any, caption_image: Any, k_texts: int, k_images: int) -> tuple[Any, Any]:
+    """Both candidate lists by faiss-cpu's exact inner-product search (``IndexFlatIP``):
+    every image searches the captions for its ``k_texts`` best plus its own captions,
+    every caption the images for its ``k_images`` best plus its own image, and the own
+    ones are dropped. Two searches, so twice the dot products of the one-pass miner.
+    ``img``, ``txt``: float32 numpy arrays; returns int32 arrays in the miner's layout."""
+    import faiss
+    import numpy as np
+
+    own_per_image = np.bincount(caption_image, minlength=len(img)).max()
+    by_txt = faiss.IndexFlatIP(txt.shape[1])
+    by_txt.add(txt)
+    _, found = by_txt.search(img, k_texts + int(own_per_image))
+    keep = caption_image[found] != np.arange(len(img))[:, None]
+    i2t = np.stack([row[mask][:k_texts] for row, mask in zip(found, keep)]).astype(np.int32)
+    by_img = faiss.IndexFlatIP(img.shape[1])
+    by_img.add(img)
+    _, found = by_img.search(txt, k_images + 1)
+    keep = found != caption_image[:, None]
+    t2i = np.stack([row[mask][:k_images] for row, mask in zip(found, keep)]).astype(np.int32)
+    return i2t, t2i
+
+
+def run_faiss(n_captions: int, n_images: int, dim: int, k_texts: int, k_images: int, seed: int = 0) -> dict[str, Any]:
+    """In this process: faiss-cpu on the same embeddings as :func:`run_mining` (same seed);
+    seconds, or ``{"missing": ...}`` when faiss is not installed."""
+    try:
+        import faiss
+    except ImportError:
+        return {"missing": "faiss-cpu is not installed (pip install -e '.[faiss]')"}
+    import torch
+
+    threads = torch.get_num_threads()
+    faiss.omp_set_num_threads(threads)
+    gen = torch.Generator().manual_seed(seed)
+    img = _embeddings(n_images, dim, gen, "cpu").numpy()
+    txt = _embeddings(n_captions, dim, gen, "cpu").numpy()
+    caption_image = (torch.arange(n_captions) // CAPTIONS_PER_IMAGE).numpy()
+    t0 = time.perf_counter()
+    i2t, t2i = faiss_lists(img, txt, caption_image, k_texts, k_images)
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "threads": threads, "version": faiss.__version__,
+            "shapes": [list(i2t.shape), list(t2i.shape)]}
+
+
+def _child(n_captions: int, n_images: int, dim: int, k_texts: int, k_images: int, device: str,
+           fn: str = "run_mining") -> dict[str, Any]:
+    call = "run_mining(*map(int, a[:5]), device=a[5])" if fn == "run_mining" else "run_faiss(*map(int, a[:5]))"
+    code = (f"import json, sys; from xmrbench.bench.mining import {fn}; "
+            f"a = sys.argv[1:]; print(json.dumps({call}))")
     args = [str(v) for v in (n_captions, n_images, dim, k_texts, k_images)] + [device]
     done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -172,9 +219,17 @@ def mining(device: Any, *, quick: bool, ceilings: Any = None) -> Any:
                      f"{st['memory']} in a child process (RSS there after the embeddings: {st['base_rss_mb']:.0f} MB)")
     res.notes.append(f"results: i2t {tuple(st['shapes'][0])}, t2i {tuple(st['shapes'][1])} int32")
     res.peak_rss_mb = st["peak_rss_mb"]
+    peer = _child(n_txt, n_img, DIM, k_texts, k_images, "cpu", fn="run_faiss") if dev == "cpu" else {
+        "missing": "faiss-cpu is compared on the CPU only"}
+    if "missing" in peer:
+        res.notes.append(f"no peer: {peer['missing']}")
+    else:
+        res.timings.append(Timing(f"faiss-cpu {peer['version']} IndexFlatIP, both lists (two exact searches)",
+                                  peer["seconds"], 1))
     res.kernels.append(KernelRecord(
         "mining", f"{n_img}x{n_txt}, d={DIM}, top-{k_texts}/top-{k_images}", st["seconds"], flops, "flop", floor_s,
         "2 N_img N_txt d FLOPs at the GEMM rate of one mining block, measured beside it",
-        peak_extra_bytes=st["peak_mb"] * 2**20, targets={"ratio_to_floor": 1.3},
+        peer.get("seconds"), None if "missing" in peer else "faiss-cpu exact inner-product search (IndexFlatIP)",
+        peak_extra_bytes=st["peak_mb"] * 2**20, targets={"ratio_to_floor": 1.3, "speedup_vs_peer": 1.0},
     ))
     return res

@@ -166,3 +166,35 @@ def test_bench_mining_small(benchmark):
                                                  caption_image=caption_image, k_texts=20, k_images=8,
                                                  block_images=16))
     assert tuple(i2t.shape) == (60, 20) and tuple(t2i.shape) == (300, 8)
+
+
+def test_train_benchmark_builds_every_model_and_gives_one_record_per_step(monkeypatch):
+    from xmrbench.bench import aoq as bench_aoq
+    from xmrbench.bench import train as bench_train
+
+    seen = []
+
+    def fake_time_steps(name, method, split, device, *, quick, candidates=None):
+        seen.append((name.split(" ")[0], candidates is not None))
+        return Timing(name, 0.5 if candidates is None else 1.0, 1)
+
+    monkeypatch.setattr(bench_aoq, "time_steps", fake_time_steps)
+    monkeypatch.setattr(bench_train, "time_steps", fake_time_steps)
+    res = BENCHMARKS["train"](CPU, quick=True)
+    names = ["train-vsrn-online", "train-vsrn-offtri", "train-vsrn-offquin", "train-vsrn-adapoffquin",
+             "train-vsepp", "train-scan-t2i"]
+    assert [k.kernel for k in res.kernels] == names and res.name == "train"
+    assert [c for _, c in seen] == [True] * 4 + [False] * 2  # the AOQ losses get candidate lists
+    assert res.ratios["offtri / online, measured"] == 1.0
+
+
+def test_time_steps_trains_the_model():
+    from xmrbench.bench.aoq import build_step, time_steps
+
+    method, split = build_step({"name": "vsepp", "image_input": "global", "embed_dim": 16, "word_dim": 8},
+                               {"name": "hardest_negative", "margin": 0.2}, None, quick=True, device=CPU,
+                               where="test")
+    before = [p.detach().clone() for p in method.model.parameters()]
+    timing = time_steps("vsepp", method, split, CPU, quick=True)
+    assert timing.seconds > 0 and timing.repeats >= 1
+    assert any(not torch.equal(a, b) for a, b in zip(before, method.model.parameters()))  # the optimiser stepped

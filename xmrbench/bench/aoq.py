@@ -21,31 +21,64 @@ from xmrbench.bench.harness import BenchResult, measure, sync
 PAPER_SECONDS = {"online": 1.096, "offtri": 1.489, "offquin": 1.557, "adapoffquin": 1.604}
 
 
-def _method(loss: str, *, quick: bool, device: torch.device):
+def build_step(model: dict, loss: dict | None, method: dict | None, *, quick: bool, device: torch.device,
+               where: str):
+    """A training method ready to step, on the first 400 training images of the tiny
+    (``quick``) or small world: ``model``, ``loss`` and ``method`` as a recipe's config."""
+    from xmrbench.core.losses.registry import LOSSES
     from xmrbench.core.models.registry import MODELS
     from xmrbench.data.registry import DATASETS
     from xmrbench.engine.inputs import PreparedData
     from xmrbench.engine.train import build_method
     from xmrbench.recipe.config import validate_cell_config
 
-    dims = {"embed_dim": 256, "word_dim": 64, "decoder_hidden": 64, "decoder_word_dim": 64} if quick else {
-        "embed_dim": 2048, "word_dim": 300, "decoder_hidden": 512, "decoder_word_dim": 300}
     raw = {
         "data": {"size": "tiny" if quick else "small", "train_images": 400},
-        "model": {"name": "vsrn", "image_input": "regions", "gcn_layers": 4, **dims},
-        "loss": None,
-        "method": {"name": "aoq", "loss": loss, "h": 300 if not quick else 100},
+        "model": model, "loss": loss, "method": method,
         "train": {"batch_size": 128, "lr": 0.0002, "grad_clip": 2.0},
     }
-    cfg = validate_cell_config(raw, where="bench aoq-losses")
-    prepared = PreparedData(DATASETS[cfg.data.name](cfg.data), cfg.data, "regions", "tokens")
+    cfg = validate_cell_config(raw, where=where)
+    prepared = PreparedData(DATASETS[cfg.data.name](cfg.data), cfg.data, model.get("image_input", "regions"), "tokens")
     torch.manual_seed(0)
-    model = MODELS["vsrn"](cfg.model.params, prepared.dims).to(device)
+    net = MODELS[cfg.model.name](cfg.model.params, prepared.dims).to(device)
     train = prepared.split("train")
-    model.prepare_training(train)
-    method = build_method(cfg, model, None)
-    method.setup()
-    return method, train
+    net.prepare_training(train)
+    loss_fn = LOSSES[cfg.loss.name](cfg.loss.params).to(device) if cfg.loss is not None else None
+    built = build_method(cfg, net, loss_fn)
+    built.setup()
+    return built, train
+
+
+def _method(loss: str, *, quick: bool, device: torch.device):
+    dims = {"embed_dim": 256, "word_dim": 64, "decoder_hidden": 64, "decoder_word_dim": 64} if quick else {
+        "embed_dim": 2048, "word_dim": 300, "decoder_hidden": 512, "decoder_word_dim": 300}
+    return build_step({"name": "vsrn", "image_input": "regions", "gcn_layers": 4, **dims}, None,
+                      {"name": "aoq", "loss": loss, "h": 300 if not quick else 100}, quick=quick, device=device,
+                      where="bench aoq-losses")
+
+
+def time_steps(name: str, method, train, device: torch.device, *, quick: bool, candidates=None):
+    """Median seconds of one training step (forward, backward, optimiser step) over fixed batches of 128."""
+    from xmrbench.engine.methods import Progress, StepContext
+    from xmrbench.engine.train import make_batch
+
+    caption_image = train.caption_image()
+    rng = np.random.default_rng(1)
+    batches = [make_batch(train, rng.choice(train.n_captions, 128, replace=False), caption_image, device)
+               for _ in range(4)]
+    step = {"i": 0}
+    artifacts = {} if candidates is None else {"candidates": candidates}
+
+    def one_step() -> None:
+        b = batches[step["i"] % len(batches)]
+        step["i"] += 1
+        ctx = StepContext(Progress(epoch=1, n_epochs=2, batch=step["i"], steps_per_epoch=1000), device,
+                          "bench/train", artifacts, train)
+        method.step(ctx, b)
+        sync(device)
+
+    torch.manual_seed(0)
+    return measure(name, one_step, repeats=3 if quick else 5, warmup=1, budget_s=20.0 if quick else 60.0)
 
 
 def _lists(train, width_t: int, width_i: int) -> dict[str, torch.Tensor]:
@@ -62,9 +95,6 @@ def _lists(train, width_t: int, width_i: int) -> dict[str, torch.Tensor]:
 
 def aoq_losses(device: torch.device, *, quick: bool, ceilings: object = None) -> BenchResult:
     """Seconds per training batch of VSRN (batches of 128) under AOQ's four losses."""
-    from xmrbench.engine.methods import Progress, StepContext
-    from xmrbench.engine.train import make_batch
-
     size = "embedding 256 on the tiny world" if quick else "embedding 2048 (the paper's) on the small world"
     res = BenchResult("aoq-losses", f"AOQ Table 6: VSRN's time per batch of 128 under each loss ({size}, "
                                     f"{torch.get_num_threads()} threads)")
@@ -72,23 +102,8 @@ def aoq_losses(device: torch.device, *, quick: bool, ceilings: object = None) ->
     for loss in PAPER_SECONDS:
         method, train = _method(loss, quick=quick, device=device)
         lists = _lists(train, 300 if not quick else 100, 60 if not quick else 20)
-        caption_image = train.caption_image()
-        rng = np.random.default_rng(1)
-        batches = [make_batch(train, rng.choice(train.n_captions, 128, replace=False), caption_image, device)
-                   for _ in range(4)]
-        step = {"i": 0}
-
-        def one_step(method=method, lists=lists, batches=batches, step=step, train=train) -> None:
-            b = batches[step["i"] % len(batches)]
-            step["i"] += 1
-            ctx = StepContext(Progress(epoch=1, n_epochs=2, batch=step["i"], steps_per_epoch=1000), device,
-                              "bench/aoq", {"candidates": lists}, train)
-            method.step(ctx, b)
-            sync(device)
-
-        torch.manual_seed(0)
-        timing = measure(f"{loss} (paper {PAPER_SECONDS[loss]:.3f} s)", one_step,
-                         repeats=3 if quick else 5, warmup=1, budget_s=20.0 if quick else 60.0)
+        timing = time_steps(f"{loss} (paper {PAPER_SECONDS[loss]:.3f} s)", method, train, device, quick=quick,
+                            candidates=lists)
         res.timings.append(timing)
         seconds[loss] = timing.seconds
     for loss in ("offtri", "offquin", "adapoffquin"):

@@ -19,6 +19,7 @@ from xmrbench.bench.data import data
 from xmrbench.bench.harness import BenchResult, Ceilings
 from xmrbench.bench.kernels import evaluation, machine, similarity, simnet
 from xmrbench.bench.mining import mining
+from xmrbench.bench.train import train
 from xmrbench.registry import Registry
 
 BENCHMARKS: Registry[Callable[..., BenchResult]] = Registry(
@@ -31,6 +32,7 @@ BENCHMARKS: Registry[Callable[..., BenchResult]] = Registry(
         "attention": attention,
         "adapt": adapt,
         "mining": mining,
+        "train": train,
         "aoq-losses": aoq_losses,
         "data": data,
         "contention": contention,

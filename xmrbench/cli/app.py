@@ -641,7 +641,7 @@ def calibrate(
 @app.command()
 def bench(
     names: Annotated[list[str] | None, typer.Argument(help="Benchmarks to run (default: all): machine, similarity, "
-                                                       "eval, simnet, attention, adapt, mining, aoq-losses, data, "
+                                                       "eval, simnet, attention, adapt, mining, train, aoq-losses, data, "
                                                        "contention.")] = None,
     quick: Annotated[bool, typer.Option("--quick/--full", help="Small sizes (seconds) or full sizes (COCO 5K).")] = True,
     device: DeviceOpt = "auto",

@@ -1,0 +1,44 @@
+"""Training steps: the time per batch of 128 of VSE++, SCAN t-i and VSRN under AOQ's four
+losses (AOQ's Table 6, with the ratios to the online loss beside the paper's).
+
+Each model trains on the same synthetic batches with the peers' loss (max violation,
+margin 0.2) and Adam; ``--quick`` uses small embeddings on the tiny world, ``--full`` the
+papers' widths (VSE++ and SCAN 1,024, VSRN 2,048) on the small world. A training step has
+no single floor (it mixes GEMMs, recurrences and elementwise work), so these records
+carry times only; what carries across machines is the ratios between them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from xmrbench.bench.aoq import aoq_losses, build_step, time_steps
+from xmrbench.bench.harness import BenchResult, Ceilings, KernelRecord
+
+
+def _models(quick: bool) -> dict[str, dict]:
+    emb, word = (256, 64) if quick else (1024, 300)
+    return {
+        "vsepp": {"name": "vsepp", "image_input": "global", "embed_dim": emb, "word_dim": word},
+        "scan-t2i": {"name": "scan", "image_input": "regions", "embed_dim": emb, "word_dim": word,
+                     "direction": "t2i", "pooling": "lse"},
+    }
+
+
+def train(device: torch.device, *, quick: bool, ceilings: Ceilings | None = None) -> BenchResult:
+    """Seconds per training batch of VSE++, SCAN t-i and VSRN (four losses)."""
+    res = aoq_losses(device, quick=quick, ceilings=ceilings)
+    res.name = "train"
+    res.description = ("training steps, batches of 128: VSE++ and SCAN t-i (max violation) and "
+                       + res.description.removeprefix("AOQ Table 6: "))
+    size = "tiny world, embedding 256" if quick else "small world, the papers' widths"
+    for t in res.timings:
+        loss = t.name.split(" ")[0]
+        res.kernels.append(KernelRecord(f"train-vsrn-{loss}", f"batch 128, {size}", t.seconds))
+    loss = {"name": "hardest_negative", "margin": 0.2}
+    for kernel, model in _models(quick).items():
+        method, split = build_step(model, loss, None, quick=quick, device=device, where=f"bench train {kernel}")
+        timing = time_steps(f"{kernel} (max violation)", method, split, device, quick=quick)
+        res.timings.append(timing)
+        res.kernels.append(KernelRecord(f"train-{kernel}", f"batch 128, {size}", timing.seconds))
+    return res

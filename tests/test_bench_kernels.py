@@ -198,3 +198,35 @@ def test_time_steps_trains_the_model():
     timing = time_steps("vsepp", method, split, CPU, quick=True)
     assert timing.seconds > 0 and timing.repeats >= 1
     assert any(not torch.equal(a, b) for a, b in zip(before, method.model.parameters()))  # the optimiser stepped
+
+
+def test_scale_world_and_epoch_at_a_toy_size(monkeypatch, tmp_path):
+    import h5py
+
+    from xmrbench.bench import scale
+    from xmrbench.bench import train as bench_train
+    from xmrbench.bench.harness import BenchResult
+    from xmrbench.data.synthetic.features import FeatureSpace, region_features
+    from xmrbench.data.synthetic.world import SizeSpec, split_scenes
+
+    root = scale.write_scale_world(tmp_path / "w", n_train=300, n_test=20, n_dev=10, dim=8)
+    with h5py.File(root / "train_ims.h5") as f:
+        ds = next(iter(f.values()))
+        assert ds.shape == (300, 36, 8) and ds.chunks[0] == 1
+        second_block = ds[scale.WRITE_BLOCK : 2 * scale.WRITE_BLOCK]
+    scenes = split_scenes(0, "train", SizeSpec(train=300, dev=10, n_test=20))
+    want, _ = region_features(scenes[scale.WRITE_BLOCK : 2 * scale.WRITE_BLOCK], FeatureSpace.build(0, region_dim=8,
+                              global_dim=8), seed=0, split=f"train/{scale.WRITE_BLOCK}", regions=36)
+    assert np.array_equal(second_block, want)  # each block from its own stream, written where it belongs
+    assert len((root / "train_caps.txt").read_text().splitlines()) == 1500
+
+    real = scale.run_child
+    monkeypatch.setattr(scale, "FULL", {"train": 200, "test": 20, "dev": 10, "dim": 8})
+    monkeypatch.setattr(scale, "run_child", lambda root, model, embed_dim, word_dim: real(
+        root, model, embed_dim=16, word_dim=8, max_steps=2))
+    res = BenchResult("train", "")
+    bench_train._scale(res)
+    assert [k.kernel for k in res.kernels] == ["epoch-vsepp", "epoch-scan-t2i"]
+    for k in res.kernels:
+        assert k.seconds > 0 and 0 < k.peak_extra_bytes < 3 * 2**30 and k.verdicts() == {"peak_extra_bytes": True}
+    assert sum("test images" in n for n in res.notes) == 2

@@ -41,4 +41,34 @@ def train(device: torch.device, *, quick: bool, ceilings: Ceilings | None = None
         timing = time_steps(f"{kernel} (max violation)", method, split, device, quick=quick)
         res.timings.append(timing)
         res.kernels.append(KernelRecord(f"train-{kernel}", f"batch 128, {size}", timing.seconds))
+    if not quick:
+        _scale(res)
     return res
+
+
+def _scale(res: BenchResult) -> None:
+    """One epoch of VSE++ and of SCAN t-i on a Flickr30K-sized world written to disk, each
+    in a fresh process, and the evaluation of its 1K test split (:mod:`xmrbench.bench.scale`)."""
+    import tempfile
+    import time
+
+    from xmrbench.bench.harness import Timing
+    from xmrbench.bench.scale import FULL, TARGET_RSS_BYTES, run_child, write_scale_world
+
+    with tempfile.TemporaryDirectory(prefix="xmrbench-scale-") as tmp:
+        t0 = time.perf_counter()
+        root = write_scale_world(tmp, n_train=FULL["train"], n_test=FULL["test"], n_dev=FULL["dev"], dim=FULL["dim"])
+        res.timings.append(Timing(f"writing the world ({FULL['train']:,} x 36 x {FULL['dim']} float32, streamed)",
+                                  time.perf_counter() - t0, 1))
+        for model in ("vsepp", "scan-t2i"):
+            got = run_child(root, model, embed_dim=1024, word_dim=300)
+            size = f"{FULL['train']:,} images x 36 x {FULL['dim']}, {got['steps']} batches of 128"
+            res.timings.append(Timing(f"{model}: one epoch from disk", got["epoch_s"], 1))
+            res.timings.append(Timing(f"{model}: 1K test split, encode + score + metrics", got["eval_s"], 1))
+            res.kernels.append(KernelRecord(f"epoch-{model}", size, got["epoch_s"],
+                                            peak_extra_bytes=float(got["peak_rss_bytes"]),
+                                            targets={"peak_extra_bytes": float(TARGET_RSS_BYTES)}))
+            res.notes.append(f"{model}: epoch {got['epoch_s']:.0f} s, evaluation of {got['test_images']} test images "
+                             f"{got['eval_s']:.1f} s (rsum {got['rsum']:.1f} after one epoch), peak resident set "
+                             f"{got['peak_rss_bytes'] / 2**30:.2f} GiB (whole process; target 3 GiB), "
+                             f"{got['threads']} threads")

@@ -28,8 +28,9 @@ def _targets(kernel: Mapping[str, Any], judged: bool) -> str:
     for key, bound in (kernel.get("targets") or {}).items():
         met = (kernel.get("targets_met") or {}).get(key)
         mark = "" if not judged or met is None else (" met" if met else " MISSED")
-        parts.append(f"{'≤' if key == 'ratio_to_floor' else '≥'}{bound:g}× {'floor' if key == 'ratio_to_floor' else 'peer'}"
-                     f"{mark}")
+        what = {"ratio_to_floor": f"≤{bound:g}× floor", "speedup_vs_peer": f"≥{bound:g}× peer",
+                "peak_extra_bytes": f"≤{bound / 2**30:g} GiB"}.get(key, f"{key} {bound:g}")
+        parts.append(what + mark)
     if parts and not judged:
         return "; ".join(parts) + " (judged at --full sizes)"
     return "; ".join(parts) or "–"

@@ -327,6 +327,12 @@ def test_faiss_exact_search_gives_the_miners_lists():
     assert (i2t.numpy() == f_i2t).mean() > 0.95 and (t2i.numpy() == f_t2i).mean() > 0.95
 
 
+def test_the_faiss_peer_times_a_subset_of_the_queries_and_scales():
+    pytest.importorskip("faiss")
+    got = bench_mining.run_faiss(200, 40, 16, 10, 5, max_queries=8)
+    assert got["queries"] == [8, 40] and got["shapes"] == [[8, 10], [40, 5]] and got["seconds"] > 0
+
+
 def test_the_mining_benchmark_runs_at_a_toy_size(monkeypatch):
     for name, value in (("QUICK_CAPTIONS", 300), ("QUICK_IMAGES", 60), ("DIM", 16), ("K_TEXTS", 20),
                         ("K_IMAGES", 10)):

@@ -124,8 +124,8 @@ def evaluation(device: torch.device, *, quick: bool, ceilings: Ceilings) -> Benc
         "the similarity GEMM at the GEMM rate (ranks and R@K free)", peer.seconds,
         "VSE++ evaluation loops (argsort per query)", targets={"ratio_to_floor": 1.3, "speedup_vs_peer": 10.0},
     ))
-    res.notes.append(f"the ranks of the first {sub} images' rows equal the VSE++ loop's (no ties in random scores): "
-                     f"{agree}")
+    res.notes.append(f"among the first {sub} images and their captions, our i2t ranks equal the VSE++ loop's "
+                     f"(no ties in random scores): {agree}")
     return res
 
 

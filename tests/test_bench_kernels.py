@@ -67,7 +67,7 @@ def test_the_per_caption_peer_loops_equal_the_per_pair_references():
     from xmrbench.core.sim.cross_attention import scan_pair_reference, scan_sims_reference
     from xmrbench.core.sim.focal_attention import bfan_pair_reference, bfan_sims_reference
 
-    img, words, lengths = _inputs(5, 7, 16, device=CPU, words=(2, 9))
+    img, words, lengths = _inputs(5, 7, 16, device=CPU, word_range=(2, 9))
     i2t = partial(scan_pair_reference, direction="i2t", pooling="avg", lambda_softmax=4.0, lambda_lse=6.0)
     want = scan_sims_reference(img, words, lengths, direction="i2t", pooling="avg", lambda_softmax=4.0)
     assert torch.allclose(peer_style_loop(i2t, img, words, lengths), want, atol=1e-6)
@@ -131,7 +131,7 @@ def test_bench_scan_and_bfan_small(benchmark):
     from xmrbench.core.sim.cross_attention import scan_sims
     from xmrbench.core.sim.focal_attention import bfan_sims
 
-    img, words, lengths = _inputs(8, 40, 32, device=CPU, words=(6, 18))
+    img, words, lengths = _inputs(8, 40, 32, device=CPU, word_range=(6, 18))
     with torch.no_grad():
         out = benchmark(lambda: (scan_sims(img, words, lengths), bfan_sims(img, words, lengths, focal="prob")))
     assert out[0].shape == out[1].shape == (8, 40)

@@ -37,13 +37,15 @@ TARGET_BYTES = 2 * 2**30
 
 
 def _inputs(n_img: int, n_txt: int, dim: int, *, device: torch.device | str, seed: int = 0,
-            words: tuple[int, int] = (6, 32)):
-    """Unit-norm regions ``(n_img, 36, dim)`` and words ``(n_txt, words[1], dim)``; caption
-    lengths ``words[0]..words[1]`` (start and end tokens included; 6..32 as in Flickr30K)."""
+            word_range: tuple[int, int] = (6, 32)):
+    """Unit-norm regions ``(n_img, 36, dim)`` and words ``(n_txt, longest, dim)``; caption
+    lengths ``word_range`` = (shortest, longest), start and end tokens included (6..32 as
+    in Flickr30K)."""
     gen = torch.Generator().manual_seed(seed)
     img = torch.nn.functional.normalize(torch.randn(n_img, REGIONS, dim, generator=gen), dim=-1)
-    lengths = torch.randint(words[0], words[1] + 1, (n_txt,), generator=gen)
-    words = torch.nn.functional.normalize(torch.randn(n_txt, words[1], dim, generator=gen), dim=-1)
+    shortest, longest = word_range
+    lengths = torch.randint(shortest, longest + 1, (n_txt,), generator=gen)
+    words = torch.nn.functional.normalize(torch.randn(n_txt, longest, dim, generator=gen), dim=-1)
     return img.to(device), words.to(device), lengths
 
 
@@ -112,7 +114,7 @@ def _cases():
 
 def _speed(res: BenchResult, device: torch.device, *, quick: bool, ceilings: Ceilings) -> None:
     n_img, n_txt, dim = SPEED_QUICK if quick else SPEED_FULL
-    img, words, lengths = _inputs(n_img, n_txt, dim, device=device, words=SPEED_WORDS)
+    img, words, lengths = _inputs(n_img, n_txt, dim, device=device, word_range=SPEED_WORDS)
     pairs = n_img * n_txt
     flops = gemm_floor_flops(n_img, lengths, dim)
     sub_img, sub_txt = (4, 10) if quick else (6, 20)

@@ -189,11 +189,11 @@ def test_train_benchmark_builds_every_model_and_gives_one_record_per_step(monkey
 
 
 def test_time_steps_trains_the_model():
-    from xmrbench.bench.aoq import build_step, time_steps
+    from xmrbench.bench.aoq import build_step, synthetic_data, time_steps
 
-    method, split = build_step({"name": "vsepp", "image_input": "global", "embed_dim": 16, "word_dim": 8},
-                               {"name": "hardest_negative", "margin": 0.2}, None, quick=True, device=CPU,
-                               where="test")
+    method, split, _ = build_step({"name": "vsepp", "image_input": "global", "embed_dim": 16, "word_dim": 8},
+                                  {"name": "hardest_negative", "margin": 0.2}, None, data=synthetic_data(True),
+                                  device=CPU, where="test")
     before = [p.detach().clone() for p in method.model.parameters()]
     timing = time_steps("vsepp", method, split, CPU, quick=True)
     assert timing.seconds > 0 and timing.repeats >= 1

@@ -21,10 +21,11 @@ from xmrbench.bench.harness import BenchResult, measure, sync
 PAPER_SECONDS = {"online": 1.096, "offtri": 1.489, "offquin": 1.557, "adapoffquin": 1.604}
 
 
-def build_step(model: dict, loss: dict | None, method: dict | None, *, quick: bool, device: torch.device,
-               where: str):
-    """A training method ready to step, on the first 400 training images of the tiny
-    (``quick``) or small world: ``model``, ``loss`` and ``method`` as a recipe's config."""
+def build_step(model: dict, loss: dict | None, method: dict | None, *, data: dict, device: torch.device,
+               where: str, batch_size: int = 128, seed: int = 0):
+    """A training method ready to step: ``model``, ``loss``, ``method`` and ``data`` as a
+    recipe's config, Adam at lr 2e-4 with gradient clipping at 2. Returns the method, the
+    prepared training split and the :class:`~xmrbench.engine.inputs.PreparedData`."""
     from xmrbench.core.losses.registry import LOSSES
     from xmrbench.core.models.registry import MODELS
     from xmrbench.data.registry import DATASETS
@@ -32,29 +33,32 @@ def build_step(model: dict, loss: dict | None, method: dict | None, *, quick: bo
     from xmrbench.engine.train import build_method
     from xmrbench.recipe.config import validate_cell_config
 
-    raw = {
-        "data": {"size": "tiny" if quick else "small", "train_images": 400},
-        "model": model, "loss": loss, "method": method,
-        "train": {"batch_size": 128, "lr": 0.0002, "grad_clip": 2.0},
-    }
+    raw = {"data": data, "model": model, "loss": loss, "method": method,
+           "train": {"batch_size": batch_size, "lr": 0.0002, "grad_clip": 2.0}}
     cfg = validate_cell_config(raw, where=where)
     prepared = PreparedData(DATASETS[cfg.data.name](cfg.data), cfg.data, model.get("image_input", "regions"), "tokens")
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     net = MODELS[cfg.model.name](cfg.model.params, prepared.dims).to(device)
     train = prepared.split("train")
     net.prepare_training(train)
     loss_fn = LOSSES[cfg.loss.name](cfg.loss.params).to(device) if cfg.loss is not None else None
     built = build_method(cfg, net, loss_fn)
     built.setup()
-    return built, train
+    return built, train, prepared
+
+
+def synthetic_data(quick: bool) -> dict:
+    """The first 400 training images of the tiny (``quick``) or small synthetic world."""
+    return {"size": "tiny" if quick else "small", "train_images": 400}
 
 
 def _method(loss: str, *, quick: bool, device: torch.device):
     dims = {"embed_dim": 256, "word_dim": 64, "decoder_hidden": 64, "decoder_word_dim": 64} if quick else {
         "embed_dim": 2048, "word_dim": 300, "decoder_hidden": 512, "decoder_word_dim": 300}
-    return build_step({"name": "vsrn", "image_input": "regions", "gcn_layers": 4, **dims}, None,
-                      {"name": "aoq", "loss": loss, "h": 300 if not quick else 100}, quick=quick, device=device,
-                      where="bench aoq-losses")
+    method, train, _ = build_step({"name": "vsrn", "image_input": "regions", "gcn_layers": 4, **dims}, None,
+                                  {"name": "aoq", "loss": loss, "h": 300 if not quick else 100},
+                                  data=synthetic_data(quick), device=device, where="bench aoq-losses")
+    return method, train
 
 
 def time_steps(name: str, method, train, device: torch.device, *, quick: bool, candidates=None):

@@ -71,31 +71,20 @@ def run_epoch(root: str, model: str, *, embed_dim: int, word_dim: int, max_steps
     the test split's metrics; seconds and peak resident memory."""
     import torch
 
-    from xmrbench.core.losses.registry import LOSSES
+    from xmrbench.bench.aoq import build_step
     from xmrbench.core.metrics.retrieval import retrieval_metrics
-    from xmrbench.core.models.registry import MODELS
-    from xmrbench.data.registry import DATASETS
     from xmrbench.engine.evaluate import encode, similarity_matrix
-    from xmrbench.engine.inputs import PreparedData
     from xmrbench.engine.methods import Progress, StepContext
-    from xmrbench.engine.train import build_method, make_batch
-    from xmrbench.recipe.config import validate_cell_config
+    from xmrbench.engine.train import make_batch
 
     specs = {"vsepp": {"name": "vsepp", "image_input": "mean_regions"},
              "scan-t2i": {"name": "scan", "image_input": "regions", "direction": "t2i", "pooling": "lse"}}
-    raw = {"data": {"name": "precomp", "root": root},
-           "model": {**specs[model], "embed_dim": embed_dim, "word_dim": word_dim},
-           "loss": {"name": "hardest_negative", "margin": 0.2},
-           "train": {"batch_size": batch_size, "lr": 0.0002, "grad_clip": 2.0}}
-    cfg = validate_cell_config(raw, where=f"bench scale {model}")
     t_load = time.perf_counter()
-    prepared = PreparedData(DATASETS["precomp"](cfg.data), cfg.data, specs[model]["image_input"], "tokens")
-    torch.manual_seed(seed)
-    net = MODELS[cfg.model.name](cfg.model.params, prepared.dims)
-    train = prepared.split("train")
-    net.prepare_training(train)
-    method = build_method(cfg, net, LOSSES[cfg.loss.name](cfg.loss.params))
-    method.setup()
+    method, train, prepared = build_step(
+        {**specs[model], "embed_dim": embed_dim, "word_dim": word_dim}, {"name": "hardest_negative", "margin": 0.2},
+        None, data={"name": "precomp", "root": root}, device=torch.device("cpu"), where=f"bench scale {model}",
+        batch_size=batch_size, seed=seed)
+    net = method.model
     load_s = time.perf_counter() - t_load
     caption_image = train.caption_image()
     order = np.random.default_rng(seed).permutation(train.n_captions)

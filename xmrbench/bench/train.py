@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from xmrbench.bench.aoq import aoq_losses, build_step, time_steps
+from xmrbench.bench.aoq import aoq_losses, build_step, synthetic_data, time_steps
 from xmrbench.bench.harness import BenchResult, Ceilings, KernelRecord
 
 
@@ -37,7 +37,8 @@ def train(device: torch.device, *, quick: bool, ceilings: Ceilings | None = None
         res.kernels.append(KernelRecord(f"train-vsrn-{loss}", f"batch 128, {size}", t.seconds))
     loss = {"name": "hardest_negative", "margin": 0.2}
     for kernel, model in _models(quick).items():
-        method, split = build_step(model, loss, None, quick=quick, device=device, where=f"bench train {kernel}")
+        method, split, _ = build_step(model, loss, None, data=synthetic_data(quick), device=device,
+                                      where=f"bench train {kernel}")
         timing = time_steps(f"{kernel} (max violation)", method, split, device, quick=quick)
         res.timings.append(timing)
         res.kernels.append(KernelRecord(f"train-{kernel}", f"batch 128, {size}", timing.seconds))

@@ -640,9 +640,9 @@ def calibrate(
 
 @app.command()
 def bench(
-    names: Annotated[list[str] | None, typer.Argument(help="Benchmarks to run (default: all): machine, similarity, "
-                                                       "eval, simnet, attention, adapt, mining, train, aoq-losses, data, "
-                                                       "contention.")] = None,
+    names: Annotated[list[str] | None, typer.Argument(help="Benchmarks to run: machine, similarity, eval, simnet, "
+                                                       "attention, adapt, mining, train, aoq-losses, data, contention "
+                                                       "(default: all but aoq-losses, which train runs).")] = None,
     quick: Annotated[bool, typer.Option("--quick/--full", help="Small sizes (seconds) or full sizes (COCO 5K).")] = True,
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,

@@ -60,11 +60,6 @@ def write_scale_world(root: str | Path, *, n_train: int, n_test: int, n_dev: int
     return root
 
 
-def _peak_rss_bytes() -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
-
-
 def run_epoch(root: str, model: str, *, embed_dim: int, word_dim: int, max_steps: int | None = None,
               batch_size: int = 128, seed: int = 0) -> dict[str, Any]:
     """In this process: one epoch (or ``max_steps`` steps) of ``model`` on ``root``, then
@@ -72,6 +67,7 @@ def run_epoch(root: str, model: str, *, embed_dim: int, word_dim: int, max_steps
     import torch
 
     from xmrbench.bench.aoq import build_step
+    from xmrbench.bench.attention import _status_bytes
     from xmrbench.core.metrics.retrieval import retrieval_metrics
     from xmrbench.engine.evaluate import encode, similarity_matrix
     from xmrbench.engine.methods import Progress, StepContext
@@ -98,7 +94,7 @@ def run_epoch(root: str, model: str, *, embed_dim: int, word_dim: int, max_steps
                           "bench/scale", {}, train)
         method.step(ctx, make_batch(train, index, caption_image, device))
     epoch_s = time.perf_counter() - t0
-    rss_train = _peak_rss_bytes()
+    rss_train = _status_bytes("VmHWM")
     t0 = time.perf_counter()
     test = prepared.split("test")
     enc = encode(net, test, device=device, batch_size=128)
@@ -106,7 +102,7 @@ def run_epoch(root: str, model: str, *, embed_dim: int, word_dim: int, max_steps
     eval_s = time.perf_counter() - t0
     return {"model": model, "steps": len(batches), "steps_per_epoch": -(-train.n_captions // batch_size),
             "load_s": load_s, "epoch_s": epoch_s, "eval_s": eval_s, "test_images": test.n_images,
-            "rsum": metrics["rsum"], "peak_rss_train_bytes": rss_train, "peak_rss_bytes": _peak_rss_bytes(),
+            "rsum": metrics["rsum"], "peak_rss_train_bytes": rss_train, "peak_rss_bytes": _status_bytes("VmHWM"),
             "threads": torch.get_num_threads()}
 
 

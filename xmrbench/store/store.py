@@ -171,10 +171,15 @@ class ResultStore:
         return self.root / "_bench"
 
     def write_bench(self, doc: dict[str, Any]) -> Path:
-        """Store one bench document as ``_bench/bench-<created>--<host>.json``; returns its path."""
+        """Store one bench document as ``_bench/bench-<created>--<cpu>.json`` (a counter added
+        when a run of the same second is there already); returns its path."""
         stamp = re.sub(r"[^0-9T]", "", str(doc["created"]))[:15]
-        host = safe_name(str(doc.get("env", {}).get("hostname") or doc.get("env", {}).get("cpu") or "machine"))[:40]
-        path = self.bench_dir() / f"bench-{stamp}--{host}.json"
+        cpu = safe_name(str(doc.get("env", {}).get("cpu") or "machine"))[:40]
+        path = self.bench_dir() / f"bench-{stamp}--{cpu}.json"
+        n = 1
+        while path.exists():
+            n += 1
+            path = self.bench_dir() / f"bench-{stamp}--{cpu}-{n}.json"
         atomic_write_text(path, json.dumps(doc, indent=1, allow_nan=False) + "\n")
         return path
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from xmrbench.core.models.base import InputDims, TextBatch
@@ -33,15 +34,18 @@ def test_linear_variant_has_one_layer_per_branch():
     assert torch.allclose(lin(2 * x) - lin.bias, 2 * (lin(x) - lin.bias), atol=1e-5)
 
 
-def test_similarity_network_blocks_equal_pairwise_scores():
+@pytest.mark.parametrize("grad", [True, False])
+@pytest.mark.parametrize("block", [50, 200, 1 << 24])  # tiles of 1 x 6, 2 x 11 and one tile of every pair
+def test_similarity_network_tiles_equal_pairwise_scores(grad, block):
     torch.manual_seed(1)
-    params = TwoBranchSimilarity.Params(hidden_dim=16, embed_dim=8, fc_dims=(6, 4), block_elements=50)
+    params = TwoBranchSimilarity.Params(hidden_dim=16, embed_dim=8, fc_dims=(6, 4), block_elements=block)
     model = TwoBranchSimilarity(params, DIMS).eval()
-    img = model.encode_images(torch.randn(9, 12))
-    txt = model.encode_texts(TextBatch(vectors=torch.randn(11, 20)))
-    sims = model.similarity(img, txt)  # block of 50 elements: one image row per block
+    with torch.set_grad_enabled(grad):
+        img = model.encode_images(torch.randn(9, 12))
+        txt = model.encode_texts(TextBatch(vectors=torch.randn(11, 20)))
+        sims = model.similarity(img, txt)
     naive = torch.stack([torch.stack([model.pair_scores(img[i : i + 1], txt[j : j + 1])[0] for j in range(11)]) for i in range(9)])
-    assert sims.shape == (9, 11)
+    assert sims.shape == (9, 11) and sims.requires_grad == grad
     assert torch.allclose(sims, naive, atol=1e-6)
 
 

@@ -46,6 +46,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from xmrbench.core.sim.cross_attention import in_place_allowed
 from xmrbench.params import Params
 
 
@@ -144,6 +145,35 @@ class TrainBatch:
 def concat(parts: list) -> torch.Tensor | Padded:
     """Concatenate encoder outputs along the batch: tensors or :class:`Padded`."""
     return Padded.cat(parts) if isinstance(parts[0], Padded) else torch.cat(parts)
+
+
+def pairwise_tiles(img_emb: torch.Tensor, txt_emb: torch.Tensor, budget: int, score) -> torch.Tensor:
+    """``sims (N_img, N_txt)`` of a pairwise score computed tile by tile: ``score(img (r, 1, D),
+    txt (1, c, D)) -> (r, c)`` on tiles of at most ``budget`` pair elements (``r * c * D``; one
+    pair at least), a whole row of captions first. Without a recorded gradient the tiles fill
+    one preallocated matrix, so one tile is alive at a time; with one, they are concatenated.
+    Each score is a function of its own pair only, so the tiling does not change a bit."""
+    n_img, n_txt, dim = img_emb.shape[0], txt_emb.shape[0], img_emb.shape[1]
+    if txt_emb.shape[1] != dim:
+        raise ValueError(f"image and caption embeddings differ in size: {dim} vs {txt_emb.shape[1]}")
+    cols = max(1, min(n_txt, budget // max(1, dim)))
+    rows = max(1, min(n_img, budget // max(1, cols * dim)))
+    out = img_emb.new_empty(n_img, n_txt) if in_place_allowed(img_emb, txt_emb) else None
+    row_blocks = []
+    for i in range(0, n_img, rows):
+        img = img_emb[i : i + rows, None, :]
+        tiles = []
+        for j in range(0, n_txt, cols):
+            tile = score(img, txt_emb[None, j : j + cols, :])
+            if out is None:
+                tiles.append(tile)
+            else:
+                out[i : i + rows, j : j + cols] = tile
+        if out is None:
+            row_blocks.append(torch.cat(tiles, 1) if tiles else img_emb.new_zeros(img.shape[0], 0))
+    if out is not None:
+        return out
+    return torch.cat(row_blocks, 0) if row_blocks else img_emb.new_zeros(0, n_txt)
 
 
 class RetrievalModel(nn.Module):

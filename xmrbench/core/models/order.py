@@ -49,7 +49,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from xmrbench.core.models.base import TextBatch
+from xmrbench.core.models.base import TextBatch, pairwise_tiles
 from xmrbench.core.models.vsepp import VSEPP
 
 
@@ -90,29 +90,8 @@ class OrderEmbeddings(VSEPP):
     def similarity(self, img_emb: torch.Tensor, txt_emb: torch.Tensor) -> torch.Tensor:
         """``img_emb (N_img, D)``, ``txt_emb (N_txt, D)`` -> ``sims (N_img, N_txt)``, ``-E`` of every
         pair, in tiles of at most ``block_elements`` violation entries (one pair at least)."""
-        n_img, n_txt, dim = img_emb.shape[0], txt_emb.shape[0], img_emb.shape[1]
-        if txt_emb.shape[1] != dim:
-            raise ValueError(f"image and caption embeddings differ in size: {dim} vs {txt_emb.shape[1]}")
-        budget = self.params.block_elements
-        cols = max(1, min(n_txt, budget // max(1, dim)))
-        rows = max(1, min(n_img, budget // max(1, cols * dim)))
-        recording = torch.is_grad_enabled() and (img_emb.requires_grad or txt_emb.requires_grad)
-        out = None if recording else img_emb.new_empty(n_img, n_txt)  # filled tile by tile
-        row_blocks = []
-        for i in range(0, n_img, rows):
-            img = img_emb[i : i + rows, None, :]
-            tiles = []
-            for j in range(0, n_txt, cols):
-                tile = -self._energy(img, txt_emb[None, j : j + cols, :])
-                if out is None:
-                    tiles.append(tile)
-                else:
-                    out[i : i + rows, j : j + cols] = tile
-            if out is None:
-                row_blocks.append(torch.cat(tiles, 1) if tiles else img_emb.new_zeros(img.shape[0], 0))
-        if out is not None:
-            return out
-        return torch.cat(row_blocks, 0) if row_blocks else img_emb.new_zeros(0, n_txt)
+        return pairwise_tiles(img_emb, txt_emb, self.params.block_elements,
+                              lambda img, txt: -self._energy(img, txt))
 
     def pair_scores(self, img_emb: torch.Tensor, txt_emb: torch.Tensor) -> torch.Tensor:
         """Scores of aligned pairs: ``img_emb (P, D)``, ``txt_emb (P, D)`` -> ``(P,)``, the

@@ -9,9 +9,11 @@ import math
 import pytest
 import torch
 
+from xmrbench.core.sim import cross_attention
 from xmrbench.core.sim.cross_attention import (
     SCAN_TENSORS,
     plan_blocks,
+    run_blocks,
     scan_pair_reference,
     scan_pair_scores,
     scan_sims,
@@ -287,3 +289,38 @@ def test_scan_1k_x_5k_plan_fits_2gb():
 def test_budget_too_small_for_one_pair_is_refused():
     with pytest.raises(ValueError, match="cannot hold one image x one caption"):
         plan_blocks(torch.tensor([10]), n_images=1, n_regions=36, dim=1024, budget_bytes=1000, tensors=3)
+
+
+def test_blocks_on_several_threads_give_the_one_thread_result_bit_for_bit(monkeypatch):
+    monkeypatch.setattr(cross_attention, "CPU_BLOCK_BYTES", 20_000)  # rows of small blocks, up to three at once
+    gen = torch.Generator().manual_seed(6)
+    img, words, lengths = random_inputs(gen, n_img=6, n_txt=40, regions=7, max_len=12, dim=16, dtype=torch.float32)
+    ran = []
+    real = cross_attention.run_blocks
+    monkeypatch.setattr(cross_attention, "run_blocks", lambda fn, blocks, workers: (ran.append((len(blocks), workers)),
+                                                                                    real(fn, blocks, workers)))
+    threads = torch.get_num_threads()
+    try:
+        results = {}
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            results[n] = (scan_sims(img, words, lengths), bfan_sims(img, words, lengths))
+            assert torch.get_num_threads() == n  # restored after the blocks ran single-threaded
+        assert all(torch.equal(a, b) for a, b in zip(results[1], results[3]))
+        assert [w for _, w in ran] == [1, 1, 3, 3] and min(b for b, _ in ran) > 3
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_run_blocks_restores_the_thread_count_when_a_block_fails():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        def fail(block):
+            if block == 3:
+                raise ValueError("block 3")
+        with pytest.raises(ValueError, match="block 3"):
+            run_blocks(fail, list(range(6)), workers=2)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)

@@ -13,6 +13,7 @@ import torch
 from xmrbench.bench import adapt as bench_adapt
 from xmrbench.bench.harness import Ceilings, measure
 from xmrbench.bench.registry import BENCHMARKS
+from xmrbench.core.sim import adapt_fovea
 from xmrbench.core.sim.adapt_fovea import (
     fovea_mask,
     fovea_pair_reference,
@@ -345,3 +346,29 @@ def test_the_adapt_benchmark_runs_at_a_toy_size(monkeypatch):
         assert res.ratios[f"{case}: peak memory / stated bound"] >= 0
     assert sum("max abs difference to the reference" in n for n in res.notes) == 2
     assert all("finite: True" in n for n in res.notes if "finite" in n)
+
+
+@pytest.mark.parametrize("ragged", [True, False])
+@pytest.mark.parametrize("lam", [10.0, None])
+def test_blocks_on_several_threads_give_the_one_thread_result_bit_for_bit(monkeypatch, ragged, lam):
+    monkeypatch.setattr(adapt_fovea, "CPU_BLOCK_BYTES", 3_000)  # rows of small blocks, up to three at once
+    ran = []
+    real = adapt_fovea.run_blocks
+    monkeypatch.setattr(adapt_fovea, "run_blocks", lambda fn, blocks, workers: (ran.append((len(blocks), workers)),
+                                                                                real(fn, blocks, workers)))
+    gen = torch.Generator().manual_seed(8)
+    values, lengths, gamma, beta, target = random_case(gen, n_v=30, n_q=11, n_max=6, dim=5, ragged=ragged,
+                                                       dtype=torch.float32)
+    threads = torch.get_num_threads()
+    try:
+        results = {}
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            results[n] = fovea_sims(values, lengths, gamma, beta, target, lam)
+            assert torch.get_num_threads() == n
+        assert torch.equal(results[1], results[3])
+        assert [w for _, w in ran] == [1, 3] and ran[0][0] > 3
+        ref = fovea_sims_reference(values.double(), lengths, gamma.double(), beta.double(), target.double(), lam)
+        assert torch.allclose(results[3].double(), ref, atol=TOL[torch.float32], rtol=0)
+    finally:
+        torch.set_num_threads(threads)

@@ -76,8 +76,11 @@ norms); without fovea ``s * (b_v * (2 * n_b * D + n_b + 4 * D + 2) + 2 * b_q * (
 + 5 * b_v * b_q)``. :func:`plan_fovea_blocks` keeps this within ``budget_bytes`` (on
 the CPU within ``min(budget_bytes, CPU_BLOCK_BYTES)``: cache-sized blocks are faster).
 The large tensors of every block are carved from one buffer allocated once per call
-(:class:`Arena`), so that the heap does not fragment. Beyond the inputs, one call then
-needs at most
+(:class:`Arena`), so that the heap does not fragment. Without autograd on the CPU, up to
+one row of blocks per torch thread, as many as ``budget_bytes`` holds, runs at once,
+each single-threaded with an arena of its own (``run_blocks`` of
+:mod:`~xmrbench.core.sim.cross_attention`: the one-thread result bit for bit). Beyond
+the inputs, one call then needs at most
 
     budget_bytes + s * N_v * N_q
 
@@ -90,11 +93,12 @@ holds for evaluation only.
 from __future__ import annotations
 
 import math
+import queue
 from dataclasses import dataclass
 
 import torch
 
-from xmrbench.core.sim.cross_attention import CPU_BLOCK_BYTES, EPS, in_place_allowed
+from xmrbench.core.sim.cross_attention import CPU_BLOCK_BYTES, EPS, in_place_allowed, run_blocks
 
 Lam = float | torch.Tensor | None
 
@@ -479,42 +483,54 @@ def fovea_sims(
     fovea = lam is not None
     lam_t = lam_tensor(lam, values) if fovea else None
     grads = [values, gamma, beta, target] + ([lam_t] if isinstance(lam_t, torch.Tensor) else [])
-    block_bytes = min(budget_bytes, CPU_BLOCK_BYTES) if values.device.type == "cpu" else budget_bytes
+    on_cpu = values.device.type == "cpu"
+    block_bytes = min(budget_bytes, CPU_BLOCK_BYTES) if on_cpu else budget_bytes
     plan_lengths = torch.full((n_v,), n_max, dtype=torch.long) if lengths is None else lengths
     plan = plan_fovea_blocks(
         plan_lengths, n_queries=n_q, dim=dim, budget_bytes=block_bytes, fovea=fovea, elem_bytes=values.element_size()
     )
     b_q = plan.block_queries
     order = plan.order.to(values.device)
-    arena = None
-    if in_place_allowed(*grads):
-        size = arena_elements(plan, n_queries=n_q, dim=dim, fovea=fovea, ragged=lengths is not None)
-        arena = Arena(values.new_empty(size)) if size else None
-    for start, stop, length in plan.value_blocks:
-        if arena is not None:
-            arena.used = 0
-        if lengths is None:
-            rows: slice | torch.Tensor = slice(start, stop)
-            block = value_block(values[start:stop], None)
-        else:
-            rows = order[start:stop]
-            if arena is None:
-                gathered = values[:, :length].index_select(0, rows)
+    inplace = in_place_allowed(*grads)
+    # as many threads of blocks as the budget holds, each with an arena of its own
+    workers = max(1, min(torch.get_num_threads(), budget_bytes // block_bytes)) if inplace and on_cpu else 1
+    arenas: queue.SimpleQueue[Arena | None] = queue.SimpleQueue()
+    size = arena_elements(plan, n_queries=n_q, dim=dim, fovea=fovea, ragged=lengths is not None) if inplace else 0
+    for _ in range(min(workers, len(plan.value_blocks))):
+        arenas.put(Arena(values.new_empty(size)) if size else None)
+
+    def value_row(block_range: tuple[int, int, int]) -> None:
+        start, stop, length = block_range
+        arena = arenas.get()
+        try:
+            if arena is not None:
+                arena.used = 0
+            if lengths is None:
+                rows: slice | torch.Tensor = slice(start, stop)
+                block = value_block(values[start:stop], None)
             else:
-                gathered = torch.index_select(values[:, :length], 0, rows, out=arena.take(stop - start, length, dim))
-            block = value_block(gathered, lengths[rows], arena=arena)
-        means = None if fovea else mean_rows(block)
-        mark = 0 if arena is None else arena.used
-        for q0 in range(0, n_q, b_q):
-            g, b, t = gamma[q0 : q0 + b_q], beta[q0 : q0 + b_q], target[q0 : q0 + b_q]
-            if means is not None:
-                scores = mean_scores(means, g, b, t)
-            else:
-                if arena is not None:
-                    arena.used = mark
-                t_norms = torch.linalg.vector_norm(t, dim=-1)
-                scores = fovea_scores(block, (lam_t * g)[None], g[None], b[None], t[None], t_norms[None], arena=arena)
-            out[rows, q0 : q0 + b_q] = scores
+                rows = order[start:stop]
+                if arena is None:
+                    gathered = values[:, :length].index_select(0, rows)
+                else:
+                    gathered = torch.index_select(values[:, :length], 0, rows, out=arena.take(stop - start, length, dim))
+                block = value_block(gathered, lengths[rows], arena=arena)
+            means = None if fovea else mean_rows(block)
+            mark = 0 if arena is None else arena.used
+            for q0 in range(0, n_q, b_q):
+                g, b, t = gamma[q0 : q0 + b_q], beta[q0 : q0 + b_q], target[q0 : q0 + b_q]
+                if means is not None:
+                    scores = mean_scores(means, g, b, t)
+                else:
+                    if arena is not None:
+                        arena.used = mark
+                    t_norms = torch.linalg.vector_norm(t, dim=-1)
+                    scores = fovea_scores(block, (lam_t * g)[None], g[None], b[None], t[None], t_norms[None], arena=arena)
+                out[rows, q0 : q0 + b_q] = scores
+        finally:
+            arenas.put(arena)
+
+    run_blocks(value_row, plan.value_blocks, workers)
     return out
 
 

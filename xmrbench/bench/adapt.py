@@ -170,7 +170,7 @@ def adapt(device: torch.device, *, quick: bool, ceilings: Ceilings) -> BenchResu
                                f"{n_txt:,} captions ({MIN_WORDS}-{MAX_WORDS} words), d = {dim}")
     st = _child(n_img, n_txt, dim, DEFAULT_BUDGET, dev, 3 if quick else 1)
     block_bytes = min(DEFAULT_BUDGET, CPU_BLOCK_BYTES) if dev == "cpu" else DEFAULT_BUDGET
-    at_once = min(st["threads"], DEFAULT_BUDGET // block_bytes) if dev == "cpu" else 1  # one block per thread
+    at_once = min(st["threads"], DEFAULT_BUDGET // block_bytes) if dev == "cpu" else 1  # one per thread of the child
     work = {
         "ADAPT-T2I": fovea_work(n_img, n_txt, REGIONS, dim),
         "ADAPT-I2T": fovea_work(1, n_img, st["valid_words"], dim),

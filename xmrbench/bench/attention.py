@@ -24,6 +24,7 @@ import torch
 from xmrbench.bench.harness import BenchResult, Ceilings, KernelRecord, Timing, measure, sync
 from xmrbench.core.sim.cross_attention import (
     CPU_BLOCK_BYTES,
+    block_workers,
     row_cosine,
     scan_pair_reference,
     scan_sims,
@@ -217,7 +218,7 @@ def _memory(res: BenchResult, device: torch.device, *, quick: bool) -> None:
         raise RuntimeError(f"memory probe failed: {proc.stderr.strip()[-500:]}")
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     blocks = min(DEFAULT_BUDGET, CPU_BLOCK_BYTES) if device.type == "cpu" else DEFAULT_BUDGET
-    workers = min(torch.get_num_threads(), DEFAULT_BUDGET // blocks) if device.type == "cpu" else 1  # one block each
+    workers = block_workers(DEFAULT_BUDGET, blocks) if device.type == "cpu" else 1  # one block each at once
     bound = memory_bound_bytes(n_img, n_txt, budget_bytes=blocks * workers)
     res.timings.append(
         Timing(f"SCAN t-i LSE, blocked, {n_img} x {n_txt}, d={dim} (fresh process)", out["seconds"], 1, float(n_img * n_txt), "pair")

@@ -98,7 +98,13 @@ from dataclasses import dataclass
 
 import torch
 
-from xmrbench.core.sim.cross_attention import CPU_BLOCK_BYTES, EPS, in_place_allowed, run_blocks
+from xmrbench.core.sim.cross_attention import (
+    CPU_BLOCK_BYTES,
+    EPS,
+    block_workers,
+    in_place_allowed,
+    run_blocks,
+)
 
 Lam = float | torch.Tensor | None
 
@@ -492,8 +498,7 @@ def fovea_sims(
     b_q = plan.block_queries
     order = plan.order.to(values.device)
     inplace = in_place_allowed(*grads)
-    # as many threads of blocks as the budget holds, each with an arena of its own
-    workers = max(1, min(torch.get_num_threads(), budget_bytes // block_bytes)) if inplace and on_cpu else 1
+    workers = block_workers(budget_bytes, block_bytes) if inplace and on_cpu else 1  # each with an arena of its own
     arenas: queue.SimpleQueue[Arena | None] = queue.SimpleQueue()
     size = arena_elements(plan, n_queries=n_q, dim=dim, fovea=fovea, ragged=lengths is not None) if inplace else 0
     for _ in range(min(workers, len(plan.value_blocks))):

@@ -382,9 +382,7 @@ def blocked_sims(
     inplace = in_place_allowed(img_emb, word_emb)
     on_cpu = img_emb.device.type == "cpu"
     block_bytes = min(budget_bytes, CPU_BLOCK_BYTES) if on_cpu else budget_bytes
-    # as many threads of blocks as the budget holds: the blocks, hence the bits, do not
-    # depend on the thread count
-    workers = max(1, min(torch.get_num_threads(), budget_bytes // block_bytes)) if inplace and on_cpu else 1
+    workers = block_workers(budget_bytes, block_bytes) if inplace and on_cpu else 1
     # With autograd every block's intermediates are kept anyway: the budget bounds
     # nothing, and short length buckets save the padded work instead.
     plan = plan_blocks(
@@ -407,6 +405,13 @@ def blocked_sims(
 
     run_blocks(caption_row, plan.caption_blocks, workers)
     return out
+
+
+def block_workers(budget_bytes: int, block_bytes: int) -> int:
+    """Threads of CPU blocks for :func:`run_blocks`: one per torch thread, as many as
+    ``budget_bytes`` holds blocks of ``block_bytes``. The blocks themselves, hence the
+    bits, do not depend on it."""
+    return max(1, min(torch.get_num_threads(), budget_bytes // max(1, block_bytes)))
 
 
 def run_blocks(fn: Callable[[Any], None], blocks: Sequence[Any], workers: int) -> None:

@@ -386,7 +386,7 @@ def blocked_sims(
     # With autograd every block's intermediates are kept anyway: the budget bounds
     # nothing, and short length buckets save the padded work instead.
     plan = plan_blocks(
-        lengths, n_images=n_img, n_regions=n_regions, dim=dim, budget_bytes=max(block_bytes, 1),
+        lengths, n_images=n_img, n_regions=n_regions, dim=dim, budget_bytes=block_bytes,
         tensors=tensors, elem_bytes=img_emb.element_size(),
         max_block_captions=None if inplace else GRAD_BLOCK_CAPTIONS,
     )

@@ -162,9 +162,9 @@ def test_bench_mining_small(benchmark):
 
     img, txt = _random_embeddings(60, 32)
     caption_image = torch.arange(300) // 5
-    i2t, t2i = benchmark(lambda: mine_candidates(lambda rows: img[rows] @ txt.T, n_images=60,
+    i2t, t2i = benchmark(lambda: mine_candidates(lambda rows, cols: img[rows] @ txt[cols].T, n_images=60,
                                                  caption_image=caption_image, k_texts=20, k_images=8,
-                                                 block_images=16))
+                                                 block_images=16, chunk_captions=128))
     assert tuple(i2t.shape) == (60, 20) and tuple(t2i.shape) == (300, 8)
 
 

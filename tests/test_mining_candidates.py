@@ -59,23 +59,24 @@ def _sims(kind: str, n_img: int, n_txt: int, seed: int) -> torch.Tensor:
     return sims
 
 
-def _mine(sims: torch.Tensor, caption_image: torch.Tensor, k_texts: int, k_images: int, block: int):
+def _mine(sims: torch.Tensor, caption_image: torch.Tensor, k_texts: int, k_images: int, block: int, **tiles):
     before = sims.clone()
-    i2t, t2i = mine_candidates(lambda rows: sims[rows], n_images=sims.shape[0], caption_image=caption_image,
-                               k_texts=k_texts, k_images=k_images, block_images=block)
+    i2t, t2i = mine_candidates(lambda rows, cols: sims[rows, cols], n_images=sims.shape[0],
+                               caption_image=caption_image, k_texts=k_texts, k_images=k_images, block_images=block,
+                               **tiles)
     assert torch.equal(sims, before)  # the blocks are the caller's: never written to
     assert i2t.dtype == torch.int32 and t2i.dtype == torch.int32
     return i2t.numpy(), t2i.numpy()
 
 
 @pytest.mark.parametrize("kind", ["random", "coarse", "constant", "signed_zeros"])
-@pytest.mark.parametrize("block", [1, 4, 7, 10, 64])
-def test_one_pass_equals_a_naive_sort(kind, block):
-    n_img, cpi = 23, 3  # no block size above divides 23
+@pytest.mark.parametrize(("block", "chunk", "slots"), [(1, 69, 256), (4, 5, 2), (7, 16, 7), (10, 3, 1), (64, 500, 30)])
+def test_one_pass_equals_a_naive_sort(kind, block, chunk, slots):
+    n_img, cpi = 23, 3  # no block or chunk size above divides 23 images or 69 captions
     sims = _sims(kind, n_img, n_img * cpi, seed=block)
     caption_image = torch.arange(n_img).repeat_interleave(cpi)
     for k_texts, k_images in ((5, 3), (17, 9), (66, 22), (1, 1)):
-        i2t, t2i = _mine(sims, caption_image, k_texts, k_images, block)
+        i2t, t2i = _mine(sims, caption_image, k_texts, k_images, block, chunk_captions=chunk, slots=slots)
         assert i2t.shape == (n_img, k_texts) and t2i.shape == (n_img * cpi, k_images)
         np.testing.assert_array_equal(i2t, naive_i2t(sims.numpy(), caption_image.numpy(), k_texts))
         np.testing.assert_array_equal(t2i, naive_t2i(sims.numpy(), caption_image.numpy(), k_images))
@@ -87,13 +88,31 @@ def test_ties_across_block_boundaries_go_to_the_lower_index():
     sims = torch.zeros(n_img, n_img * cpi)
     sims[[2, 5, 6, 9], :] = 1.0  # four equal best images per caption, in three different blocks of 3
     sims[:, [1, 7, 12, 19]] = 2.0  # four equal best captions per image
-    i2t, t2i = _mine(sims, caption_image, 5, 3, block=3)
+    i2t, t2i = _mine(sims, caption_image, 5, 3, block=3, chunk_captions=6, slots=2)
     assert t2i[0].tolist() == [2, 5, 6]  # caption 0 (image 0): the three lowest of the tied four
     assert t2i[13].tolist() == [2, 5, 9]  # caption 13 belongs to image 6: skipped
     assert i2t[0].tolist() == [7, 12, 19, 2, 3]  # image 0 owns captions 0 and 1
     assert i2t[3].tolist() == [1, 12, 19, 0, 2]  # image 3 owns 6 and 7
     np.testing.assert_array_equal(i2t, naive_i2t(sims.numpy(), caption_image.numpy(), 5))
     np.testing.assert_array_equal(t2i, naive_t2i(sims.numpy(), caption_image.numpy(), 3))
+
+
+def test_tiles_are_asked_for_block_by_block_in_caption_order_and_may_be_views():
+    n_img, cpi = 11, 4
+    sims = _sims("coarse", n_img, n_img * cpi, seed=3)
+    caption_image = torch.arange(n_img).repeat_interleave(cpi)
+    by_caption = sims.T.contiguous()
+    asked = []
+
+    def tile(rows, cols):
+        asked.append((rows.start, rows.stop, cols.start, cols.stop))
+        return by_caption[cols, rows].T  # a transposed view, not contiguous
+
+    i2t, t2i = mine_candidates(tile, n_images=n_img, caption_image=caption_image, k_texts=9, k_images=4,
+                               block_images=4, chunk_captions=20, slots=3)
+    assert asked == [(b, min(b + 4, 11), c, min(c + 20, 44)) for b in (0, 4, 8) for c in (0, 20, 40)]
+    np.testing.assert_array_equal(i2t.numpy(), naive_i2t(sims.numpy(), caption_image.numpy(), 9))
+    np.testing.assert_array_equal(t2i.numpy(), naive_t2i(sims.numpy(), caption_image.numpy(), 4))
 
 
 @pytest.mark.parametrize("kind", ["random", "coarse"])
@@ -103,7 +122,7 @@ def test_small_chunks_give_the_same_lists(monkeypatch, kind):
     n_img, cpi = 100, 5
     sims = _sims(kind, n_img, n_img * cpi, seed=7)
     caption_image = torch.arange(n_img).repeat_interleave(cpi)
-    i2t, t2i = _mine(sims, caption_image, 40, 25, block=9)
+    i2t, t2i = _mine(sims, caption_image, 40, 25, block=9, chunk_captions=70, slots=11)
     np.testing.assert_array_equal(i2t, naive_i2t(sims.numpy(), caption_image.numpy(), 40))
     np.testing.assert_array_equal(t2i, naive_t2i(sims.numpy(), caption_image.numpy(), 25))
 
@@ -139,7 +158,7 @@ def test_k_beyond_the_negatives_and_bad_inputs_are_errors():
     def mine(**kw):
         args = dict(n_images=4, caption_image=caption_image, k_texts=2, k_images=2, block_images=3)
         args.update(kw)
-        return mine_candidates(lambda rows: sims[rows], **args)
+        return mine_candidates(lambda rows, cols: sims[rows, cols], **args)
 
     with pytest.raises(ValueError, match="k=7 exceeds the 6 captions of other images"):
         mine(k_texts=7)
@@ -147,17 +166,30 @@ def test_k_beyond_the_negatives_and_bad_inputs_are_errors():
         mine(k_images=4)
     with pytest.raises(ValueError, match="at least 1"):
         mine(k_texts=0)
-    with pytest.raises(ValueError, match="block_images"):
-        mine(block_images=0)
+    for name in ("block_images", "chunk_captions", "slots"):
+        with pytest.raises(ValueError, match=f"{name} must be at least 1"):
+            mine(**{name: 0})
     with pytest.raises(ValueError, match="image indices in 0..3"):
         mine(caption_image=caption_image + 1)
-    with pytest.raises(ValueError, match="returned shape"):
-        mine_candidates(lambda rows: sims[rows, :5], n_images=4, caption_image=caption_image, k_texts=2, k_images=2)
-    bad = sims.clone()
-    bad[2, 5] = float("nan")
-    with pytest.raises(ValueError, match="finite"):
-        mine_candidates(lambda rows: bad[rows], n_images=4, caption_image=caption_image, k_texts=2, k_images=2)
+    with pytest.raises(ValueError, match=r"tile\(0:4, 0:8\) returned shape \(4, 5\), expected \(4, 8\)"):
+        mine_candidates(lambda rows, cols: sims[rows, :5], n_images=4, caption_image=caption_image, k_texts=2,
+                        k_images=2)
+    for value in (float("nan"), float("inf"), float("-inf")):
+        bad = sims.clone()
+        bad[2, 5] = value
+        with pytest.raises(ValueError, match="finite"):
+            mine_candidates(lambda rows, cols, bad=bad: bad[rows, cols], n_images=4, caption_image=caption_image,
+                            k_texts=2, k_images=2)
     mine(k_texts=6, k_images=3)  # every negative: allowed
+
+
+def test_large_finite_scores_whose_sum_overflows_are_accepted():
+    sims = torch.full((4, 8), 3e38)  # the sum is inf; every score is finite
+    sims[1, 2] = -3e38
+    caption_image = torch.arange(4).repeat_interleave(2)
+    i2t, t2i = _mine(sims, caption_image, 3, 2, block=3)
+    np.testing.assert_array_equal(i2t, naive_i2t(sims.numpy(), caption_image.numpy(), 3))
+    np.testing.assert_array_equal(t2i, naive_t2i(sims.numpy(), caption_image.numpy(), 2))
 
 
 def _toy_model_and_split():
@@ -186,9 +218,13 @@ def test_the_memory_bound_at_the_release_scale_is_within_2_gib():
     for threads in (1, torch.get_num_threads(), 64):
         bound = mining_memory_bound(150_000, 2000, 400, MINING_BLOCK_IMAGES, 4, n_images=30_000, threads=threads)
         assert bound < 2 * 2**30
-    # it grows with the block, not with the number of images beyond the int32 result
-    small, large = (mining_memory_bound(150_000, 2000, 400, b, 4) for b in (128, 512))
+    # it grows with the tile and the slots, not with the number of images beyond the int32 result
+    small, large = (mining_memory_bound(150_000, 2000, 400, b, 4) for b in (1024, 4096))
     assert small < large
+    small, large = (mining_memory_bound(150_000, 2000, 400, 4096, 4, chunk_captions=c) for c in (4096, 8192))
+    assert small < large
+    small, large = (mining_memory_bound(150_000, 2000, 400, slots=w) for w in (256, 512))
+    assert large - small >= 8 * 150_000 * 256  # the image lists of every caption, and some scratch
     extra = mining_memory_bound(150_000, 2000, 400, n_images=60_000) - mining_memory_bound(
         150_000, 2000, 400, n_images=30_000)
     assert extra == 4 * 30_000 * 2000
@@ -317,8 +353,9 @@ def test_faiss_exact_search_gives_the_miners_lists():
     img = torch.nn.functional.normalize(torch.randn(40, 24, generator=gen), dim=1)
     txt = torch.nn.functional.normalize(torch.randn(200, 24, generator=gen), dim=1)
     caption_image = torch.arange(200) // 5
-    i2t, t2i = mine_candidates(lambda rows: img[rows] @ txt.T, n_images=40, caption_image=caption_image,
-                               k_texts=15, k_images=6, block_images=16)
+    i2t, t2i = mine_candidates(lambda rows, cols: img[rows] @ txt[cols].T, n_images=40,
+                               caption_image=caption_image, k_texts=15, k_images=6, block_images=16,
+                               chunk_captions=64)
     f_i2t, f_t2i = bench_mining.faiss_lists(img.numpy(), txt.numpy(), caption_image.numpy(), 15, 6)
     # random scores have no ties; faiss's own dot products may order two near-equal scores
     # differently, so compare the lists as sets and most of the order

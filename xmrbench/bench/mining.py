@@ -6,13 +6,14 @@ captions per image, 400 images per caption); ``--full`` 150,000 captions x 30,00
 at the release widths (about Flickr30K's 29K x 145K) and MS-COCO's training split,
 566,435 captions x 113,287 images, at AOQ's h (300 captions, 60 images). Caption ``j``
 belongs to image ``j // 5``. :func:`~xmrbench.core.mining.mine_candidates` mines over
-blocks of dot products ``img[rows] @ txt.T``.
+tiles of dot products ``img[rows] @ txt[cols].T``.
 
 Reported:
 
 - the mining time and its floor: the ``2 N_img N_txt d`` FLOPs of the similarity
-  matrix at the GEMM rate measured on the same block shape in the same process, and
-  their ratio (1 would mean the top-k bookkeeping were free);
+  matrix at the GEMM rate measured on the same tile shape in the same process, and
+  their ratio (1 would mean the top-k bookkeeping were free); a tile's product runs at
+  about the rate of a large square GEMM, so this floor is the machine's;
 - the peak memory beyond the embeddings, *measured*: the mining runs in a fresh child
   process, which allocates the embeddings, resets its resident-set high-water mark
   (``/proc/self/clear_refs``; after a warm-up on a tiny problem, so that code pages
@@ -87,7 +88,7 @@ def run_mining(n_captions: int, n_images: int, dim: int, k_texts: int, k_images:
     import torch
 
     from xmrbench.bench.data import _peak_rss_mb, _reset_peak_rss
-    from xmrbench.core.mining import MINING_BLOCK_IMAGES, mine_candidates
+    from xmrbench.core.mining import MINING_BLOCK_IMAGES, MINING_CHUNK_CAPTIONS, mine_candidates
 
     dev = torch.device(device)
     cuda = dev.type == "cuda"
@@ -95,7 +96,7 @@ def run_mining(n_captions: int, n_images: int, dim: int, k_texts: int, k_images:
     img = _embeddings(n_images, dim, gen, dev)
     txt = _embeddings(n_captions, dim, gen, dev)
     caption_image = torch.arange(n_captions) // CAPTIONS_PER_IMAGE
-    block = MINING_BLOCK_IMAGES
+    block, chunk = MINING_BLOCK_IMAGES, MINING_CHUNK_CAPTIONS
 
     def sync() -> None:
         if cuda:
@@ -105,7 +106,7 @@ def run_mining(n_captions: int, n_images: int, dim: int, k_texts: int, k_images:
     # buffers are then in the base, and the difference is the mining's data
     small = min(n_images, 64)
     small_txt = int((caption_image < small).sum())
-    mine_candidates(lambda rows: img[rows] @ txt[:small_txt].T, n_images=small,
+    mine_candidates(lambda rows, cols: img[rows] @ txt[cols].T, n_images=small,
                     caption_image=caption_image[:small_txt], k_texts=min(k_texts, small_txt - CAPTIONS_PER_IMAGE),
                     k_images=min(k_images, small - 1), block_images=block)
     gc.collect()
@@ -115,25 +116,26 @@ def run_mining(n_captions: int, n_images: int, dim: int, k_texts: int, k_images:
         base_mb = torch.cuda.memory_allocated(dev) / 2**20
     base_rss_mb = _reset_peak_rss()
     t0 = time.perf_counter()
-    i2t, t2i = mine_candidates(lambda rows: img[rows] @ txt.T, n_images=n_images, caption_image=caption_image,
-                               k_texts=k_texts, k_images=k_images, block_images=block)
+    i2t, t2i = mine_candidates(lambda rows, cols: img[rows] @ txt[cols].T, n_images=n_images,
+                               caption_image=caption_image, k_texts=k_texts, k_images=k_images, block_images=block,
+                               chunk_captions=chunk)
     sync()
     seconds = time.perf_counter() - t0
     peak_rss_mb = _peak_rss_mb()
     peak_mb = torch.cuda.max_memory_allocated(dev) / 2**20 - base_mb if cuda else peak_rss_mb - base_rss_mb
     shapes = [tuple(i2t.shape), tuple(t2i.shape)]
     del i2t, t2i
-    rows = min(block, n_images)
+    rows, cols = min(block, n_images), min(chunk, n_captions)
     times = []
     for _ in range(GEMM_REPEATS + 1):  # the first is a warm-up
         t = time.perf_counter()
-        out = img[:rows] @ txt.T
+        out = img[:rows] @ txt[:cols].T
         sync()
         times.append(time.perf_counter() - t)
         del out
     gemm_s = statistics.median(times[1:])
-    return {"seconds": seconds, "gemm_block_s": gemm_s, "gemm_rate": 2.0 * rows * n_captions * dim / gemm_s,
-            "block": block, "block_rows": rows, "peak_mb": peak_mb, "peak_rss_mb": peak_rss_mb,
+    return {"seconds": seconds, "gemm_tile_s": gemm_s, "gemm_rate": 2.0 * rows * cols * dim / gemm_s,
+            "block": block, "chunk": chunk, "tile": [rows, cols], "peak_mb": peak_mb, "peak_rss_mb": peak_rss_mb,
             "base_rss_mb": base_rss_mb, "threads": torch.get_num_threads(), "shapes": shapes,
             "memory": "GPU allocated" if cuda else "RSS"}
 
@@ -246,18 +248,20 @@ def _mine_one(res: Any, n_txt: int, n_img: int, k_texts: int, k_images: int, dev
     st = _child(n_txt, n_img, DIM, k_texts, k_images, dev)
     flops = 2.0 * n_img * n_txt * DIM
     floor_s = flops / st["gemm_rate"]
-    res.timings.append(Timing(f"{label}mine_candidates (dot-product blocks included)", st["seconds"], 1, work=flops,
+    res.timings.append(Timing(f"{label}mine_candidates (dot-product tiles included)", st["seconds"], 1, work=flops,
                               unit="flop"))
-    res.timings.append(Timing(f"{label}GEMM of one block ({st['block_rows']} x {DIM} x {n_txt})", st["gemm_block_s"],
-                              GEMM_REPEATS, work=2.0 * st["block_rows"] * n_txt * DIM, unit="flop"))
+    rows, cols = st["tile"]
+    res.timings.append(Timing(f"{label}GEMM of one tile ({rows} x {DIM} x {cols})", st["gemm_tile_s"],
+                              GEMM_REPEATS, work=2.0 * rows * cols * DIM, unit="flop"))
     bound_mb = mining_memory_bound(n_txt, k_texts, k_images, st["block"], 4, n_images=n_img,
-                                   captions_per_image=CAPTIONS_PER_IMAGE, threads=st["threads"]) / 2**20
+                                   chunk_captions=st["chunk"], threads=st["threads"]) / 2**20
     res.ratios[f"{label}GEMM floor of the whole matrix (s)"] = floor_s
     res.ratios[f"{label}mining time / GEMM floor"] = st["seconds"] / floor_s
     res.ratios[f"{label}peak memory beyond the embeddings, measured (MiB)"] = st["peak_mb"]
     res.ratios[f"{label}mining_memory_bound (MiB)"] = bound_mb
     res.ratios[f"{label}measured / bound"] = st["peak_mb"] / bound_mb
-    res.notes.append(f"{label}{st['threads']} torch threads on {dev}; blocks of {st['block']} images; memory measured "
+    res.notes.append(f"{label}{st['threads']} torch threads on {dev}; tiles of {st['block']} images x {st['chunk']} "
+                     f"captions; memory measured "
                      f"as {st['memory']} in a child process (RSS there after the embeddings: {st['base_rss_mb']:.0f} MB)")
     res.notes.append(f"{label}results: i2t {tuple(st['shapes'][0])}, t2i {tuple(st['shapes'][1])} int32")
     res.peak_rss_mb = max(res.peak_rss_mb or 0.0, st["peak_rss_mb"])
@@ -272,7 +276,7 @@ def _mine_one(res: Any, n_txt: int, n_img: int, k_texts: int, k_images: int, dev
                                      if scaled else ")"), peer["seconds"], 1))
     res.kernels.append(KernelRecord(
         "mining", f"{n_img}x{n_txt}, d={DIM}, top-{k_texts}/top-{k_images}", st["seconds"], flops, "flop", floor_s,
-        "2 N_img N_txt d FLOPs at the GEMM rate of one mining block, measured beside it",
+        "2 N_img N_txt d FLOPs at the GEMM rate of one mining tile, measured beside it",
         peer.get("seconds"), None if "missing" in peer else "faiss-cpu exact inner-product search (IndexFlatIP)",
         peak_extra_bytes=st["peak_mb"] * 2**20,
         targets={"ratio_to_floor": 1.3, "speedup_vs_peer": 1.0,

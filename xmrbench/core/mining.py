@@ -9,10 +9,10 @@ never needs its full matrix in memory.
 
 - :func:`hardest_captions`, :func:`hardest_images`: one block of image rows / caption
   columns at a time (two passes over the matrix for both lists);
-- :func:`mine_candidates`: both lists from ONE pass over blocks of image rows; the
-  caption lists are the rows' top-k, the image lists running top-k over the blocks seen.
-  Its peak memory is :func:`mining_memory_bound` (about 1.3 GiB for 150,000 captions x
-  30,000 images at the authors' release widths, 2,000 and 400).
+- :func:`mine_candidates`: both lists from ONE pass over tiles of the matrix (a block of
+  images against a chunk of captions), each list kept as a running top-k over the tiles
+  seen. Its peak memory is :func:`mining_memory_bound` (about 1.3 GiB for 150,000
+  captions x 30,000 images at the authors' release widths, 2,000 and 400).
 
 Ties are broken by index (the lower index first), so the lists do not depend on
 the order in which a top-k implementation visits equal scores, nor on the blocks.
@@ -21,9 +21,13 @@ the order in which a top-k implementation visits equal scores, nor on the blocks
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
 from torch import Tensor
+
+from xmrbench.core.metrics.retrieval import sum_is_finite
+from xmrbench.core.sim.cross_attention import run_blocks
 
 
 def _topk_by_index(scores: Tensor, k: int) -> Tensor:
@@ -70,22 +74,33 @@ def _check_k(k: int, available: int, what: str) -> None:
 
 
 # ---------------------------------------------------------------------------------
-# Streaming: both candidate lists from one pass over blocks of image rows
+# Streaming: both candidate lists from one pass over tiles of the similarity matrix
 # ---------------------------------------------------------------------------------
 
-#: Image rows per block of :func:`mine_candidates` by default. With the release widths
-#: (2,000 captions per image, 400 images per caption) on 150,000 captions x 30,000
-#: images, :func:`mining_memory_bound` is about 1.3 GiB (within 2 GB) at this size.
-MINING_BLOCK_IMAGES = 256
+#: Images per tile of :func:`mine_candidates` by default (the rows of a tile).
+MINING_BLOCK_IMAGES = 1024
 
-#: Bytes of temporaries one chunk of rows or columns may take; the kernel sizes its
-#: chunks to stay within it (one row or column at least, whatever it takes).
-CHUNK_BYTES = 4 * 1024**2
+#: Captions per tile of :func:`mine_candidates` by default (the columns of a tile). A tile
+#: of 1,024 x 4,096 float32 scores is 16 MiB; its product runs at the machine's GEMM rate,
+#: where a block of a few hundred images against every caption runs well below it (the
+#: caption matrix is packed again for every block and the rows do not amortise it).
+MINING_CHUNK_CAPTIONS = 4096
 
-_EMPTY = torch.iinfo(torch.int64).min  # an empty slot (or an excluded pair): below every key
+#: The most threads that fill the lists of a tile side by side (each takes a chunk of
+#: temporaries, so the memory grows with them).
+MINING_WORKERS = 8
+
+#: The least room a running list has for new entries before it is reduced to its best
+#: ``k``. By default a list has room for ``k`` new entries (:func:`list_slots`).
+MIN_SLOTS = 64
+
+#: Bytes of temporaries one chunk of rows may take; the kernel sizes its chunks to stay
+#: within it (one row at least, whatever it takes).
+CHUNK_BYTES = 16 * 1024**2
+
+_EMPTY = torch.iinfo(torch.int64).min  # an empty slot: below every key
 _LOW = 2**31 - 1  # low half of a key: _LOW - index, so that the lower index has the larger key
-_BYTES_PER_CANDIDATE = 64  # per candidate of a row's top-k: values, indices, keys, their sort
-_BYTES_PER_ENTRY = 96  # per similarity entering the running lists: indices, slots, score, key
+_BYTES_PER_ENTRY = 96  # per similarity entering a running list: indices, slots, score, key
 _TOPK_SCRATCH = 16  # torch's CPU top-k copies a row as (value, int64 index) pairs, per thread
 _ALLOCATOR_CACHE = 4 * 32 * 1024**2  # freed memory glibc may keep (see mining_memory_bound)
 
@@ -122,219 +137,266 @@ def key_index(keys: Tensor) -> Tensor:
     return _LOW - (keys & 0xFFFFFFFF)
 
 
-def _row_bytes(n_captions: int, k_texts: int, extra: int, dtype_bytes: int) -> int:
-    """Temporaries of one image row of the caption lists: a float32 copy (if the block is
-    not float32) and its top ``k_texts + extra + 1`` candidates."""
-    width = min(k_texts + extra + 1, n_captions)
-    return (4 * n_captions if dtype_bytes != 4 else 0) + _BYTES_PER_CANDIDATE * width
+def list_slots(k: int, slots: int | None, most: int) -> int:
+    """The room of a running list of width ``k`` for new entries: ``slots`` if given, else
+    ``max(k, MIN_SLOTS)``; at most ``most`` (the entries one tile brings a row).
+
+    A list's threshold is renewed only when it is reduced, so the more room, the more
+    entries pass under a stale threshold; the less room, the more often a list of ``k +
+    slots`` keys is reduced. Room for about ``k`` balances the two (simulated on random
+    scores at the release widths and at MS-COCO's h: within 5% of the best room tried at
+    each, where a fixed room of 4,096 took 2.3x as long at MS-COCO's caption lists).
+    """
+    return max(1, min(slots if slots is not None else max(k, MIN_SLOTS), most))
 
 
-def _column_bytes(k_images: int, block_images: int) -> int:
-    """Temporaries of one caption's running list while it is reduced: its slots, their top-k."""
-    return 8 * (k_images + block_images) + 40 * k_images
+def _reduce_bytes(k: int, slots: int) -> int:
+    """Temporaries of one list while it is reduced: its slots, their top-k."""
+    return 8 * (k + slots) + 40 * k
+
+
+def _list_bytes(k: int, slots: int, dtype_bytes: int) -> int:
+    """Temporaries of one list in a chunk: its reduction, and a row of ``slots`` scores with
+    their mask and entries (a chunk's reductions and insertions each take half)."""
+    return 2 * (_reduce_bytes(k, slots) + (dtype_bytes + 1 + _BYTES_PER_ENTRY) * slots)
 
 
 def mining_memory_bound(n_captions: int, k_texts: int, k_images: int, block_images: int = MINING_BLOCK_IMAGES,
-                        dtype_bytes: int = 4, *, n_images: int = 0, captions_per_image: int = 5,
-                        threads: int | None = None) -> int:
+                        dtype_bytes: int = 4, *, n_images: int = 0, chunk_captions: int = MINING_CHUNK_CAPTIONS,
+                        slots: int | None = None, threads: int | None = None) -> int:
     """Peak memory in bytes :func:`mine_candidates` needs (its tensors and the allocator's
-    cache), beyond the embeddings and whatever ``row_block`` keeps; with ``n_images`` the
+    cache), beyond the embeddings and whatever ``tile`` keeps; with ``n_images`` the
     ``(n_images, k_texts)`` int32 caption lists it returns are included (``n_images=0``
     leaves them out).
 
-    Derivation (``N`` captions, ``b`` = ``block_images``, ``B`` = ``dtype_bytes`` of a
-    block, ``k_t`` / ``k_i`` the widths, ``T`` torch threads, ``C`` = ``CHUNK_BYTES``):
+    Derivation (``N`` captions, ``b`` = ``block_images``, ``c`` = ``chunk_captions``
+    (at most ``N``), ``k_t`` / ``k_i`` the widths, ``w_t`` / ``w_i`` the lists' room for new
+    entries (:func:`list_slots`: ``slots``, or the width, at most ``c`` / ``b``), ``B`` =
+    ``dtype_bytes`` of a tile, ``T`` the threads that fill the lists (torch's, at most
+    ``MINING_WORKERS``), ``C`` = ``CHUNK_BYTES``):
 
     - result, caption lists: ``4 n_images k_t`` (int32, filled block by block);
-    - running image lists: ``8 N (k_i + b)``: per caption, ``k_i + b`` int64 keys
-      (score and image index in one key), the ``k_i`` best so far plus room for one
-      block's entries; they are reduced to the best ``k_i`` when the next block would not
-      fit. Plus ``20 N`` for the per-caption fill counts (int64), thresholds (float32) and
-      the caption -> image map (int64);
-    - during a block: the block ``B b N`` and ``32 N`` for per-caption vectors;
+    - running image lists: ``8 N (k_i + w_i)``: per caption, ``k_i + w_i`` int64 keys (score
+      and image index in one key), the ``k_i`` best so far plus room for ``w_i`` new
+      entries; a list is reduced to its best ``k_i`` when new entries would not fit. Plus
+      ``20 N`` for the per-caption fill counts (int64), thresholds (float32) and the
+      caption -> image map (int64);
+    - during a block of images: its running caption lists ``8 b (k_t + w_t) + 20 b``, their
+      int32 result ``4 b k_t``, and the tile with the mask of an exact finiteness test
+      ``(B + 1) b c`` (the test runs only when the tile's sum is not finite);
     - at the end, instead (the block is gone): the image lists' int32 result ``4 N k_i``;
-    - chunks: the kernel works on chunks of image rows (caption lists) and of captions
-      (insertion into the running lists, reductions) whose temporaries stay within ``C``,
-      or within one row / one caption when that alone is larger: ``max(C, row, caption)``
-      with ``row = 4 N [B != 4] + 64 (k_t + cpi + 1)`` (a row's float32 copy if the block
-      is not float32, its top candidates: values, indices, keys and their sort) and
-      ``caption = 2 (8 (k_i + b) + 40 k_i + (B + 1 + 96) b)`` (its slots and their top-k;
-      its scores, mask and entries); plus torch's top-k scratch ``16 N T`` (each thread
-      copies a row as value and int64 index pairs) and ``16 N`` to complete a row whose
-      ``k_t``-th score is tied (a mask and the positions of the tied scores);
-    - the C allocator's cache, ``A + 16 N T`` with ``A = 128 MiB``: glibc raises its
+    - chunks: the lists are filled and reduced in chunks of rows whose temporaries stay
+      within ``C``, or within one row when that alone is larger, one chunk per thread:
+      ``T max(C, L(k_i, w_i), L(k_t, w_t))`` with ``L(k, w) = 2 (8 (k + w) + 40 k + (B + 1 + 96) w)`` (a row's
+      slots and their top-k; its scores, mask and entries); plus torch's top-k scratch
+      ``16 W (T + 1)``, ``W = max(k_i + w_i, k_t + w_t)`` the widest row it sorts;
+    - the C allocator's cache, ``A + 16 W T`` with ``A = 128 MiB``: glibc raises its
       mmap threshold to the largest block freed, up to 32 MiB (a chunk's temporaries, a
-      per-caption vector, or the block itself when it is that small), then serves such
-      sizes from its heap and keeps up to twice the threshold at the heap's top before
-      returning memory; ``A`` allows as much again for fragments. Each worker thread's
-      heap may keep its freed top-k scratch. Not tensors, but resident memory of the
-      process, which is what ``xmrbench bench mining`` measures.
+      per-caption vector, or the tile itself), then serves such sizes from its heap and
+      keeps up to twice the threshold at the heap's top before returning memory; ``A``
+      allows as much again for fragments. Each worker thread's heap may keep its freed
+      top-k scratch. Not tensors, but resident memory of the process, which is what
+      ``xmrbench bench mining`` measures.
 
-    Hence ``bound = 4 n_images k_t + 8 N (k_i + b) + 20 N + max(B b N + 32 N, 4 N k_i)
-    + max(C, row, caption) + 16 N (2 T + 1) + A``. It grows with the block and the
-    widths, never with ``N_img x N_txt``.
+    Hence ``bound = 4 n_images k_t + 8 N (k_i + w_i) + 20 N + max(8 b (k_t + w_t) + 20 b
+    + 4 b k_t + (B + 1) b c, 4 N k_i) + T max(C, L(k_i, w_i), L(k_t, w_t)) + 16 W (2 T + 1)
+    + A``. It grows with the tile, the room and the widths, never with ``N_img x N_txt``.
     """
-    n, b = n_captions, block_images
-    threads = torch.get_num_threads() if threads is None else threads
-    row = _row_bytes(n, k_texts, captions_per_image, dtype_bytes)
-    caption = 2 * (_column_bytes(k_images, b) + (dtype_bytes + 1 + _BYTES_PER_ENTRY) * b)
-    chunk = max(CHUNK_BYTES, row, caption) + _TOPK_SCRATCH * n * (threads + 1)
-    cache = _ALLOCATOR_CACHE + _TOPK_SCRATCH * n * threads
-    during = dtype_bytes * b * n + 32 * n
-    return (4 * n_images * k_texts + 8 * n * (k_images + b) + 20 * n + max(during, 4 * n * k_images) + chunk
-            + cache)
+    n, b, c = n_captions, block_images, min(chunk_captions, n_captions)
+    w_i, w_t = list_slots(k_images, slots, b), list_slots(k_texts, slots, c)
+    threads = min(torch.get_num_threads() if threads is None else threads, MINING_WORKERS)
+    widest = max(k_images + w_i, k_texts + w_t)
+    chunk = threads * max(CHUNK_BYTES, _list_bytes(k_images, w_i, dtype_bytes),
+                          _list_bytes(k_texts, w_t, dtype_bytes))
+    scratch = _TOPK_SCRATCH * widest * (threads + 1)
+    cache = _ALLOCATOR_CACHE + _TOPK_SCRATCH * widest * threads
+    during = 8 * b * (k_texts + w_t) + 20 * b + 4 * b * k_texts + (dtype_bytes + 1) * b * c
+    return (4 * n_images * k_texts + 8 * n * (k_images + w_i) + 20 * n + max(during, 4 * n * k_images) + chunk
+            + scratch + cache)
 
 
-class _RunningImages:
-    """Per caption, the best ``k`` images of the blocks seen so far (as :func:`order_keys`),
-    in ``k + block`` slots: entries that beat the caption's threshold are appended, and a
-    caption's slots are reduced to the best ``k`` when the next block would overflow them.
+class _RunningLists:
+    """Per row (a query), the best ``k`` entries of the tiles seen so far (as
+    :func:`order_keys`), in ``k + slots`` slots: entries that beat the row's threshold are
+    appended, and a row's slots are reduced to the best ``k`` when new entries would
+    overflow them.
 
-    The threshold is the ``k``-th best score at the last reduction: a later entry with a
-    score at or below it ranks below ``k`` earlier images (equal scores: the lower index
-    first), so it can never be among the best ``k``.
+    The threshold is the ``k``-th best score at the last reduction. Entries reach a row in
+    ascending index order (the tiles are visited so), so a later entry with a score at or
+    below the threshold ranks below ``k`` earlier ones (equal scores: the lower index
+    first) and can never be among the best ``k``.
     """
 
-    def __init__(self, n_captions: int, k: int, block: int, device: torch.device):
-        self.k, self.width = k, k + block
-        self.keys = torch.full((n_captions, self.width), _EMPTY, dtype=torch.int64, device=device)
-        self.fill = torch.zeros(n_captions, dtype=torch.int64, device=device)
-        self.threshold = torch.full((n_captions,), float("-inf"), dtype=torch.float32, device=device)
-        self.columns = max(1, CHUNK_BYTES // 2 // _column_bytes(k, block))  # captions per reduction
+    def __init__(self, n_rows: int, k: int, slots: int, device: torch.device):
+        self.k, self.slots, self.width = k, slots, k + slots
+        self.keys = torch.full((n_rows, self.width), _EMPTY, dtype=torch.int64, device=device)
+        self.fill = torch.zeros(n_rows, dtype=torch.int64, device=device)
+        self.threshold = torch.full((n_rows,), float("-inf"), dtype=torch.float32, device=device)
+        self.rows_per_reduction = max(1, CHUNK_BYTES // 2 // _reduce_bytes(k, slots))
 
-    def add(self, block: Tensor, start: int, own_rows: Tensor, own_cols: Tensor) -> None:
-        """Append the entries of ``block (b, N_txt)`` (image rows ``start``..) that beat their
-        caption's threshold, except the pairs (``own_rows``, ``own_cols``).
+    def add_parts(self, scores: Tensor, first: int, offset: int, skip_rows: Tensor, skip_cols: Tensor,
+                  parts: int) -> list[Callable[[], None]]:
+        """:meth:`add` of ``scores`` split into up to ``parts`` calls over disjoint ranges of
+        rows, to run in any order or side by side (each touches only its own rows)."""
+        n_rows = scores.shape[0]
+        step = -(-n_rows // max(1, parts))
+        calls = []
+        for r0 in range(0, n_rows, step):
+            r1 = min(r0 + step, n_rows)
+            mine = (skip_rows >= r0) & (skip_rows < r1)
+            calls.append(partial(self.add, scores[r0:r1], first + r0, offset, skip_rows[mine] - r0, skip_cols[mine]))
+        return calls
 
-        Works on chunks of captions: a transposed copy of the chunk ``(c, b)`` and its mask
-        of passing entries take at most half of ``CHUNK_BYTES``, the reductions and the
-        passing entries of a group of its captions the other half.
+    def add(self, scores: Tensor, first: int, offset: int, skip_rows: Tensor, skip_cols: Tensor) -> None:
+        """Append the entries of ``scores (r, e)`` (rows ``first``.., entry indices
+        ``offset``..; any strides) that beat their row's threshold, except the pairs at the
+        positions (``skip_rows``, ``skip_cols``) of ``scores``.
+
+        Works in chunks of rows. A row whose largest score does not beat its threshold has
+        nothing to add, and once the thresholds have risen that is most rows: only the
+        others are copied out (a chunk's copy and its mask of passing entries take at most
+        half of ``CHUNK_BYTES``, the reductions and the passing entries of a group of its
+        rows the other half), and their entries are added ``slots`` at a time.
         """
-        b, n_txt = block.shape
-        step = max(1, CHUNK_BYTES // 2 // (b * (block.element_size() + 1)))
-        max_entries = max(b, CHUNK_BYTES // 2 // _BYTES_PER_ENTRY)
-        for c0 in range(0, n_txt, step):
-            c1 = min(c0 + step, n_txt)
-            scores = block[:, c0:c1].T.contiguous()  # (c, b): a caption's entries side by side
-            passed = scores > self.threshold[c0:c1, None]
-            own = (own_cols >= c0) & (own_cols < c1)
-            passed[own_cols[own] - c0, own_rows[own]] = False
+        n_rows, n_entries = scores.shape
+        step = max(1, CHUNK_BYTES // 2 // (n_entries * (scores.element_size() + 1)))
+        for r0 in range(0, n_rows, step):
+            r1 = min(r0 + step, n_rows)
+            block = scores[r0:r1]
+            active = torch.nonzero(block.amax(1) > self.threshold[first + r0 : first + r1]).squeeze(1)
+            if not len(active):
+                continue
+            skip = (skip_rows >= r0) & (skip_rows < r1)
+            at, cols = skip_rows[skip] - r0, skip_cols[skip]
+            if 4 * len(active) > r1 - r0:  # most rows: all of them, copied a slice of slots at a time
+                self._add_rows(block, torch.arange(first + r0, first + r1, device=block.device), offset, at, cols)
+                continue
+            if len(at):  # the pairs left out, at their place among the active rows
+                where = torch.full((r1 - r0,), -1, dtype=torch.int64, device=active.device)
+                where[active] = torch.arange(len(active), device=active.device)
+                at = where[at]
+                at, cols = at[at >= 0], cols[at >= 0]
+            self._add_rows(block[active], active + (first + r0), offset, at, cols)
+
+    def _add_rows(self, scores: Tensor, rows: Tensor, offset: int, skip_at: Tensor, skip_cols: Tensor) -> None:
+        """:meth:`add` of ``scores (len(rows), e)`` (any strides) of the rows ``rows``, ``slots``
+        entries at a time; ``skip_at``, ``skip_cols``: the positions of the pairs left out."""
+        n_entries = scores.shape[1]
+        max_entries = max(self.slots, CHUNK_BYTES // 2 // _BYTES_PER_ENTRY)
+        for e0 in range(0, n_entries, self.slots):
+            e1 = min(e0 + self.slots, n_entries)
+            part = scores[:, e0:e1].contiguous()  # a view when it already is
+            passed = part > self.threshold[rows, None]
             counts = passed.sum(1, dtype=torch.int32)
-            over = torch.nonzero(self.fill[c0:c1] + counts > self.width).squeeze(1) + c0
-            for lo in range(0, len(over), self.columns):
-                self._reduce(over[lo : lo + self.columns])
+            over = torch.nonzero(self.fill[rows] + counts > self.width).squeeze(1)
+            if len(over):  # make room, then filter these rows again by their new threshold
+                for lo in range(0, len(over), self.rows_per_reduction):
+                    self._reduce(rows[over[lo : lo + self.rows_per_reduction]])
+                again = part[over] > self.threshold[rows[over], None]
+                passed[over] = again
+                counts[over] = again.sum(1, dtype=torch.int32)
+                del again
+            here = (skip_cols >= e0) & (skip_cols < e1)
+            if here.any():
+                at, cols = skip_at[here], skip_cols[here] - e0
+                counts.index_add_(0, at, passed[at, cols].int(), alpha=-1)
+                passed[at, cols] = False
             ends = counts.cumsum(0)
             lo = 0
-            while lo < c1 - c0:  # groups of captions whose entries fit the chunk budget
+            while lo < len(rows):  # groups of rows whose entries fit the chunk budget
                 before = int(ends[lo - 1]) if lo else 0
                 hi = max(lo + 1, int(torch.searchsorted(ends, before + max_entries, right=True)))
                 if int(ends[hi - 1]) > before:
-                    self._insert(scores[lo:hi], passed[lo:hi], counts[lo:hi], c0 + lo, start)
+                    self._insert(part[lo:hi], passed[lo:hi], counts[lo:hi], rows[lo:hi], offset + e0)
                 lo = hi
-            self.fill[c0:c1] += counts
+            self.fill.index_add_(0, rows, counts.long())
 
-    def _insert(self, scores: Tensor, passed: Tensor, counts: Tensor, first: int, start: int) -> None:
-        """Append the passing entries of captions ``first``.. (``scores``, ``passed`` ``(c, b)``)."""
-        b = passed.shape[1]
-        flat = torch.nonzero(passed.view(-1)).squeeze(1)  # grouped by caption, rows ascending
-        caps = torch.div(flat, b, rounding_mode="floor")
-        rows = flat - caps * b
-        rows += start
-        keys = order_keys(scores.view(-1)[flat], rows)
-        del flat, rows
-        # slot of the caption's first entry, less the entries of the captions before it in ``flat``
-        base = torch.arange(first, first + len(counts), device=counts.device) * self.width
-        base += self.fill[first : first + len(counts)]
-        base -= counts.cumsum(0) - counts
-        dest = base[caps]
-        dest += torch.arange(len(caps), device=caps.device)
+    def _insert(self, scores: Tensor, passed: Tensor, counts: Tensor, rows: Tensor, offset: int) -> None:
+        """Append the passing entries of the rows ``rows`` (``scores``, ``passed`` ``(r, e)``,
+        entry indices ``offset``..)."""
+        r, e = passed.shape
+        counts = counts.long()
+        flat = torch.nonzero(passed.view(-1)).squeeze(1)  # grouped by row, entries ascending
+        n = len(flat)
+        # an entry's index is its flat position less its row's start, plus ``offset``
+        local = torch.arange(r, device=counts.device)
+        shift = torch.repeat_interleave(local * e - offset, counts, output_size=n)
+        keys = order_keys(scores.view(-1)[flat], flat.sub_(shift))
+        del flat, shift
+        # its slot: its row's next free slot, plus its rank among the row's entries
+        # (its position in ``flat`` less the entries of the rows before it)
+        start = self.fill[rows] + rows * self.width - (counts.cumsum(0) - counts)
+        dest = torch.repeat_interleave(start, counts, output_size=n)
+        dest += torch.arange(n, device=dest.device)
         self.keys.view(-1).index_copy_(0, dest, keys)
 
-    def _reduce(self, cols: Tensor) -> None:
-        """Keep the best ``k`` of the captions ``cols``; their threshold becomes the ``k``-th score."""
-        best = self.keys[cols].topk(self.k, dim=1, sorted=False).values
-        self.threshold[cols] = key_scores(best.min(1).values)
-        rows = torch.full((len(cols), self.width), _EMPTY, dtype=torch.int64, device=best.device)
-        rows[:, : self.k] = best
+    def _reduce(self, rows: Tensor) -> None:
+        """Keep the best ``k`` of the rows ``rows``; their threshold becomes the ``k``-th score."""
+        slots = self.keys[rows]  # a copy
+        best = slots.topk(self.k, dim=1, sorted=False).values
+        self.threshold[rows] = key_scores(best.amin(1))
+        slots[:, : self.k] = best
+        slots[:, self.k :] = _EMPTY
         del best
-        self.keys.index_copy_(0, cols, rows)
-        self.fill[cols] = self.k
+        self.keys.index_copy_(0, rows, slots)
+        self.fill[rows] = self.k
 
-    def result(self) -> Tensor:
-        """``(N_txt, k)`` int32 image indices, most similar first."""
-        n_txt = self.keys.shape[0]
-        out = torch.empty((n_txt, self.k), dtype=torch.int32, device=self.keys.device)
-        for lo in range(0, n_txt, self.columns):
-            best = self.keys[lo : lo + self.columns].topk(self.k, dim=1, sorted=True).values
-            if (best == _EMPTY).any():  # only non-finite scores stay out of every list
+    def result_parts(self, out: Tensor, parts: int) -> list[Callable[[], None]]:
+        """The ``(n_rows, k)`` entry indices, most similar first, into the int32 ``out``: up to
+        ``parts`` calls over disjoint ranges of rows."""
+        n_rows = self.keys.shape[0]
+        step = -(-n_rows // max(1, parts))
+        return [partial(self._result, out, r0, min(r0 + step, n_rows)) for r0 in range(0, n_rows, step)]
+
+    def _result(self, out: Tensor, r0: int, r1: int) -> None:
+        for lo in range(r0, r1, self.rows_per_reduction):
+            hi = min(lo + self.rows_per_reduction, r1)
+            best = self.keys[lo:hi].topk(self.k, dim=1, sorted=True).values
+            if (best == _EMPTY).any():  # cannot happen with finite scores and a k the negatives allow
                 raise ValueError("similarities must be finite")
-            out[lo : lo + self.columns] = key_index(best).to(torch.int32)
-        return out
-
-
-def _caption_rows(block: Tensor, start: int, caption_image: Tensor, own_rows: Tensor, own_cols: Tensor,
-                  k: int, extra: int, out: Tensor) -> None:
-    """Rows ``start``.. of the caption lists from ``block (b, N_txt)``, into ``out``.
-
-    Each row's top ``k + extra + 1`` (``extra``: the most captions of one image) holds, after
-    its own captions are dropped, at least ``k + 1`` others; they are ordered by
-    (score desc, index asc). Equal scores left out by the top-k can only matter when the
-    ``k``-th kept score equals the smallest one the top-k returned: those rows are
-    completed from the whole row, by index.
-    """
-    b, n_txt = block.shape
-    width = min(k + extra + 1, n_txt)
-    step = max(1, CHUNK_BYTES // _row_bytes(n_txt, k, extra, block.element_size()))
-    for lo in range(0, b, step):
-        x = block[lo : lo + step]
-        if x.dtype != torch.float32:
-            x = x.float()
-        vals, idx = torch.topk(x, width, dim=1, sorted=False)
-        if not torch.isfinite(vals).all():  # NaN and +inf rank first, so a row holding one shows it here
-            raise ValueError("similarities must be finite")
-        images = torch.arange(start + lo, start + lo + len(x), device=x.device)
-        keys = order_keys(vals, idx).masked_fill_(caption_image[idx] == images[:, None], _EMPTY)
-        order = keys.argsort(dim=1, descending=True)[:, :k]
-        chosen, scores = idx.gather(1, order), vals.gather(1, order)
-        if width < n_txt:
-            kth = scores[:, -1]
-            for t in torch.nonzero(kth == vals.min(1).values).squeeze(1).tolist():
-                above = int((scores[t] > kth[t]).sum())
-                equal = x[t] == kth[t]
-                equal[own_cols[own_rows == lo + t]] = False
-                chosen[t, above:] = torch.nonzero(equal).squeeze(1)[: k - above]
-        out[start + lo : start + lo + len(x)] = chosen.to(torch.int32)
+            out[lo:hi] = key_index(best).to(torch.int32)
 
 
 def mine_candidates(
-    row_block: Callable[[slice], Tensor],
+    tile: Callable[[slice, slice], Tensor],
     *,
     n_images: int,
     caption_image: Tensor,
     k_texts: int,
     k_images: int,
     block_images: int = MINING_BLOCK_IMAGES,
+    chunk_captions: int = MINING_CHUNK_CAPTIONS,
+    slots: int | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Both candidate lists of offline mining from one pass over blocks of image rows.
+    """Both candidate lists of offline mining from one pass over tiles of the matrix.
 
-    ``row_block(slice(a, b)) -> (b - a, N_txt)``: the similarities of images ``a..b-1`` to
-    every caption (finite; ranked as float32; the kernel does not modify it).
-    ``caption_image (N_txt,)``: the image of every caption, in ``0..n_images-1``.
+    ``tile(slice(a, b), slice(c, d)) -> (b - a, d - c)``: the similarities of images
+    ``a..b-1`` to captions ``c..d-1`` (finite; ranked as float32; any strides; the kernel
+    does not modify it), asked for blocks of ``block_images`` images, and within a block
+    for chunks of ``chunk_captions`` captions in order. ``caption_image (N_txt,)``: the
+    image of every caption, in ``0..n_images-1``.
 
     Returns ``i2t (n_images, k_texts)``: per image the most similar captions of other
     images, and ``t2i (N_txt, k_images)``: per caption the most similar images other than
     its own; int32, most similar first, equal scores by the lower index (also across
-    blocks), on the blocks' device. The caption lists are the rows' top-k; the image lists
-    are kept as running top-k over the blocks seen (see :class:`_RunningImages`). Peak
-    memory: :func:`mining_memory_bound`. Raises ValueError when a ``k`` exceeds the
-    negatives available or a block has the wrong shape or non-finite scores.
+    tiles), on the tiles' device. The caption lists of a block of images are running
+    top-k over its chunks of captions, the image lists running top-k over the blocks
+    (:class:`_RunningLists`; ``slots``: the room of a list for new entries, by default
+    its own width, :func:`list_slots`).
+    On the CPU, the lists of a tile are filled on as many threads as torch has (at most
+    ``MINING_WORKERS``), each on rows of its own and single-threaded (``run_blocks``); the tile itself is computed
+    by the caller with every thread. The lists are exact integer work on the scores, so
+    they do not depend on the number of threads. Peak memory: :func:`mining_memory_bound`. Raises ValueError when a ``k`` exceeds the
+    negatives available or a tile has the wrong shape or non-finite scores.
     """
     caption_image = torch.as_tensor(caption_image).long()
     if caption_image.ndim != 1:
         raise ValueError(f"caption_image must be 1-D, got shape {tuple(caption_image.shape)}")
     n_txt = len(caption_image)
-    if block_images < 1:
-        raise ValueError(f"block_images must be at least 1, got {block_images}")
+    for name, value in (("block_images", block_images), ("chunk_captions", chunk_captions),
+                        ("slots", 1 if slots is None else slots)):
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
     if n_images < 1 or n_txt < 1:
         raise ValueError(f"nothing to mine: {n_images} images, {n_txt} captions")
     if int(caption_image.min()) < 0 or int(caption_image.max()) >= n_images:
@@ -342,23 +404,38 @@ def mine_candidates(
     own_count = torch.bincount(caption_image.cpu(), minlength=n_images)
     _check_k(k_texts, n_txt - int(own_count.max()), "captions of other images")
     _check_k(k_images, n_images - 1, "other images")
-    extra = int(own_count.max())
+    chunk = min(chunk_captions, n_txt)
     i2t: Tensor | None = None
-    running: _RunningImages | None = None
-    for start in range(0, n_images, block_images):
-        stop = min(start + block_images, n_images)
-        block = row_block(slice(start, stop))
-        if tuple(block.shape) != (stop - start, n_txt):
-            raise ValueError(f"row_block({start}:{stop}) returned shape {tuple(block.shape)}, "
-                             f"expected {(stop - start, n_txt)}")
-        if i2t is None or running is None:
-            caption_image = caption_image.to(block.device)
-            i2t = torch.empty((n_images, k_texts), dtype=torch.int32, device=block.device)
-            running = _RunningImages(n_txt, k_images, block_images, block.device)
-        own_cols = torch.nonzero((caption_image >= start) & (caption_image < stop)).squeeze(1)
-        own_rows = caption_image[own_cols] - start
-        _caption_rows(block, start, caption_image, own_rows, own_cols, k_texts, extra, i2t)
-        running.add(block, start, own_rows, own_cols)
-        del block
-    assert i2t is not None and running is not None
-    return i2t, running.result()
+    images: _RunningLists | None = None
+    for b0 in range(0, n_images, block_images):
+        b1 = min(b0 + block_images, n_images)
+        captions: _RunningLists | None = None
+        for c0 in range(0, n_txt, chunk):
+            c1 = min(c0 + chunk, n_txt)
+            sims = tile(slice(b0, b1), slice(c0, c1))
+            if tuple(sims.shape) != (b1 - b0, c1 - c0):
+                raise ValueError(f"tile({b0}:{b1}, {c0}:{c1}) returned shape {tuple(sims.shape)}, "
+                                 f"expected {(b1 - b0, c1 - c0)}")
+            if not (sum_is_finite(sims) or bool(torch.isfinite(sims).all())):
+                raise ValueError("similarities must be finite")
+            if i2t is None or images is None:
+                workers = min(torch.get_num_threads(), MINING_WORKERS) if sims.device.type == "cpu" else 1
+                caption_image = caption_image.to(sims.device)
+                i2t = torch.empty((n_images, k_texts), dtype=torch.int32, device=sims.device)
+                images = _RunningLists(n_txt, k_images, list_slots(k_images, slots, block_images), sims.device)
+            if captions is None:
+                captions = _RunningLists(b1 - b0, k_texts, list_slots(k_texts, slots, chunk), sims.device)
+            own = caption_image[c0:c1]
+            own_cols = torch.nonzero((own >= b0) & (own < b1)).squeeze(1)  # captions of the block's images
+            own_rows = own[own_cols] - b0
+            run_blocks(lambda call: call(),
+                       captions.add_parts(sims, 0, c0, own_rows, own_cols, workers)
+                       + images.add_parts(sims.T, c0, b0, own_cols, own_rows, workers), workers)
+            del sims
+        assert captions is not None and i2t is not None
+        run_blocks(lambda call: call(), captions.result_parts(i2t[b0:b1], workers), workers)
+        del captions
+    assert i2t is not None and images is not None
+    t2i = torch.empty((n_txt, k_images), dtype=torch.int32, device=i2t.device)
+    run_blocks(lambda call: call(), images.result_parts(t2i, workers), workers)
+    return i2t, t2i

@@ -15,7 +15,7 @@ Registered miners:
 - ``offline_candidates``: the same lists at the widths of the authors' release
   (``texts`` = 2,000 captions per image, ``images`` = 400 images per caption, each
   clipped to the negatives a split has: ``N_txt`` less the captions of one image, and
-  ``N_img - 1``), mined in ONE pass over blocks of image rows with bounded memory
+  ``N_img - 1``), mined in ONE pass over tiles of the matrix with bounded memory
   (:func:`~xmrbench.core.mining.mine_candidates`):
   ``{"i2t": int32 (N_img, K_t), "t2i": int32 (N_txt, K_i)}``, most similar first, ties
   by index. :mod:`xmrbench.data.candidates` reads and writes them as the release's
@@ -82,8 +82,8 @@ class HardestNegatives(Miner):
 class OfflineCandidates(Miner):
     """AOQ's candidate lists at the release widths, in one pass with bounded memory.
 
-    The blocks of image rows are ``min(block_images, MINING_BLOCK_IMAGES)`` images, so the
-    memory stays within :func:`~xmrbench.core.mining.mining_memory_bound` whatever the
+    The tiles are ``min(block_images, MINING_BLOCK_IMAGES)`` images by
+    ``MINING_CHUNK_CAPTIONS`` captions, so the memory stays within :func:`~xmrbench.core.mining.mining_memory_bound` whatever the
     evaluation's block size.
     """
 
@@ -100,7 +100,8 @@ class OfflineCandidates(Miner):
         k_images = min(self.params.images, n_img - 1)  # type: ignore[attr-defined]
         enc = encode(model, split, device=device, batch_size=batch_size)
         i2t, t2i = mine_candidates(
-            lambda rows: similarity_matrix(model, enc, block_images=block_images, img_slice=rows),
+            lambda rows, cols: similarity_matrix(model, enc, block_images=block_images, img_slice=rows,
+                                                 txt_slice=cols),
             n_images=n_img, caption_image=caption_image, k_texts=k_texts, k_images=k_images,
             block_images=max(1, min(block_images, MINING_BLOCK_IMAGES)),
         )

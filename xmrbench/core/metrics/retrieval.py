@@ -79,6 +79,14 @@ def _rows_per_block(n_cols: int, block_size: int | None, *, budget: int = _DEFAU
     return max(1, budget // max(1, n_cols))
 
 
+def sum_is_finite(scores: torch.Tensor) -> bool:
+    """True when the sum of ``scores`` is finite, which proves every score finite (a NaN or
+    an infinity makes any sum NaN or infinite) in one vectorised read. False leaves it
+    open: a bad score, or an overflow of large finite ones; only then does the exact test
+    (``torch.isfinite(...).all()``, a mask as large as the scores) need to run."""
+    return bool(torch.isfinite(scores.sum()))
+
+
 def _check_scores(scores: torch.Tensor, name: str, *, block_size: int | None = None) -> None:
     """Raise ``ValueError`` unless ``scores`` is a non-empty, finite, floating 2-D tensor."""
     if not isinstance(scores, torch.Tensor):
@@ -89,10 +97,7 @@ def _check_scores(scores: torch.Tensor, name: str, *, block_size: int | None = N
         raise ValueError(f"{name} must have a floating dtype, got {scores.dtype}")
     if scores.shape[0] == 0 or scores.shape[1] == 0:
         raise ValueError(f"{name} is empty (shape {tuple(scores.shape)})")
-    # A finite sum proves every score finite (a NaN or an infinity makes any sum NaN or
-    # infinite) and costs one vectorised read; only a non-finite sum, from a bad score or
-    # from overflow, pays for the exact test.
-    if bool(torch.isfinite(scores.sum())):
+    if sum_is_finite(scores):
         return
     step = _rows_per_block(scores.shape[1], block_size)
     for start in range(0, scores.shape[0], step):

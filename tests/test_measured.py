@@ -82,3 +82,21 @@ def test_the_report_reads_the_measured_store(capsys):
     code, out, err = cli(["report", recipes[0], "--profile", "quick", "--results", str(MEASURED), "--markdown"], capsys)
     assert code == 0, err
     assert "synthetic" in out.lower() and "NOT COMPARABLE" in out
+
+
+def test_every_claim_of_aoq_table1_is_judged_over_three_seeds(capsys):
+    """aoq-table1 is complete in the store: every pair of every claim has seeds 0-2, and
+    the verdicts are the ones docs/calibration.md reports (none significant)."""
+    import json
+
+    code, out, err = cli(["report", "aoq-table1", "--profile", "quick", "--results", str(MEASURED), "--json"],
+                         capsys)
+    assert code == 0, err
+    (report,) = json.loads(out)["reports"]
+    claims = {c["id"]: c for c in report["claims"]}
+    assert len(claims) == 6
+    for claim in claims.values():
+        assert claim["pairs"], claim["id"]
+        for pair in claim["pairs"]:
+            assert pair["seeds"] == [0, 1, 2], (claim["id"], pair["better"], pair["worse"])
+        assert claim["verdict"] == "not significant", claim["id"]

@@ -81,9 +81,9 @@ def _check_k(k: int, available: int, what: str) -> None:
 MINING_BLOCK_IMAGES = 1024
 
 #: Captions per tile of :func:`mine_candidates` by default (the columns of a tile). A tile
-#: of 1,024 x 4,096 float32 scores is 16 MiB; its product runs at the machine's GEMM rate,
-#: where a block of a few hundred images against every caption runs well below it (the
-#: caption matrix is packed again for every block and the rows do not amortise it).
+#: of 1,024 x 4,096 float32 scores is 16 MiB; its product ran at about the rate of a large
+#: square GEMM on a 2-core CPU, where a block of 256 images against every caption ran at
+#: half to three quarters of it (docs/bench.md, "Mining").
 MINING_CHUNK_CAPTIONS = 4096
 
 #: The most threads that fill the lists of a tile side by side (each takes a chunk of
@@ -215,6 +215,12 @@ def mining_memory_bound(n_captions: int, k_texts: int, k_images: int, block_imag
             + scratch + cache)
 
 
+def _row_ranges(n_rows: int, parts: int) -> list[tuple[int, int]]:
+    """``n_rows`` rows in up to ``parts`` consecutive ranges of (nearly) equal size."""
+    step = -(-n_rows // max(1, parts))
+    return [(r0, min(r0 + step, n_rows)) for r0 in range(0, n_rows, step)]
+
+
 class _RunningLists:
     """Per row (a query), the best ``k`` entries of the tiles seen so far (as
     :func:`order_keys`), in ``k + slots`` slots: entries that beat the row's threshold are
@@ -238,11 +244,8 @@ class _RunningLists:
                   parts: int) -> list[Callable[[], None]]:
         """:meth:`add` of ``scores`` split into up to ``parts`` calls over disjoint ranges of
         rows, to run in any order or side by side (each touches only its own rows)."""
-        n_rows = scores.shape[0]
-        step = -(-n_rows // max(1, parts))
         calls = []
-        for r0 in range(0, n_rows, step):
-            r1 = min(r0 + step, n_rows)
+        for r0, r1 in _row_ranges(scores.shape[0], parts):
             mine = (skip_rows >= r0) & (skip_rows < r1)
             calls.append(partial(self.add, scores[r0:r1], first + r0, offset, skip_rows[mine] - r0, skip_cols[mine]))
         return calls
@@ -344,9 +347,7 @@ class _RunningLists:
     def result_parts(self, out: Tensor, parts: int) -> list[Callable[[], None]]:
         """The ``(n_rows, k)`` entry indices, most similar first, into the int32 ``out``: up to
         ``parts`` calls over disjoint ranges of rows."""
-        n_rows = self.keys.shape[0]
-        step = -(-n_rows // max(1, parts))
-        return [partial(self._result, out, r0, min(r0 + step, n_rows)) for r0 in range(0, n_rows, step)]
+        return [partial(self._result, out, r0, r1) for r0, r1 in _row_ranges(self.keys.shape[0], parts)]
 
     def _result(self, out: Tensor, r0: int, r1: int) -> None:
         for lo in range(r0, r1, self.rows_per_reduction):

@@ -39,7 +39,7 @@ from xmrbench.bench.attention import _reset_peak_rss, _status_bytes
 from xmrbench.bench.harness import BenchResult, Ceilings, KernelRecord, Timing, sync
 from xmrbench.bench.mining import _trim_heap
 from xmrbench.core.sim.adapt_fovea import DEFAULT_BUDGET, fovea_sims, fovea_sims_reference, fovea_work
-from xmrbench.core.sim.cross_attention import CPU_BLOCK_BYTES, scan_sims
+from xmrbench.core.sim.cross_attention import CPU_BLOCK_BYTES, block_workers, scan_sims
 
 REGIONS = 36
 MAX_WORDS = 18
@@ -170,7 +170,7 @@ def adapt(device: torch.device, *, quick: bool, ceilings: Ceilings) -> BenchResu
                                f"{n_txt:,} captions ({MIN_WORDS}-{MAX_WORDS} words), d = {dim}")
     st = _child(n_img, n_txt, dim, DEFAULT_BUDGET, dev, 3 if quick else 1)
     block_bytes = min(DEFAULT_BUDGET, CPU_BLOCK_BYTES) if dev == "cpu" else DEFAULT_BUDGET
-    at_once = min(st["threads"], DEFAULT_BUDGET // block_bytes) if dev == "cpu" else 1  # one per thread of the child
+    at_once = block_workers(DEFAULT_BUDGET, block_bytes, st["threads"]) if dev == "cpu" else 1  # the child's
     work = {
         "ADAPT-T2I": fovea_work(n_img, n_txt, REGIONS, dim),
         "ADAPT-I2T": fovea_work(1, n_img, st["valid_words"], dim),

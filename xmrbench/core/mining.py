@@ -26,7 +26,7 @@ from functools import partial
 import torch
 from torch import Tensor
 
-from xmrbench.core.metrics.retrieval import sum_is_finite
+from xmrbench.core.metrics.retrieval import all_finite
 from xmrbench.core.sim.cross_attention import run_blocks
 
 
@@ -417,7 +417,7 @@ def mine_candidates(
             if tuple(sims.shape) != (b1 - b0, c1 - c0):
                 raise ValueError(f"tile({b0}:{b1}, {c0}:{c1}) returned shape {tuple(sims.shape)}, "
                                  f"expected {(b1 - b0, c1 - c0)}")
-            if not (sum_is_finite(sims) or bool(torch.isfinite(sims).all())):
+            if not all_finite(sims):
                 raise ValueError("similarities must be finite")
             if i2t is None or images is None:
                 workers = min(torch.get_num_threads(), MINING_WORKERS) if sims.device.type == "cpu" else 1

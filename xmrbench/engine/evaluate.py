@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from xmrbench.core.metrics import keys as K
-from xmrbench.core.metrics.retrieval import average_folds, i2t_ranks, retrieval_metrics, sum_is_finite, t2i_ranks
+from xmrbench.core.metrics.retrieval import all_finite, average_folds, i2t_ranks, retrieval_metrics, t2i_ranks
 from xmrbench.core.metrics.sentence import sentence_metrics
 from xmrbench.core.models.base import Padded, RetrievalModel, concat
 from xmrbench.engine.inputs import PreparedSplit
@@ -60,7 +60,7 @@ def similarity_matrix(
     finally:
         model.train(was_training)
     sims = torch.cat(blocks)
-    if not (sum_is_finite(sims) or bool(torch.isfinite(sims).all())):
+    if not all_finite(sims):
         raise TrainingError("the model produced NaN or inf similarities")
     return sims
 

@@ -87,6 +87,12 @@ def sum_is_finite(scores: torch.Tensor) -> bool:
     return bool(torch.isfinite(scores.sum()))
 
 
+def all_finite(scores: torch.Tensor) -> bool:
+    """True when every score is finite: :func:`sum_is_finite`, and the exact test only
+    when the sum leaves it open."""
+    return sum_is_finite(scores) or bool(torch.isfinite(scores).all())
+
+
 def _check_scores(scores: torch.Tensor, name: str, *, block_size: int | None = None) -> None:
     """Raise ``ValueError`` unless ``scores`` is a non-empty, finite, floating 2-D tensor."""
     if not isinstance(scores, torch.Tensor):

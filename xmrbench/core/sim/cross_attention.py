@@ -407,11 +407,12 @@ def blocked_sims(
     return out
 
 
-def block_workers(budget_bytes: int, block_bytes: int) -> int:
-    """Threads of CPU blocks for :func:`run_blocks`: one per torch thread, as many as
-    ``budget_bytes`` holds blocks of ``block_bytes``. The blocks themselves, hence the
-    bits, do not depend on it."""
-    return max(1, min(torch.get_num_threads(), budget_bytes // max(1, block_bytes)))
+def block_workers(budget_bytes: int, block_bytes: int, threads: int | None = None) -> int:
+    """Threads of CPU blocks for :func:`run_blocks`: one per torch thread (``threads``, by
+    default this process's), as many as ``budget_bytes`` holds blocks of ``block_bytes``.
+    The blocks themselves, hence the bits, do not depend on it."""
+    threads = torch.get_num_threads() if threads is None else threads
+    return max(1, min(threads, budget_bytes // max(1, block_bytes)))
 
 
 def run_blocks(fn: Callable[[Any], None], blocks: Sequence[Any], workers: int) -> None:

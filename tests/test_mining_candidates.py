@@ -127,6 +127,39 @@ def test_small_chunks_give_the_same_lists(monkeypatch, kind):
     np.testing.assert_array_equal(t2i, naive_t2i(sims.numpy(), caption_image.numpy(), 25))
 
 
+def test_crowded_rows_go_slice_by_slice_and_the_others_in_one_pass(monkeypatch):
+    """Rows whose scores rise with the caption index pass every entry of every tile (more
+    than their room even after a reduction): only they take the sliced path, and every
+    list still equals the naive sort."""
+    n_img, cpi = 12, 4
+    sims = _sims("random", n_img, n_img * cpi, seed=5)
+    sims[:, 16:] -= 1.5  # after the first chunk of captions, a few entries per row pass
+    sims[[1, 6]] = torch.arange(n_img * cpi, dtype=torch.float32) / 10  # rows 1 and 6: rising
+    caption_image = torch.arange(n_img).repeat_interleave(cpi)
+    whole, sliced = [], []
+    add_rows, add_sliced = mining._RunningLists._add_rows, mining._RunningLists._add_sliced
+
+    def spy_rows(self, scores, rows, *args):
+        if self.k == 6:  # the caption lists
+            whole.append(rows.tolist())
+        return add_rows(self, scores, rows, *args)
+
+    def spy_sliced(self, scores, rows, *args):
+        if self.k == 6:
+            sliced.append(rows.tolist())
+        return add_sliced(self, scores, rows, *args)
+
+    monkeypatch.setattr(mining._RunningLists, "_add_rows", spy_rows)
+    monkeypatch.setattr(mining._RunningLists, "_add_sliced", spy_sliced)
+    i2t, t2i = _mine(sims, caption_image, 6, 3, block=n_img, chunk_captions=16, slots=4)
+    np.testing.assert_array_equal(i2t, naive_i2t(sims.numpy(), caption_image.numpy(), 6))
+    np.testing.assert_array_equal(t2i, naive_t2i(sims.numpy(), caption_image.numpy(), 3))
+    assert len(whole) == 3 and len(sliced) == 3  # three chunks of captions; every one has crowded rows
+    assert sliced[0] == list(range(n_img))  # the first chunk: every row has more than 4 entries
+    assert sliced[1] == sliced[2] == [1, 6]  # later: only the rising rows
+    assert len(whole[1]) > 2 and len(whole[2]) > 2  # the others with an entry to add: in one pass
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_uneven_captions_per_image_and_other_dtypes(seed):
     gen = torch.Generator().manual_seed(seed)

@@ -155,10 +155,11 @@ def _reduce_bytes(k: int, slots: int) -> int:
     return 8 * (k + slots) + 40 * k
 
 
-def _list_bytes(k: int, slots: int, dtype_bytes: int) -> int:
-    """Temporaries of one list in a chunk: its reduction, and a row of ``slots`` scores with
-    their mask and entries (a chunk's reductions and insertions each take half)."""
-    return 2 * (_reduce_bytes(k, slots) + (dtype_bytes + 1 + _BYTES_PER_ENTRY) * slots)
+def _list_bytes(k: int, slots: int, entries: int, dtype_bytes: int) -> int:
+    """Temporaries of one list when a single row exceeds a chunk's budget: four quarters
+    (copy and mask of its ``entries`` scores; its reduction; its filtering again; its
+    passing entries), each at least one row."""
+    return 4 * (_reduce_bytes(k, slots) + (dtype_bytes + 1) * entries + _BYTES_PER_ENTRY * slots)
 
 
 def mining_memory_bound(n_captions: int, k_texts: int, k_images: int, block_images: int = MINING_BLOCK_IMAGES,
@@ -186,9 +187,11 @@ def mining_memory_bound(n_captions: int, k_texts: int, k_images: int, block_imag
       ``(B + 1) b c`` (the test runs only when the tile's sum is not finite);
     - at the end, instead (the block is gone): the image lists' int32 result ``4 N k_i``;
     - chunks: the lists are filled and reduced in chunks of rows whose temporaries stay
-      within ``C``, or within one row when that alone is larger, one chunk per thread:
-      ``T max(C, L(k_i, w_i), L(k_t, w_t))`` with ``L(k, w) = 2 (8 (k + w) + 40 k + (B + 1 + 96) w)`` (a row's
-      slots and their top-k; its scores, mask and entries); plus torch's top-k scratch
+      within ``C`` (four quarters: the rows' scores and mask, their reductions, their
+      filtering again, their passing entries), or within one row per quarter when that
+      alone is larger, one chunk per thread: ``T max(C, L(k_i, w_i, b), L(k_t, w_t, c))``
+      with ``L(k, w, e) = 4 (8 (k + w) + 40 k + (B + 1) e + 96 w)`` (a row's slots and their
+      top-k; its ``e`` scores and mask; its entries); plus torch's top-k scratch
       ``16 W (T + 1)``, ``W = max(k_i + w_i, k_t + w_t)`` the widest row it sorts;
     - the C allocator's cache, ``A + 16 W T`` with ``A = 128 MiB``: glibc raises its
       mmap threshold to the largest block freed, up to 32 MiB (a chunk's temporaries, a
@@ -199,15 +202,15 @@ def mining_memory_bound(n_captions: int, k_texts: int, k_images: int, block_imag
       ``xmrbench bench mining`` measures.
 
     Hence ``bound = 4 n_images k_t + 8 N (k_i + w_i) + 20 N + max(8 b (k_t + w_t) + 20 b
-    + 4 b k_t + (B + 1) b c, 4 N k_i) + T max(C, L(k_i, w_i), L(k_t, w_t)) + 16 W (2 T + 1)
+    + 4 b k_t + (B + 1) b c, 4 N k_i) + T max(C, L(k_i, w_i, b), L(k_t, w_t, c)) + 16 W (2 T + 1)
     + A``. It grows with the tile, the room and the widths, never with ``N_img x N_txt``.
     """
     n, b, c = n_captions, block_images, min(chunk_captions, n_captions)
     w_i, w_t = list_slots(k_images, slots, b), list_slots(k_texts, slots, c)
     threads = min(torch.get_num_threads() if threads is None else threads, MINING_WORKERS)
     widest = max(k_images + w_i, k_texts + w_t)
-    chunk = threads * max(CHUNK_BYTES, _list_bytes(k_images, w_i, dtype_bytes),
-                          _list_bytes(k_texts, w_t, dtype_bytes))
+    chunk = threads * max(CHUNK_BYTES, _list_bytes(k_images, w_i, b, dtype_bytes),
+                          _list_bytes(k_texts, w_t, c, dtype_bytes))
     scratch = _TOPK_SCRATCH * widest * (threads + 1)
     cache = _ALLOCATOR_CACHE + _TOPK_SCRATCH * widest * threads
     during = 8 * b * (k_texts + w_t) + 20 * b + 4 * b * k_texts + (dtype_bytes + 1) * b * c
@@ -219,6 +222,17 @@ def _row_ranges(n_rows: int, parts: int) -> list[tuple[int, int]]:
     """``n_rows`` rows in up to ``parts`` consecutive ranges of (nearly) equal size."""
     step = -(-n_rows // max(1, parts))
     return [(r0, min(r0 + step, n_rows)) for r0 in range(0, n_rows, step)]
+
+
+def _pairs_among(n_rows: int, chosen: Tensor, at: Tensor, cols: Tensor) -> tuple[Tensor, Tensor]:
+    """The pairs (``at``, ``cols``) of ``n_rows`` rows that fall on the rows ``chosen``, with
+    their rows renumbered as positions in ``chosen``."""
+    if not len(at):
+        return at, cols
+    where = torch.full((n_rows,), -1, dtype=torch.int64, device=chosen.device)
+    where[chosen] = torch.arange(len(chosen), device=chosen.device)
+    at = where[at]
+    return at[at >= 0], cols[at >= 0]
 
 
 class _RunningLists:
@@ -238,7 +252,7 @@ class _RunningLists:
         self.keys = torch.full((n_rows, self.width), _EMPTY, dtype=torch.int64, device=device)
         self.fill = torch.zeros(n_rows, dtype=torch.int64, device=device)
         self.threshold = torch.full((n_rows,), float("-inf"), dtype=torch.float32, device=device)
-        self.rows_per_reduction = max(1, CHUNK_BYTES // 2 // _reduce_bytes(k, slots))
+        self.rows_per_reduction = max(1, CHUNK_BYTES // 4 // _reduce_bytes(k, slots))
 
     def add_parts(self, scores: Tensor, first: int, offset: int, skip_rows: Tensor, skip_cols: Tensor,
                   parts: int) -> list[Callable[[], None]]:
@@ -255,14 +269,14 @@ class _RunningLists:
         ``offset``..; any strides) that beat their row's threshold, except the pairs at the
         positions (``skip_rows``, ``skip_cols``) of ``scores``.
 
-        Works in chunks of rows. A row whose largest score does not beat its threshold has
-        nothing to add, and once the thresholds have risen that is most rows: only the
-        others are copied out (a chunk's copy and its mask of passing entries take at most
-        half of ``CHUNK_BYTES``, the reductions and the passing entries of a group of its
-        rows the other half), and their entries are added ``slots`` at a time.
+        Works in chunks of rows whose copy and mask of passing entries take at most a
+        quarter of ``CHUNK_BYTES`` (the reductions, the re-filtered rows and the passing
+        entries take at most a quarter each, one after another). A row whose largest
+        score does not beat its threshold has nothing to add, and once the thresholds
+        have risen that is most rows: only the others are copied out.
         """
         n_rows, n_entries = scores.shape
-        step = max(1, CHUNK_BYTES // 2 // (n_entries * (scores.element_size() + 1)))
+        step = max(1, CHUNK_BYTES // 4 // (n_entries * (scores.element_size() + 1)))
         for r0 in range(0, n_rows, step):
             r1 = min(r0 + step, n_rows)
             block = scores[r0:r1]
@@ -271,63 +285,90 @@ class _RunningLists:
                 continue
             skip = (skip_rows >= r0) & (skip_rows < r1)
             at, cols = skip_rows[skip] - r0, skip_cols[skip]
-            if 4 * len(active) > r1 - r0:  # most rows: all of them, copied a slice of slots at a time
+            if 4 * len(active) > r1 - r0:  # most rows: all of them
                 self._add_rows(block, torch.arange(first + r0, first + r1, device=block.device), offset, at, cols)
-                continue
-            if len(at):  # the pairs left out, at their place among the active rows
-                where = torch.full((r1 - r0,), -1, dtype=torch.int64, device=active.device)
-                where[active] = torch.arange(len(active), device=active.device)
-                at = where[at]
-                at, cols = at[at >= 0], cols[at >= 0]
-            self._add_rows(block[active], active + (first + r0), offset, at, cols)
+            else:
+                self._add_rows(block[active], active + (first + r0), offset, *_pairs_among(r1 - r0, active, at, cols))
 
     def _add_rows(self, scores: Tensor, rows: Tensor, offset: int, skip_at: Tensor, skip_cols: Tensor) -> None:
-        """:meth:`add` of ``scores (len(rows), e)`` (any strides) of the rows ``rows``, ``slots``
-        entries at a time; ``skip_at``, ``skip_cols``: the positions of the pairs left out."""
-        n_entries = scores.shape[1]
-        max_entries = max(self.slots, CHUNK_BYTES // 2 // _BYTES_PER_ENTRY)
-        for e0 in range(0, n_entries, self.slots):
-            e1 = min(e0 + self.slots, n_entries)
-            part = scores[:, e0:e1].contiguous()  # a view when it already is
-            passed = part > self.threshold[rows, None]
-            counts = passed.sum(1, dtype=torch.int32)
-            over = torch.nonzero(self.fill[rows] + counts > self.width).squeeze(1)
-            if len(over):  # make room, then filter these rows again by their new threshold
-                for lo in range(0, len(over), self.rows_per_reduction):
-                    self._reduce(rows[over[lo : lo + self.rows_per_reduction]])
-                again = part[over] > self.threshold[rows[over], None]
-                passed[over] = again
-                counts[over] = again.sum(1, dtype=torch.int32)
-                del again
+        """:meth:`add` of ``scores (len(rows), e)`` (any strides) of the rows ``rows``;
+        ``skip_at``, ``skip_cols``: the positions of the pairs left out.
+
+        One pass over the whole width: its passing entries are counted, the rows they
+        would overflow are reduced and filtered again by their new threshold, and every row
+        whose entries then fit its room is filled at once. Only a row with more passing
+        entries than room even after its reduction (in a list's first tiles, when its
+        threshold is still low) goes through :meth:`_add_sliced`, ``slots`` entries at a time.
+        """
+        passed, counts, crowded = self._passing(scores, rows)
+        if len(crowded):
+            self._add_sliced(scores[crowded], rows[crowded], offset,
+                             *_pairs_among(len(rows), crowded, skip_at, skip_cols))
+            passed[crowded] = False
+            counts[crowded] = 0
+        self._append(scores, passed, counts, rows, offset, skip_at, skip_cols)
+
+    def _add_sliced(self, scores: Tensor, rows: Tensor, offset: int, skip_at: Tensor, skip_cols: Tensor) -> None:
+        """:meth:`_add_rows` of ``slots`` entries at a time, so that a slice's entries always
+        fit a reduced row."""
+        for e0 in range(0, scores.shape[1], self.slots):
+            e1 = min(e0 + self.slots, scores.shape[1])
+            part = scores[:, e0:e1]
+            passed, counts, _ = self._passing(part, rows)
             here = (skip_cols >= e0) & (skip_cols < e1)
-            if here.any():
-                at, cols = skip_at[here], skip_cols[here] - e0
-                counts.index_add_(0, at, passed[at, cols].int(), alpha=-1)
-                passed[at, cols] = False
-            ends = counts.cumsum(0)
-            lo = 0
-            while lo < len(rows):  # groups of rows whose entries fit the chunk budget
-                before = int(ends[lo - 1]) if lo else 0
-                hi = max(lo + 1, int(torch.searchsorted(ends, before + max_entries, right=True)))
-                if int(ends[hi - 1]) > before:
-                    self._insert(part[lo:hi], passed[lo:hi], counts[lo:hi], rows[lo:hi], offset + e0)
-                lo = hi
-            self.fill.index_add_(0, rows, counts.long())
+            self._append(part, passed, counts, rows, offset + e0, skip_at[here], skip_cols[here] - e0)
+
+    def _passing(self, part: Tensor, rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The entries of ``part (len(rows), e)`` that beat their row's threshold (a mask) and
+        their counts per row (int32), after the rows they would overflow were reduced (those
+        holding more than ``k``) and filtered again; and the positions of the rows they
+        still overflow (none when ``e`` is at most ``slots``)."""
+        passed = part > self.threshold[rows, None]
+        counts = passed.sum(1, dtype=torch.int32)
+        over = torch.nonzero(self.fill[rows] + counts > self.width).squeeze(1)
+        if not len(over):
+            return passed, counts, over
+        full = over[self.fill[rows[over]] > self.k]
+        for lo in range(0, len(full), self.rows_per_reduction):
+            self._reduce(rows[full[lo : lo + self.rows_per_reduction]])
+        if 4 * len(full) > len(rows):  # many rows: filter all again (no copy of their scores)
+            torch.gt(part, self.threshold[rows, None], out=passed)
+            counts = passed.sum(1, dtype=torch.int32)
+        elif len(full):
+            again = part[full] > self.threshold[rows[full], None]
+            passed[full] = again
+            counts[full] = again.sum(1, dtype=torch.int32)
+        return passed, counts, over[self.fill[rows[over]] + counts[over] > self.width]
+
+    def _append(self, part: Tensor, passed: Tensor, counts: Tensor, rows: Tensor, offset: int, skip_at: Tensor,
+                skip_cols: Tensor) -> None:
+        """Append the entries ``passed`` of ``part`` (``counts`` per row, each within its
+        row's room), except the pairs at (``skip_at``, ``skip_cols``), in groups of rows
+        whose entries fit the chunk budget."""
+        if len(skip_at):
+            counts.index_add_(0, skip_at, passed[skip_at, skip_cols].int(), alpha=-1)
+            passed[skip_at, skip_cols] = False
+        max_entries = max(self.slots, CHUNK_BYTES // 4 // _BYTES_PER_ENTRY)
+        ends = counts.cumsum(0)
+        lo = 0
+        while lo < len(rows):
+            before = int(ends[lo - 1]) if lo else 0
+            hi = max(lo + 1, int(torch.searchsorted(ends, before + max_entries, right=True)))
+            if int(ends[hi - 1]) > before:
+                self._insert(part[lo:hi], passed[lo:hi], counts[lo:hi], rows[lo:hi], offset)
+            lo = hi
+        self.fill.index_add_(0, rows, counts.long())
 
     def _insert(self, scores: Tensor, passed: Tensor, counts: Tensor, rows: Tensor, offset: int) -> None:
         """Append the passing entries of the rows ``rows`` (``scores``, ``passed`` ``(r, e)``,
         entry indices ``offset``..)."""
-        r, e = passed.shape
         counts = counts.long()
-        flat = torch.nonzero(passed.view(-1)).squeeze(1)  # grouped by row, entries ascending
-        n = len(flat)
-        # an entry's index is its flat position less its row's start, plus ``offset``
-        local = torch.arange(r, device=counts.device)
-        shift = torch.repeat_interleave(local * e - offset, counts, output_size=n)
-        keys = order_keys(scores.view(-1)[flat], flat.sub_(shift))
-        del flat, shift
+        found = torch.nonzero(passed)  # (row, entry) pairs, grouped by row, entries ascending
+        n = len(found)
+        keys = order_keys(scores[found[:, 0], found[:, 1]], found[:, 1] + offset)
+        del found
         # its slot: its row's next free slot, plus its rank among the row's entries
-        # (its position in ``flat`` less the entries of the rows before it)
+        # (its position among the entries less the entries of the rows before it)
         start = self.fill[rows] + rows * self.width - (counts.cumsum(0) - counts)
         dest = torch.repeat_interleave(start, counts, output_size=n)
         dest += torch.arange(n, device=dest.device)
